@@ -1,0 +1,110 @@
+"""The catalog: experiments, runs, params, tags and per-stream watermarks.
+
+``Catalog`` is the seam (embedded SQLite today, PostgreSQL later); records are plain
+frozen dataclasses. It knows nothing of metrics points, gRPC or HTTP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+DEFAULT_EXPERIMENT_ID = "0"
+DEFAULT_EXPERIMENT_NAME = "Default"
+RUN_STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
+
+
+@dataclass(frozen=True)
+class ExperimentRecord:
+    experiment_id: str
+    name: str
+    artifact_location: str
+    lifecycle_stage: str  # "active" | "deleted"
+    creation_time: int  # ms since epoch
+    last_update_time: int  # ms since epoch
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    experiment_id: str
+    run_name: str
+    status: str  # one of RUN_STATUSES
+    start_time: int  # ms since epoch
+    end_time: int | None  # ms since epoch; None while running
+    lifecycle_stage: str  # "active" | "deleted"
+    artifact_uri: str
+    user_id: str
+    params: Mapping[str, str] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+class Catalog(Protocol):
+    """Durable metadata store. Every write is committed before the method returns.
+
+    Errors are ``steppe.errors`` exceptions: ResourceDoesNotExist for unknown ids,
+    ResourceAlreadyExists for a taken experiment name, InvalidParameterValue for a param
+    re-logged with a different value or a bad status. Inputs arrive already validated
+    for names and lengths (steppe.validation); the catalog checks existence and conflicts.
+    """
+
+    def create_experiment(
+        self, name: str, artifact_location: str = "", tags: Mapping[str, str] | None = None
+    ) -> ExperimentRecord: ...
+
+    def get_experiment(self, experiment_id: str) -> ExperimentRecord: ...
+
+    def get_experiment_by_name(self, name: str) -> ExperimentRecord | None: ...
+
+    def list_experiments(self) -> list[ExperimentRecord]: ...
+
+    def create_run(
+        self,
+        run_id: str,
+        experiment_id: str,
+        run_name: str,
+        start_time: int,
+        tags: Mapping[str, str] | None = None,
+        user_id: str = "",
+    ) -> RunRecord:
+        """Idempotent on run_id: an existing run of the same experiment is returned as is."""
+        ...
+
+    def get_run(self, run_id: str) -> RunRecord: ...
+
+    def update_run(
+        self,
+        run_id: str,
+        status: str | None = None,
+        end_time: int | None = None,
+        run_name: str | None = None,
+    ) -> RunRecord: ...
+
+    def list_runs(self, experiment_ids: Sequence[str] | None = None) -> list[RunRecord]:
+        """Runs of these experiments (all when None), newest start_time first."""
+        ...
+
+    def run_exists(self, run_id: str) -> bool: ...
+
+    def log_params(self, run_id: str, params: Sequence[tuple[str, str]]) -> None:
+        """Same key and value again is fine; same key with another value is rejected whole."""
+        ...
+
+    def set_tags(self, run_id: str, tags: Sequence[tuple[str, str]]) -> None: ...
+
+    def delete_tag(self, run_id: str, key: str) -> None: ...
+
+    def stream_watermarks(self) -> dict[str, int]:
+        """stream_id -> highest seq durably in Parquet (see ingest.store)."""
+        ...
+
+    def save_stream_watermarks(self, watermarks: Mapping[str, int]) -> None: ...
+
+    @property
+    def version(self) -> int:
+        """Bumped on every committed write, so readers can cache derived tables."""
+        ...
+
+    def close(self) -> None: ...

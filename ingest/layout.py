@@ -1,0 +1,129 @@
+"""The on-disk layout of a steppe data dir: paths and the metrics Arrow schema.
+
+The one module both sides share: ingest writes this layout, query reads it. It holds
+no logic beyond naming things; it must not import the rest of ingest.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Protocol
+from pathlib import Path
+
+import pyarrow as pa
+
+#: Columns of every metrics Parquet file and of the in-memory tail, in this order.
+#: ``timestamp`` is milliseconds since the Unix epoch (MLflow's unit and name).
+METRICS_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("step", pa.int64(), nullable=False),
+        pa.field("timestamp", pa.int64(), nullable=False),
+        pa.field("value", pa.float64(), nullable=False),
+    ]
+)
+
+#: Per (run_id, key) summary kept up to date as data arrives (MLflow's "latest":
+#: highest step, then newest timestamp; min/max ignore NaN; count counts every point).
+LATEST_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("value", pa.float64(), nullable=False),
+        pa.field("step", pa.int64(), nullable=False),
+        pa.field("timestamp", pa.int64(), nullable=False),
+        pa.field("min", pa.float64()),
+        pa.field("max", pa.float64()),
+        pa.field("count", pa.int64(), nullable=False),
+    ]
+)
+
+#: Metrics files: ``metrics/part-<first WAL segment>-<last WAL segment>.parquet``
+#: (zero-padded, so lexical order is WAL order). Written to a temp name, fsynced,
+#: renamed; immutable afterwards, so outside tools can read them at any time.
+METRICS_FILE_RE = re.compile(r"^part-(\d{12})-(\d{12})\.parquet$")
+
+#: WAL segments: ``wal/<segment number>.wal``.
+WAL_FILE_RE = re.compile(r"^(\d{12})\.wal$")
+
+
+def metrics_file_name(first_segment: int, last_segment: int) -> str:
+    return f"part-{first_segment:012d}-{last_segment:012d}.parquet"
+
+
+def wal_file_name(segment: int) -> str:
+    return f"{segment:012d}.wal"
+
+
+@dataclass(frozen=True)
+class DataDir:
+    """Paths inside one data dir. Everything steppe stores lives below ``root``."""
+
+    root: Path
+
+    @classmethod
+    def at(cls, path: str | Path) -> DataDir:
+        return cls(Path(path).expanduser().resolve())
+
+    @property
+    def lock_file(self) -> Path:
+        """Held (flock) by the owning server; holds its pid and addresses as JSON."""
+        return self.root / "server.lock"
+
+    @property
+    def log_file(self) -> Path:
+        """Output of a server started in the background by a client."""
+        return self.root / "server.log"
+
+    @property
+    def catalog_file(self) -> Path:
+        """SQLite catalog: experiments, runs, params, tags, stream watermarks."""
+        return self.root / "catalog.sqlite"
+
+    @property
+    def wal_dir(self) -> Path:
+        return self.root / "wal"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.root / "metrics"
+
+    @property
+    def latest_file(self) -> Path:
+        """LATEST_SCHEMA summary of everything in metrics/, rewritten on each flush."""
+        return self.root / "latest.parquet"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.root / "artifacts"
+
+    def metrics_files(self) -> list[Path]:
+        """Committed metrics files in WAL order (temp files excluded)."""
+        if not self.metrics_dir.is_dir():
+            return []
+        return sorted(
+            p for p in self.metrics_dir.iterdir() if METRICS_FILE_RE.match(p.name)
+        )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A consistent view of all acked metrics at one instant.
+
+    ``files`` are committed, immutable metrics files; ``tail`` holds the acked points not
+    yet in any of them (METRICS_SCHEMA); ``latest`` summarises files + tail per
+    (run_id, key) (LATEST_SCHEMA). A point is in exactly one of files or tail.
+    """
+
+    files: tuple[Path, ...]
+    tail: pa.Table
+    latest: pa.Table
+
+
+class SnapshotSource(Protocol):
+    """What the read side asks the write side for. Call on the server's event-loop thread;
+    the returned objects are immutable and may then be used from any thread."""
+
+    def snapshot(self) -> Snapshot: ...
