@@ -1,3 +1,90 @@
-"""steppe: experiment tracking built for throughput, with MLflow's names."""
+"""steppe: experiment tracking built for throughput, with MLflow's names.
+
+    import steppe as mlflow
+    with mlflow.start_run():
+        mlflow.log_param("learning_rate", 0.01)
+        mlflow.log_metric("accuracy", 0.8)
+
+Importing steppe loads grpcio and protobuf, never DuckDB or the server.
+"""
+
+from steppe.entities import Experiment, Metric, Param, Run, RunData, RunInfo, RunStatus, RunTag
+from steppe.errors import (
+    FlushTimeout,
+    InvalidParameterValue,
+    MlflowException,
+    ResourceAlreadyExists,
+    ResourceDoesNotExist,
+    ServerUnavailable,
+    SteppeError,
+)
+from steppe.fluent import (
+    ActiveRun,
+    active_run,
+    create_experiment,
+    delete_tag,
+    end_run,
+    flush,
+    get_experiment,
+    get_experiment_by_name,
+    get_run,
+    get_tracking_uri,
+    last_active_run,
+    log_metric,
+    log_metrics,
+    log_param,
+    log_params,
+    search_experiments,
+    set_experiment,
+    set_tag,
+    set_tags,
+    set_tracking_uri,
+    start_run,
+)
+from steppe.tracking import Client
+
+MlflowClient = Client
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "ActiveRun",
+    "Client",
+    "Experiment",
+    "FlushTimeout",
+    "InvalidParameterValue",
+    "Metric",
+    "MlflowClient",
+    "MlflowException",
+    "Param",
+    "ResourceAlreadyExists",
+    "ResourceDoesNotExist",
+    "Run",
+    "RunData",
+    "RunInfo",
+    "RunStatus",
+    "RunTag",
+    "ServerUnavailable",
+    "SteppeError",
+    "__version__",
+    "active_run",
+    "create_experiment",
+    "delete_tag",
+    "end_run",
+    "flush",
+    "get_experiment",
+    "get_experiment_by_name",
+    "get_run",
+    "get_tracking_uri",
+    "last_active_run",
+    "log_metric",
+    "log_metrics",
+    "log_param",
+    "log_params",
+    "search_experiments",
+    "set_experiment",
+    "set_tag",
+    "set_tags",
+    "set_tracking_uri",
+    "start_run",
+]

@@ -1,4 +1,4 @@
-"""Naming rules and limits, as MLflow defines them; checked at the call site and again by the server.
+"""Naming rules and limits as MLflow defines them, checked at the call site and by the server.
 
 Pure functions over plain values: no I/O, no imports beyond the standard library, so both
 the training process and the ingest side use the same rules. Messages name the field,
@@ -81,7 +81,7 @@ def check_metric_value(field: str, value: object) -> float:
             # numpy scalars and 0-d arrays expose __float__; strings do not count.
             if isinstance(value, (str, bytes)) or not hasattr(value, "__float__"):
                 raise TypeError
-            return float(value)  # type: ignore[arg-type]
+            return float(value)  # type: ignore[arg-type,unused-ignore]
         except (TypeError, ValueError):
             raise InvalidParameterValue(
                 field, value, "metric value must be a number (64-bit float)"
@@ -139,6 +139,7 @@ def check_experiment_name(field: str, name: object) -> str:
         raise InvalidParameterValue(
             field,
             name,
-            f"experiment name exceeds the maximum length of {MAX_EXPERIMENT_NAME_LENGTH} characters",
+            f"experiment name exceeds the maximum length of {MAX_EXPERIMENT_NAME_LENGTH} "
+            "characters",
         )
     return name

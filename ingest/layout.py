@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from steppe.lock import LOCK_FILE_NAME
+
 #: Columns of every metrics Parquet file and of the in-memory tail, in this order.
 #: ``timestamp`` is milliseconds since the Unix epoch (MLflow's unit and name).
 METRICS_SCHEMA = pa.schema(
@@ -70,7 +72,7 @@ class DataDir:
     @property
     def lock_file(self) -> Path:
         """Held (flock) by the owning server; holds its pid and addresses as JSON."""
-        return self.root / "server.lock"
+        return self.root / LOCK_FILE_NAME
 
     @property
     def log_file(self) -> Path:

@@ -1,0 +1,100 @@
+"""The bounded point buffer that log_metric appends to: the training loop's whole cost.
+
+Producers (any number of threads) only append one tuple to a list, which is atomic, so
+they take no lock. Consumers (the sender, or a producer draining an overflow) take points
+from the front under the buffer's drain lock, so concurrent appends are never lost.
+"""
+
+from __future__ import annotations
+
+import threading
+from array import array
+
+#: One logged point: (series id, step, timestamp_ms, value).
+Point = tuple[int, int, int, float]
+
+
+class SeriesRegistry:
+    """series id <-> (run id, key). Ids are small ints so a point is a compact tuple."""
+
+    def __init__(self) -> None:
+        self._ids: dict[tuple[str, str], int] = {}
+        self.run_ids: list[str] = []
+        self.keys: list[str] = []
+        self._run_index: dict[str, int] = {}
+        self._key_index: dict[str, int] = {}
+        self.series_run: list[int] = []
+        self.series_key: list[int] = []
+        self._lock = threading.Lock()
+
+    def series_id(self, run_id: str, key: str) -> int:
+        sid = self._ids.get((run_id, key))
+        if sid is not None:
+            return sid
+        with self._lock:
+            sid = self._ids.get((run_id, key))
+            if sid is None:
+                ri = self._run_index.setdefault(run_id, len(self.run_ids))
+                if ri == len(self.run_ids):
+                    self.run_ids.append(run_id)
+                ki = self._key_index.setdefault(key, len(self.keys))
+                if ki == len(self.keys):
+                    self.keys.append(key)
+                # Append the columns before publishing the id, so a reader that sees
+                # the id always finds its run and key.
+                self.series_run.append(ri)
+                self.series_key.append(ki)
+                sid = len(self.series_run) - 1
+                self._ids[(run_id, key)] = sid
+            return sid
+
+
+class Columns:
+    """One drained chunk as wire-ready columns with per-chunk run/key dictionaries."""
+
+    __slots__ = ("key_index", "keys", "run_ids", "run_index", "step", "timestamp_ms", "value")
+
+    def __init__(self, registry: SeriesRegistry, points: list[Point]) -> None:
+        sids, steps, stamps, values = zip(*points, strict=True)
+        series_run, series_key = registry.series_run, registry.series_key
+        run_index = array("I", map(series_run.__getitem__, sids))
+        key_index = array("I", map(series_key.__getitem__, sids))
+        if len(registry.keys) > 256 or len(registry.run_ids) > 256:
+            # Big registries: send only what this chunk uses.
+            run_index, self.run_ids = _compact(run_index, registry.run_ids)
+            key_index, self.keys = _compact(key_index, registry.keys)
+        else:
+            self.run_ids = registry.run_ids[:]
+            self.keys = registry.keys[:]
+        self.run_index = run_index
+        self.key_index = key_index
+        self.step = array("q", steps)
+        self.timestamp_ms = array("q", stamps)
+        self.value = array("d", values)
+
+
+def _compact(index: array, names: list[str]) -> tuple[array, list[str]]:  # type: ignore[type-arg]
+    used = sorted(set(index))
+    remap = {old: new for new, old in enumerate(used)}
+    return array("I", map(remap.__getitem__, index)), [names[i] for i in used]
+
+
+class PointBuffer:
+    """Appends from the training loop; ``drain`` hands chunks to whoever encodes them."""
+
+    def __init__(self) -> None:
+        self.points: list[Point] = []
+        self.registry = SeriesRegistry()
+        self.drain_lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def take(self, max_points: int) -> list[Point]:
+        """Remove and return up to max_points from the front. Hold ``drain_lock``."""
+        points = self.points
+        n = min(len(points), max_points)
+        chunk = points[:n]
+        # Appends that land after len() go past n and stay in the buffer.
+        del points[:n]
+        return chunk

@@ -1,0 +1,92 @@
+"""Every STEPPE_* environment variable, read in one place.
+
+Values are read when asked for (not at import), so tests and users can change them
+before the first run starts. MLflow's own variables are honoured where they mean the same.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_DATA_DIR = "steppe-data"
+DEFAULT_HTTP_PORT = 5000
+DEFAULT_GRPC_PORT = 5001
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer") from None
+
+
+def tracking_uri() -> str | None:
+    """STEPPE_TRACKING_URI, else MLFLOW_TRACKING_URI; None means the local data dir."""
+    return os.environ.get("STEPPE_TRACKING_URI") or os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
+def data_dir() -> Path:
+    """STEPPE_DATA_DIR, else ./steppe-data (like MLflow's ./mlruns), made absolute."""
+    return Path(os.environ.get("STEPPE_DATA_DIR") or DEFAULT_DATA_DIR).expanduser().resolve()
+
+
+def experiment_name() -> str | None:
+    return os.environ.get("STEPPE_EXPERIMENT_NAME") or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+
+
+def experiment_id() -> str | None:
+    return os.environ.get("STEPPE_EXPERIMENT_ID") or os.environ.get("MLFLOW_EXPERIMENT_ID")
+
+
+def flush_timeout_s() -> float:
+    """How long flush()/end_run()/interpreter exit wait for acks."""
+    return _float("STEPPE_FLUSH_TIMEOUT_S", 60.0)
+
+
+def buffer_points() -> int:
+    """Points the training thread may queue before it encodes them itself."""
+    return _int("STEPPE_BUFFER_POINTS", 200_000)
+
+
+def batch_points() -> int:
+    """Points per MetricBatch on the wire."""
+    return _int("STEPPE_BATCH_POINTS", 32_768)
+
+
+def send_interval_s() -> float:
+    """How often the sender ships a partial batch (freshness of live charts)."""
+    return _float("STEPPE_SEND_INTERVAL_S", 0.1)
+
+
+def max_inflight_bytes() -> int:
+    """Encoded, unacked batches kept in memory for resend."""
+    return _int("STEPPE_MAX_INFLIGHT_BYTES", 256 << 20)
+
+
+def server_start_timeout_s() -> float:
+    """How long a client waits for a server it started in the background."""
+    return _float("STEPPE_SERVER_START_TIMEOUT_S", 30.0)
+
+
+def idle_timeout_s() -> float:
+    """A server started in the background by a client stops after this long idle."""
+    return _float("STEPPE_IDLE_TIMEOUT_S", 600.0)
+
+
+def connect_timeout_s() -> float:
+    """How long a run-lifecycle call (start_run, log_param, ...) retries an unreachable server."""
+    return _float("STEPPE_CONNECT_TIMEOUT_S", 30.0)

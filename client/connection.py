@@ -1,0 +1,124 @@
+"""One connection per tracking URI per process: endpoints, gRPC channel, sender, HTTP reads.
+
+Connections are forgotten in a forked child (gRPC channels and threads do not survive a
+fork); the child opens its own on first use and never resends the parent's points.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+import grpc
+
+from steppe import config, errors, wire
+from steppe.discovery import Endpoint, resolve
+from steppe.sender import Sender
+
+_MAX_MESSAGE_BYTES = 64 << 20
+
+
+class Connection:
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.channel = grpc.insecure_channel(
+            endpoint.grpc_target,
+            options=[
+                ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+                ("grpc.keepalive_time_ms", 30_000),
+            ],
+        )
+        self.stub = wire.IngestStub(self.channel)  # type: ignore[no-untyped-call]
+        self.unary = wire.Unary(self.stub, timeout_s=config.connect_timeout_s())
+        self.sender = Sender(
+            self.stub,
+            buffer_points=config.buffer_points(),
+            batch_points=config.batch_points(),
+            send_interval_s=config.send_interval_s(),
+            describe_server=lambda: f"the steppe server at {endpoint.http_url}",
+        )
+
+    # --- HTTP reads (steppe's JSON API, query/API.md) -----------------------------------
+
+    def get_json(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]:
+        url = self.endpoint.http_url + path
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        return self._request(urllib.request.Request(url))
+
+    def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        request = urllib.request.Request(
+            self.endpoint.http_url + path,
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        return self._request(request)
+
+    def _request(self, request: urllib.request.Request) -> dict[str, Any]:
+        try:
+            with urllib.request.urlopen(request, timeout=config.connect_timeout_s()) as response:
+                data: dict[str, Any] = json.loads(response.read())
+                return data
+        except urllib.error.HTTPError as exc:
+            try:
+                body = json.loads(exc.read())
+                raise errors.from_code(body["error_code"], body["message"]) from None
+            except (ValueError, KeyError, TypeError):
+                raise errors.SteppeError(f"HTTP {exc.code} from {request.full_url}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise errors.ServerUnavailable(
+                f"cannot reach the steppe server at {self.endpoint.http_url}: {exc}"
+            ) from None
+
+    def close(self, timeout_s: float) -> None:
+        try:
+            self.sender.shutdown(timeout_s)
+        finally:
+            self.channel.close()
+
+
+_lock = threading.Lock()
+_connections: dict[str | None, Connection] = {}
+
+
+def connect(tracking_uri: str | None) -> Connection:
+    """The process's connection for this URI (None: the local data dir), made on first use."""
+    conn = _connections.get(tracking_uri)
+    if conn is not None:
+        return conn
+    with _lock:
+        conn = _connections.get(tracking_uri)
+        if conn is None:
+            conn = Connection(resolve(tracking_uri))
+            _connections[tracking_uri] = conn
+        return conn
+
+
+def close_all(timeout_s: float) -> list[errors.SteppeError]:
+    """Flush and close every connection; returns what could not be flushed."""
+    problems: list[errors.SteppeError] = []
+    with _lock:
+        conns = list(_connections.values())
+        _connections.clear()
+    for conn in conns:
+        try:
+            conn.close(timeout_s)
+        except errors.SteppeError as exc:
+            problems.append(exc)
+    return problems
+
+
+def _forget_after_fork() -> None:
+    global _lock
+    _lock = threading.Lock()
+    _connections.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)

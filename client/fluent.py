@@ -1,0 +1,409 @@
+"""MLflow's fluent API (start_run, log_metric, ...) over one process-wide active-run stack.
+
+``log_metric`` is the hot path: a dict lookup, two type checks and one list append. Bad
+input raises here, at the call site; network trouble never does (see ``flush``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+from steppe import config, errors, validation
+from steppe.buffer import Point
+from steppe.connection import close_all, connect
+from steppe.entities import Experiment, Run, RunData, RunInfo
+from steppe.sender import Sender
+from steppe.tracking import Client
+
+_INT64_MIN, _INT64_MAX = validation.INT64_MIN, validation.INT64_MAX
+_time_ns = time.time_ns
+
+_tracking_uri: str | None = None
+_experiment_id: str | None = None
+_stack: list[ActiveRun] = []
+_last_run_id: str | None = None
+_state_lock = threading.RLock()
+
+
+# --- tracking URI and experiments ----------------------------------------------------
+
+
+def set_tracking_uri(uri: str | os.PathLike[str] | None) -> None:
+    """Point this process at a server (``http://host:port``) or a local data dir (a path)."""
+    global _tracking_uri
+    _tracking_uri = None if uri is None else os.fspath(uri)
+
+
+def get_tracking_uri() -> str | None:
+    """The URI in use: set_tracking_uri, else STEPPE_TRACKING_URI/MLFLOW_TRACKING_URI,
+    else None, meaning the local data dir (./steppe-data, or STEPPE_DATA_DIR)."""
+    return _tracking_uri if _tracking_uri is not None else config.tracking_uri()
+
+
+def set_experiment(
+    experiment_name: str | None = None, experiment_id: str | None = None
+) -> Experiment:
+    """Make an experiment active for new runs, creating it by name if needed."""
+    global _experiment_id
+    client = Client()
+    if (experiment_name is None) == (experiment_id is None):
+        raise errors.InvalidParameterValue(
+            "experiment_name", experiment_name, "give exactly one of experiment_name, experiment_id"
+        )
+    exp = (
+        client.set_experiment(experiment_name)
+        if experiment_name is not None
+        else (client.get_experiment(str(experiment_id)))
+    )
+    if exp.lifecycle_stage != "active":
+        raise errors.InvalidParameterValue(
+            "experiment", exp.name, "cannot set a deleted experiment as the active experiment"
+        )
+    _experiment_id = exp.experiment_id
+    return exp
+
+
+def create_experiment(
+    name: str, artifact_location: str | None = None, tags: Mapping[str, Any] | None = None
+) -> str:
+    return Client().create_experiment(name, artifact_location, tags)
+
+
+def get_experiment(experiment_id: str) -> Experiment:
+    return Client().get_experiment(experiment_id)
+
+
+def get_experiment_by_name(name: str) -> Experiment | None:
+    return Client().get_experiment_by_name(name)
+
+
+def search_experiments() -> list[Experiment]:
+    return Client().search_experiments()
+
+
+def _resolve_experiment_id(client: Client) -> str:
+    if _experiment_id is not None:
+        return _experiment_id
+    if config.experiment_id():
+        return str(config.experiment_id())
+    name = config.experiment_name()
+    if name:
+        return client.set_experiment(name).experiment_id
+    return "0"
+
+
+# --- runs ----------------------------------------------------------------------------
+
+
+class ActiveRun:
+    """The run ``start_run`` returned; a context manager that ends it.
+
+    ``info`` is as of the start; ``data`` is read from the server when asked for.
+    """
+
+    def __init__(self, run: Run, tracking_uri: str | None) -> None:
+        self._run = run
+        self._tracking_uri = tracking_uri
+        self._series: dict[str, int] = {}
+        self._points: list[Point] = []
+        self._limit = 0
+        self._sender: Sender | None = None
+        self._bind()
+
+    def _bind(self) -> Sender:
+        conn = connect(self._tracking_uri)
+        self._sender = sender = conn.sender
+        self._registry = sender.buffer.registry
+        self._series = {}
+        self._points = sender.buffer.points
+        self._limit = sender.buffer_points
+        sender.start()
+        return sender
+
+    def _unbind(self) -> None:
+        """After a fork: an empty private list and a zero limit route the next log call
+        through ``_overflow``, which binds to this process's own connection."""
+        self._sender = None
+        self._series = {}
+        self._points = []
+        self._limit = 0
+
+    def _overflow(self) -> None:
+        # After _unbind, _series is empty, so the child's first log call reaches
+        # _register, which binds before anything is appended to the private list.
+        sender = self._sender if self._sender is not None else self._bind()
+        sender.overflow()
+
+    @property
+    def info(self) -> RunInfo:
+        return self._run.info
+
+    @property
+    def data(self) -> RunData:
+        return Client(self._tracking_uri).get_run(self._run.info.run_id).data
+
+    def _register(self, key: str) -> int:
+        validation.check_name("key", key, "metric key")
+        if self._sender is None:
+            self._overflow()
+        sid = self._registry.series_id(self._run.info.run_id, key)
+        self._series[key] = sid
+        return sid
+
+    def __enter__(self) -> ActiveRun:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            end_run("FINISHED")
+            return
+        status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+        try:
+            end_run(status)
+        except errors.SteppeError as err:  # don't mask the user's exception with ours
+            print(f"steppe: could not end run {self.info.run_id}: {err}", file=sys.stderr)
+
+    def __repr__(self) -> str:
+        return f"<ActiveRun: run_id={self.info.run_id}, status={self.info.status}>"
+
+
+def start_run(
+    run_id: str | None = None,
+    experiment_id: str | None = None,
+    run_name: str | None = None,
+    nested: bool = False,
+    tags: Mapping[str, Any] | None = None,
+    description: str | None = None,
+    parent_run_id: str | None = None,
+    log_system_metrics: bool | None = None,
+) -> ActiveRun:
+    """Start a run (or resume ``run_id``) and make it active.
+
+    Example::
+
+        with steppe.start_run(run_name="baseline"):
+            steppe.log_param("lr", 0.01)
+            steppe.log_metric("loss", 0.5, step=1)
+    """
+    global _last_run_id
+    with _state_lock:
+        if _stack and not nested and parent_run_id is None:
+            raise errors.SteppeError(
+                f"Run with UUID {_stack[-1].info.run_id} is already active. To start a new "
+                "run, first end the current run with steppe.end_run(). To start a nested "
+                "run, call start_run with nested=True"
+            )
+        client = Client()
+        conn = connect(client.tracking_uri)
+        if run_id is not None:
+            validation.check_run_id("run_id", run_id)
+            run = conn.unary.update_run(run_id, "RUNNING", None, run_name)
+        else:
+            all_tags = dict(tags or {})
+            parent = parent_run_id or (_stack[-1].info.run_id if nested and _stack else None)
+            if parent:
+                all_tags["mlflow.parentRunId"] = parent
+            if description is not None:
+                all_tags["mlflow.note.content"] = description
+            if run_name:
+                validation.check_tag_value("run_name", run_name)
+            exp_id = experiment_id if experiment_id is not None else _resolve_experiment_id(client)
+            run = client.create_run(
+                experiment_id=str(exp_id),
+                tags=all_tags,
+                run_name=run_name,
+                run_id=uuid.uuid4().hex,
+            )
+        active = ActiveRun(run, client.tracking_uri)
+        _stack.append(active)
+        _last_run_id = run.info.run_id
+        return active
+
+
+def active_run() -> ActiveRun | None:
+    """The innermost active run, or None."""
+    return _stack[-1] if _stack else None
+
+
+def last_active_run() -> Run | None:
+    """The active run, else the most recently ended one (read from the server)."""
+    run_id = _stack[-1].info.run_id if _stack else _last_run_id
+    return None if run_id is None else Client().get_run(run_id)
+
+
+def end_run(status: str = "FINISHED") -> None:
+    """End the active run: wait for its points to be acked, then record ``status``.
+
+    Raises FlushTimeout (saying how many points are still unsent) if the server does
+    not ack them within STEPPE_FLUSH_TIMEOUT_S.
+    """
+    if status not in ("FINISHED", "FAILED", "KILLED"):
+        raise errors.InvalidParameterValue(
+            "status", status, "must be one of FINISHED, FAILED, KILLED"
+        )
+    with _state_lock:
+        if not _stack:
+            return
+        run = _stack.pop()
+        Client(run._tracking_uri).set_terminated(run.info.run_id, status)
+
+
+def _get_or_start_run() -> ActiveRun:
+    if _stack:
+        return _stack[-1]
+    return start_run()
+
+
+def _run_for(run_id: str | None) -> ActiveRun:
+    if run_id is None:
+        return _stack[-1] if _stack else _get_or_start_run()
+    for run in reversed(_stack):
+        if run.info.run_id == run_id:
+            return run
+    validation.check_run_id("run_id", run_id)
+    return ActiveRun(Client().get_run(run_id), get_tracking_uri())
+
+
+# --- logging -------------------------------------------------------------------------
+
+
+def log_metric(
+    key: str,
+    value: float,
+    step: int | None = None,
+    timestamp: int | None = None,
+    run_id: str | None = None,
+    **_ignored: Any,
+) -> None:
+    """Log one point: costs a buffer append; the background sender ships it.
+
+    ``step`` defaults to 0 and ``timestamp`` (ms) to now, as in MLflow. NaN and +/-inf
+    are valid values.
+    """
+    run = (_stack[-1] if _stack else _get_or_start_run()) if run_id is None else _run_for(run_id)
+    sid = run._series.get(key)
+    if sid is None:
+        sid = run._register(key)
+    if type(value) is not float:
+        value = validation.check_metric_value("value", value)
+    if step is None:
+        step = 0
+    elif type(step) is not int or step > _INT64_MAX or step < _INT64_MIN:
+        step = validation.check_step("step", step)
+    if timestamp is None:
+        timestamp = _time_ns() // 1_000_000
+    elif type(timestamp) is not int or timestamp < 0:
+        timestamp = validation.check_timestamp("timestamp", timestamp)
+    points = run._points
+    points.append((sid, step, timestamp, value))
+    if len(points) > run._limit:
+        run._overflow()
+
+
+def log_metrics(
+    metrics: Mapping[str, float],
+    step: int | None = None,
+    timestamp: int | None = None,
+    run_id: str | None = None,
+    **_ignored: Any,
+) -> None:
+    """Log several keys at one step and one timestamp."""
+    if timestamp is None:
+        timestamp = _time_ns() // 1_000_000
+    for key, value in metrics.items():
+        log_metric(key, value, step, timestamp, run_id)
+
+
+def log_param(key: str, value: Any, synchronous: bool | None = None) -> Any:
+    """Log a param (stringified, truncated to 6000 characters as MLflow does).
+
+    Re-logging a key with another value raises InvalidParameterValue.
+    """
+    run = _get_or_start_run()
+    Client(run._tracking_uri).log_param(run.info.run_id, key, value)
+    return value
+
+
+def log_params(params: Mapping[str, Any], synchronous: bool | None = None) -> None:
+    from steppe.entities import Param
+
+    run = _get_or_start_run()
+    Client(run._tracking_uri).log_batch(
+        run.info.run_id, params=[Param(k, v) for k, v in params.items()]
+    )
+
+
+def set_tag(key: str, value: Any, synchronous: bool | None = None) -> None:
+    run = _get_or_start_run()
+    Client(run._tracking_uri).set_tag(run.info.run_id, key, value)
+
+
+def set_tags(tags: Mapping[str, Any], synchronous: bool | None = None) -> None:
+    from steppe.entities import RunTag
+
+    run = _get_or_start_run()
+    Client(run._tracking_uri).log_batch(
+        run.info.run_id, tags=[RunTag(k, v) for k, v in tags.items()]
+    )
+
+
+def delete_tag(key: str) -> None:
+    run = _get_or_start_run()
+    Client(run._tracking_uri).delete_tag(run.info.run_id, key)
+
+
+def get_run(run_id: str) -> Run:
+    return Client().get_run(run_id)
+
+
+def flush(timeout_s: float | None = None) -> None:
+    """Wait until every point logged so far is acked by the server.
+
+    Raises FlushTimeout with the count of unacked points if that takes longer than
+    ``timeout_s`` (default STEPPE_FLUSH_TIMEOUT_S).
+    """
+    Client().flush(timeout_s)
+
+
+# --- interpreter exit ----------------------------------------------------------------
+
+
+def _at_exit() -> None:
+    """End runs left open (FINISHED, like MLflow) and wait for every point's ack."""
+    timeout_s = config.flush_timeout_s()
+    while _stack:
+        run = _stack[-1]
+        try:
+            end_run("FINISHED")
+        except errors.SteppeError as err:
+            _stack.remove(run) if run in _stack else None
+            print(f"steppe: could not end run {run.info.run_id}: {err}", file=sys.stderr)
+    for problem in close_all(timeout_s):
+        print(f"steppe: {problem}", file=sys.stderr)
+
+
+def _rebind_after_fork() -> None:
+    # A forked child keeps the parent's active runs and may log to them, on its own
+    # stream: drop the parent's buffer and sender (never resend the parent's points)
+    # and reconnect lazily on the child's first log call.
+    global _state_lock
+    _state_lock = threading.RLock()
+    for run in _stack:
+        run._unbind()
+
+
+os.register_at_fork(after_in_child=_rebind_after_fork)
+atexit.register(_at_exit)

@@ -1,0 +1,240 @@
+"""The per-process background sender: drains the point buffer into columnar batches and
+streams them over one gRPC stream, tracking cumulative acks and resending after reconnects.
+
+It owns the network so the training loop never waits on it; it never drops a point:
+unacked batches stay in the outbox until the server acks them.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from steppe import errors, wire
+from steppe.buffer import Columns, PointBuffer
+
+log = logging.getLogger("steppe.sender")
+
+
+@dataclass
+class _Stream:
+    requests: queue.SimpleQueue[wire.MetricBatch | None]
+    responses: Any = None  # the call object: an iterator of StreamAck, cancellable
+    broken: bool = False
+
+
+class Sender:
+    """One per process and server. ``flush`` waits for acks; ``shutdown`` is idempotent."""
+
+    def __init__(
+        self,
+        stub: wire.IngestStub,
+        *,
+        buffer_points: int,
+        batch_points: int,
+        send_interval_s: float,
+        describe_server: Callable[[], str] = lambda: "the steppe server",
+    ) -> None:
+        self.buffer = PointBuffer()
+        self.stream_id = uuid.uuid4().hex
+        self._stub = stub
+        self._buffer_points = buffer_points
+        self._batch_points = batch_points
+        self._send_interval_s = send_interval_s
+        self._describe_server = describe_server
+        self._state = threading.Condition()
+        self._seq = 0
+        self._acked_seq = 0
+        self._outbox: OrderedDict[int, wire.MetricBatch] = OrderedDict()
+        self._unsent: list[wire.MetricBatch] = []
+        self._unacked_points = 0
+        self._rejections: list[str] = []
+        self._last_error = ""
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    # --- producer side ---------------------------------------------------------------
+
+    def overflow(self) -> None:
+        """Called by a producer when the buffer is over its bound: encode now (no I/O)."""
+        self.encode_pending()
+        self._wake.set()
+
+    @property
+    def buffer_points(self) -> int:
+        return self._buffer_points
+
+    # --- encoding ----------------------------------------------------------------------
+
+    def encode_pending(self) -> None:
+        buffer = self.buffer
+        with buffer.drain_lock:
+            while buffer.points:
+                chunk = buffer.take(self._batch_points)
+                cols = Columns(buffer.registry, chunk)
+                with self._state:
+                    # seq order == buffer order: both assigned under drain_lock.
+                    self._seq += 1
+                    batch = wire.encode_batch(
+                        self.stream_id,
+                        self._seq,
+                        cols.run_ids,
+                        cols.keys,
+                        cols.run_index,
+                        cols.key_index,
+                        cols.step,
+                        cols.timestamp_ms,
+                        cols.value,
+                    )
+                    self._outbox[self._seq] = batch
+                    self._unsent.append(batch)
+                    self._unacked_points += batch.count
+
+    # --- the worker --------------------------------------------------------------------
+
+    def start(self) -> None:
+        with self._start_lock:
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._run, name="steppe-sender", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        stream: _Stream | None = None
+        backoff_s = 0.05
+        retry_at = 0.0
+        while True:
+            self._wake.wait(self._send_interval_s)
+            self._wake.clear()
+            self.encode_pending()
+            if stream is not None and stream.broken:
+                stream.requests.put(None)
+                stream = None
+                retry_at = time.monotonic() + backoff_s * random.uniform(0.5, 1.0)
+                backoff_s = min(backoff_s * 2, 2.0)
+            if self._closed and (stream is None or not self._outbox):
+                break
+            if stream is None and time.monotonic() >= retry_at:
+                stream = self._connect()
+                if stream is None:
+                    retry_at = time.monotonic() + backoff_s * random.uniform(0.5, 1.0)
+                    backoff_s = min(backoff_s * 2, 2.0)
+                    continue
+            if stream is not None:
+                with self._state:
+                    todo, self._unsent = self._unsent, []
+                for batch in todo:
+                    stream.requests.put(batch)
+                if self._acked_seq > 0:
+                    backoff_s = 0.05
+        if stream is not None:
+            stream.requests.put(None)
+
+    def _connect(self) -> _Stream | None:
+        requests: queue.SimpleQueue[wire.MetricBatch | None] = queue.SimpleQueue()
+        stream = _Stream(requests)
+
+        def gen() -> Iterator[wire.MetricBatch]:
+            while True:
+                item = requests.get()
+                if item is None:
+                    return
+                yield item
+
+        try:
+            responses = self._stub.StreamMetrics(gen())
+        except grpc.RpcError as exc:  # channel already closed, bad target: retry later
+            self._note_error(str(exc))
+            return None
+        stream.responses = responses
+        with self._state:
+            # Everything unacked goes again, in seq order; the server drops what it has.
+            pending = list(self._outbox.values())
+            self._unsent = []
+        for batch in pending:
+            requests.put(batch)
+        threading.Thread(
+            target=self._read_acks, args=(stream,), name="steppe-acks", daemon=True
+        ).start()
+        return stream
+
+    def _read_acks(self, stream: _Stream) -> None:
+        try:
+            for ack in stream.responses:  # type: ignore[union-attr]
+                with self._state:
+                    for rej in ack.rejected:
+                        self._rejections.append(f"batch {rej.seq}: {rej.field}: {rej.message}")
+                        log.error("steppe server rejected batch %d: %s", rej.seq, rej.message)
+                    outbox = self._outbox
+                    while outbox and next(iter(outbox)) <= ack.acked_seq:
+                        _, batch = outbox.popitem(last=False)
+                        self._unacked_points -= batch.count
+                    self._acked_seq = max(self._acked_seq, ack.acked_seq)
+                    self._state.notify_all()
+        except grpc.RpcError as exc:
+            self._note_error(f"{exc.code().name}: {exc.details()}")
+        finally:
+            stream.broken = True
+            self._wake.set()
+
+    def _note_error(self, message: str) -> None:
+        if message != self._last_error:
+            log.warning(
+                "steppe: stream to %s interrupted (%s); will resend unacked points",
+                self._describe_server(),
+                message,
+            )
+        self._last_error = message
+
+    # --- waiting -----------------------------------------------------------------------
+
+    def unacked_points(self) -> int:
+        """Points logged but not yet acked by the server (the client's lag)."""
+        return len(self.buffer) + self._unacked_points
+
+    def flush(self, timeout_s: float) -> None:
+        """Send everything logged so far and wait until the server acked it."""
+        deadline = time.monotonic() + timeout_s
+        self.start()
+        self.encode_pending()
+        self._wake.set()
+        with self._state:
+            target = self._seq
+            while self._acked_seq < target:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise errors.FlushTimeout(
+                        f"{self._unacked_points} points were not acked by "
+                        f"{self._describe_server()} within {timeout_s:g} s "
+                        f"(last error: {self._last_error or 'none'}); they are still held "
+                        "in this process's memory and will be sent while it runs"
+                    )
+                self._state.wait(remaining)
+            rejected, self._rejections = self._rejections, []
+        if rejected:
+            raise errors.SteppeError(
+                f"the server rejected {len(rejected)} batch(es): " + "; ".join(rejected[:5])
+            )
+
+    def shutdown(self, timeout_s: float) -> None:
+        """Flush (bounded by timeout_s), then stop the worker. Safe to call twice."""
+        try:
+            if not self._closed and (self._thread is not None or self.buffer.points):
+                self.flush(timeout_s)
+        finally:
+            self._closed = True
+            self._wake.set()
+            thread = self._thread
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout=1.0)

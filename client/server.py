@@ -1,0 +1,120 @@
+"""The composition root of ``steppe server``: gRPC ingest and the HTTP query app on one
+asyncio loop, for one data dir that this process owns.
+
+Imported only by the CLI: importing ``steppe`` never loads the server side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from steppe import __version__
+from steppe.ingest.layout import DataDir
+from steppe.ingest.service import Ingestor
+from steppe.lock import Owner, OwnerLock
+from steppe.query.app import make_app
+
+log = logging.getLogger("steppe.server")
+
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    http_port: int = 5000
+    grpc_port: int = 5001
+    idle_timeout_s: float | None = None  # None: run until signalled
+    grace_s: float = 10.0
+
+
+async def serve(options: ServerOptions, on_ready: Callable[[Owner], None] | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or idle timeout); then drain, flush to Parquet, exit.
+
+    Raises ``steppe.lock.DataDirLocked`` at once if another server owns the data dir.
+    """
+    lock = OwnerLock(options.data_dir)
+    lock.acquire()
+    try:
+        await _serve_locked(options, lock, on_ready)
+    finally:
+        lock.release()
+
+
+async def _serve_locked(
+    options: ServerOptions, lock: OwnerLock, on_ready: Callable[[Owner], None] | None
+) -> None:
+    if options.host not in _LOOPBACK:
+        log.warning(
+            "binding %s: steppe has no authentication yet, so anyone who can reach this "
+            "address can read and write your runs",
+            options.host,
+        )
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    ingestor = Ingestor(DataDir.at(options.data_dir))
+    grpc_port = await ingestor.start(options.host, options.grpc_port)
+    last_http = time.monotonic()
+
+    def touch() -> None:
+        nonlocal last_http
+        last_http = time.monotonic()
+
+    server_info: dict[str, object] = {
+        "version": __version__,
+        "grpc_port": grpc_port,
+        "http_port": 0,
+        "pid": os.getpid(),
+    }
+    runner = web.AppRunner(
+        make_app(ingestor.catalog, ingestor.store, server_info, on_activity=touch),
+        access_log=None,
+        handle_signals=False,
+    )
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, options.host, options.http_port)
+        await site.start()
+        http_port = int(runner.addresses[0][1])
+        server_info["http_port"] = http_port
+        owner = Owner(os.getpid(), options.host, http_port, grpc_port)
+        lock.publish(owner)
+        log.info(
+            "steppe server %s: data dir %s, UI and API at %s, gRPC on port %d",
+            __version__,
+            options.data_dir,
+            owner.http_url,
+            grpc_port,
+        )
+        if on_ready is not None:
+            on_ready(owner)
+        while not stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            if options.idle_timeout_s is not None and ingestor.active_streams() == 0:
+                idle_s = time.monotonic() - max(last_http, ingestor.last_activity_monotonic)
+                if idle_s >= options.idle_timeout_s:
+                    log.info("idle for %.0f s: stopping", idle_s)
+                    break
+        log.info("stopping: draining streams and flushing to Parquet")
+    finally:
+        # gRPC first, so no new points arrive while the tail is flushed.
+        await ingestor.stop(options.grace_s)
+        await runner.cleanup()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("stopped")

@@ -1,0 +1,241 @@
+"""``steppe.Client``: explicit-run-id access for reads and writes (MLflow's MlflowClient).
+
+Writes of metrics go through the process's buffered sender; run lifecycle, params and tags
+are unary gRPC calls; reads use the server's JSON API. Reads first flush this process's
+own unacked points, so what you logged is what you read.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from steppe import config, errors, validation
+from steppe.connection import Connection, connect
+from steppe.entities import Experiment, Metric, Param, Run, RunTag, number
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _experiment_json_to_entity(raw: Mapping[str, Any]) -> Experiment:
+    return Experiment.from_json(raw)
+
+
+class Client:
+    """Read and write runs by id.
+
+    Example::
+
+        client = steppe.Client()
+        run = client.create_run(experiment_id="0")
+        client.log_metric(run.info.run_id, "loss", 0.5, step=1)
+        client.set_terminated(run.info.run_id)
+        history = client.get_metric_history(run.info.run_id, "loss")
+    """
+
+    def __init__(self, tracking_uri: str | None = None) -> None:
+        from steppe import fluent
+
+        self._tracking_uri = tracking_uri if tracking_uri is not None else fluent.get_tracking_uri()
+
+    @property
+    def tracking_uri(self) -> str | None:
+        return self._tracking_uri
+
+    @property
+    def _conn(self) -> Connection:
+        return connect(self._tracking_uri)
+
+    # --- experiments -------------------------------------------------------------------
+
+    def create_experiment(
+        self, name: str, artifact_location: str | None = None, tags: Mapping[str, Any] | None = None
+    ) -> str:
+        validation.check_experiment_name("name", name)
+        clean = {
+            validation.check_name("tags", k, "tag key"): str(v) for k, v in (tags or {}).items()
+        }
+        return self._conn.unary.create_experiment(
+            name, artifact_location or "", clean
+        ).experiment_id
+
+    def get_experiment(self, experiment_id: str) -> Experiment:
+        raw = self._conn.get_json(f"/api/steppe/v1/experiments/{_path_id(experiment_id)}")
+        return _experiment_json_to_entity(raw["experiment"])
+
+    def get_experiment_by_name(self, name: str) -> Experiment | None:
+        for exp in self.search_experiments():
+            if exp.name == name:
+                return exp
+        return None
+
+    def search_experiments(self) -> list[Experiment]:
+        raw = self._conn.get_json("/api/steppe/v1/experiments")
+        return [_experiment_json_to_entity(e) for e in raw["experiments"]]
+
+    def set_experiment(self, name: str) -> Experiment:
+        """Get or create the experiment called ``name``."""
+        validation.check_experiment_name("experiment_name", name)
+        return self._conn.unary.set_experiment(name)
+
+    # --- runs --------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        experiment_id: str | None = None,
+        start_time: int | None = None,
+        tags: Mapping[str, Any] | None = None,
+        run_name: str | None = None,
+        run_id: str | None = None,
+    ) -> Run:
+        clean_tags = _tags(tags)
+        return self._conn.unary.create_run(
+            run_id or uuid.uuid4().hex,
+            experiment_id or "0",
+            run_name or "",
+            start_time or now_ms(),
+            dict(clean_tags),
+            _user(),
+        )
+
+    def get_run(self, run_id: str) -> Run:
+        validation.check_run_id("run_id", run_id)
+        self._settle()
+        raw = self._conn.get_json(f"/api/steppe/v1/runs/{run_id}")
+        return Run.from_json(raw["run"])
+
+    def search_runs(
+        self,
+        experiment_ids: Sequence[str] | None = None,
+        filter_string: str = "",
+        max_results: int = 1000,
+        order_by: Sequence[str] | None = None,
+    ) -> list[Run]:
+        """Runs of these experiments (all when None), newest first.
+
+        Filters and ordering are not implemented yet: a non-empty ``filter_string`` or
+        ``order_by`` is refused rather than silently ignored.
+        """
+        if filter_string:
+            raise errors.InvalidParameterValue(
+                "filter_string", filter_string, "filters are not supported by this version"
+            )
+        if order_by:
+            raise errors.InvalidParameterValue(
+                "order_by", list(order_by), "ordering is not supported by this version"
+            )
+        self._settle()
+        body = {
+            "experiment_ids": list(experiment_ids) if experiment_ids is not None else None,
+            "max_results": max_results,
+        }
+        raw = self._conn.post_json("/api/steppe/v1/runs/search", body)
+        return [Run.from_json(r) for r in raw["runs"]]
+
+    def update_run(self, run_id: str, status: str | None = None, name: str | None = None) -> None:
+        self._conn.unary.update_run(run_id, status, None, name)
+
+    def set_terminated(
+        self, run_id: str, status: str = "FINISHED", end_time: int | None = None
+    ) -> None:
+        """End a run: flush its points (waiting for acks), then record status and end time."""
+        self.flush()
+        self._conn.unary.update_run(run_id, status, end_time or now_ms(), None)
+
+    # --- logging -----------------------------------------------------------------------
+
+    def log_metric(
+        self,
+        run_id: str,
+        key: str,
+        value: float,
+        timestamp: int | None = None,
+        step: int | None = None,
+    ) -> None:
+        """Buffered: returns after a buffer append; ``flush()`` waits for the ack."""
+        sender = self._conn.sender
+        sid = sender.buffer.registry.series_id(run_id, validation.check_name("key", key))
+        value = validation.check_metric_value("value", value)
+        step = 0 if step is None else validation.check_step("step", step)
+        ts = now_ms() if timestamp is None else validation.check_timestamp("timestamp", timestamp)
+        sender.start()
+        points = sender.buffer.points
+        points.append((sid, step, ts, value))
+        if len(points) > sender.buffer_points:
+            sender.overflow()
+
+    def log_param(self, run_id: str, key: str, value: Any) -> Any:
+        self.log_batch(run_id, params=[Param(key, value)])
+        return value
+
+    def set_tag(self, run_id: str, key: str, value: Any) -> None:
+        self.log_batch(run_id, tags=[RunTag(key, value)])
+
+    def delete_tag(self, run_id: str, key: str) -> None:
+        self._conn.unary.delete_tag(validation.check_run_id("run_id", run_id), key)
+
+    def log_batch(
+        self,
+        run_id: str,
+        metrics: Iterable[Metric] = (),
+        params: Iterable[Param] = (),
+        tags: Iterable[RunTag] = (),
+    ) -> None:
+        validation.check_run_id("run_id", run_id)
+        clean_params = [
+            (
+                validation.check_name(f"params[{i}].key", p.key, "param key"),
+                validation.check_param_value(f"params[{i}].value", p.value),
+            )
+            for i, p in enumerate(params)
+        ]
+        clean_tags = _tags({t.key: t.value for t in tags})
+        for m in metrics:
+            self.log_metric(run_id, m.key, m.value, m.timestamp, m.step)
+        if clean_params:
+            self._conn.unary.log_params(run_id, clean_params)
+        if clean_tags:
+            self._conn.unary.set_tags(run_id, clean_tags)
+
+    def get_metric_history(self, run_id: str, key: str) -> list[Metric]:
+        """Every point logged for ``key``, ordered by step then timestamp."""
+        validation.check_run_id("run_id", run_id)
+        self._settle()
+        raw = self._conn.get_json("/api/steppe/v1/metric-history", {"run_id": run_id, "key": key})
+        return [
+            Metric(key, number(v), int(t), int(s))
+            for s, v, t in zip(raw["step"], raw["value"], raw["timestamp"], strict=True)
+        ]
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Wait until every point this process logged to this server is acked."""
+        self._conn.sender.flush(config.flush_timeout_s() if timeout_s is None else timeout_s)
+
+    def _settle(self) -> None:
+        sender = self._conn.sender
+        if sender.unacked_points():
+            sender.flush(config.flush_timeout_s())
+
+
+def _tags(tags: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    return [
+        (validation.check_name(f"tags[{k!r}]", k, "tag key"), validation.check_tag_value("tags", v))
+        for k, v in (tags or {}).items()
+    ]
+
+
+def _path_id(experiment_id: str) -> str:
+    return validation.check_experiment_id("experiment_id", str(experiment_id))
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers): MLflow falls back the same way
+        return "unknown"

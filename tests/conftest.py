@@ -1,0 +1,152 @@
+"""Shared fixtures: a real ``steppe server`` subprocess on 127.0.0.1 with a temp data dir,
+and a run logged into it through the real client."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+STARTUP_TIMEOUT_S = 30.0
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment for a child process, without any tracking settings of ours."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STEPPE_", "MLFLOW_"))}
+    env.update(extra)
+    return env
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen[str]
+    data_dir: Path
+    http_url: str
+    grpc_port: int
+    output: list[str] = field(default_factory=list)
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.http_url
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        finally:
+            if self.proc.stdout:
+                self.proc.stdout.close()
+
+
+def start_server(data_dir: Path, *extra_args: str) -> ServerProcess:
+    """Start ``steppe server`` on free ports and wait (with a deadline) for its ready line."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "steppe",
+            "server",
+            "--data-dir",
+            str(data_dir),
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+            *extra_args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=clean_env(),
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+    output: list[str] = []
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            output.append(line)
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, name="server-output", daemon=True).start()
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            proc.kill()
+            raise AssertionError("steppe server did not start:\n" + "".join(output))
+        try:
+            line = lines.get(timeout=remaining)
+        except queue.Empty:
+            continue
+        if line is None:
+            raise AssertionError("steppe server exited:\n" + "".join(output))
+        match = re.search(r"listening on (http://\S+) \(gRPC port (\d+)\)", line)
+        if match:
+            return ServerProcess(proc, data_dir, match.group(1), int(match.group(2)), output)
+
+
+@pytest.fixture(scope="session")
+def steppe_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = start_server(tmp_path_factory.mktemp("server") / "steppe-data")
+    yield server
+    assert server.stop() == 0, "".join(server.output)
+
+
+@pytest.fixture
+def tracking(steppe_server: ServerProcess) -> Iterator[str]:
+    """Point the fluent API at the session server; end any run a test left open."""
+    import steppe
+
+    steppe.set_tracking_uri(steppe_server.http_url)
+    yield steppe_server.http_url
+    while steppe.active_run() is not None:
+        steppe.end_run()
+    steppe.set_tracking_uri(None)
+
+
+@dataclass
+class LoggedRun:
+    run_id: str
+    experiment_id: str
+    params: dict[str, str]
+    metric_keys: list[str]
+
+
+@pytest.fixture
+def logged_run(tracking: str) -> LoggedRun:
+    """A finished run with two params and two metric series (100 steps each)."""
+    import steppe
+
+    steppe.set_experiment("ui-test")
+    with steppe.start_run(run_name="ui-run") as run:
+        steppe.log_params({"learning_rate": 0.01, "n_estimators": 100})
+        for step in range(100):
+            steppe.log_metrics({"accuracy": 0.5 + step / 250, "loss": 1.0 / (step + 1)}, step=step)
+    return LoggedRun(
+        run.info.run_id,
+        run.info.experiment_id,
+        {"learning_rate": "0.01", "n_estimators": "100"},
+        ["accuracy", "loss"],
+    )
+
+
+def wait_until(predicate: object, timeout_s: float = 10.0, interval_s: float = 0.02) -> None:
+    """Poll ``predicate()`` until true, failing at the deadline (no sleeps as sync)."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s: {predicate}")
+        time.sleep(interval_s)

@@ -1,0 +1,59 @@
+"""Architecture held by tests: generated code is fresh, imports point one way, __all__ is stable."""
+
+from __future__ import annotations
+
+import filecmp
+import subprocess
+import sys
+from pathlib import Path
+
+import steppe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_generated_proto_code_is_fresh(tmp_path: Path) -> None:
+    subprocess.run([str(ROOT / "scripts" / "gen-proto"), str(tmp_path)], check=True, cwd=ROOT)
+    generated = tmp_path / "steppe" / "v1"
+    names = sorted(p.name for p in generated.iterdir())
+    assert names == ["steppe_pb2.py", "steppe_pb2.pyi", "steppe_pb2_grpc.py"]
+    for name in names:
+        committed = ROOT / "proto" / "steppe" / "v1" / name
+        assert filecmp.cmp(generated / name, committed, shallow=False), (
+            f"{committed} is stale: run scripts/gen-proto and commit the result"
+        )
+
+
+def _modules_after(statement: str) -> set[str]:
+    code = f"import sys; {statement}; print('\\n'.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return set(out.stdout.split())
+
+
+def test_the_training_process_imports_neither_server_nor_duckdb() -> None:
+    loaded = _modules_after("import steppe")
+    assert "grpc" in loaded
+    forbidden = {m for m in loaded if m.split(".")[0] in {"duckdb", "pyarrow", "aiohttp"}}
+    forbidden |= {m for m in loaded if m.startswith(("steppe.ingest", "steppe.query"))}
+    assert not forbidden
+
+
+def test_ingest_does_not_import_query() -> None:
+    loaded = _modules_after("import steppe.ingest.service")
+    assert not {m for m in loaded if m.startswith("steppe.query")}
+
+
+def test_only_wire_modules_touch_generated_code() -> None:
+    users = {
+        str(p.relative_to(ROOT))
+        for folder in ("client", "ingest", "query")
+        for p in (ROOT / folder).rglob("*.py")
+        if "steppe.v1" in p.read_text()
+    }
+    assert users <= {"client/wire.py", "ingest/wire.py"}
+
+
+def test_public_api_is_stable() -> None:
+    assert "start_run" in steppe.__all__ and "log_metric" in steppe.__all__
+    for name in steppe.__all__:
+        assert hasattr(steppe, name), name
