@@ -1,0 +1,922 @@
+/* steppe web UI: one page routed on location.pathname, data from /api/steppe/v1 (query/API.md).
+   Plain browser JS with no build step; uPlot (vendor/uplot) draws the charts. Server data reaches
+   the DOM only through textContent and attributes, never innerHTML. */
+(() => {
+  "use strict";
+
+  const API = "/api/steppe/v1";
+  const POLL_MS = 1000;          // contract 5: an acked point is visible within one second
+  const FINAL_REFRESH_MS = 1500; // one more look after a run ends, for points acked just before
+  const CHART_HEIGHT = 220;
+  const Y_AXIS_PX = 56;          // rough width of the y axis, to ask for one bucket per plot pixel
+  const MAX_BUCKETS = 10000;     // the series endpoint's limit
+  const SYSTEM_TAG = /^mlflow\./;
+
+  const main = document.getElementById("app");
+
+  // ---------------------------------------------------------------- DOM
+
+  /** h("a", {href: "/", class: "x", onclick: fn}, "text", node, [more]) */
+  function h(tag, attrs, ...children) {
+    const el = document.createElement(tag);
+    if (attrs) {
+      for (const [k, v] of Object.entries(attrs)) {
+        if (v == null || v === false) continue;
+        if (k === "class") el.className = v;
+        else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+        else el.setAttribute(k, v === true ? "" : String(v));
+      }
+    }
+    for (const c of children.flat(Infinity)) {
+      if (c != null && c !== false) el.append(c instanceof Node ? c : String(c));
+    }
+    return el;
+  }
+
+  function setTitle(text) {
+    document.title = text ? `${text} · steppe` : "steppe";
+  }
+
+  function loading(text = "Loading…") {
+    return h("p", { class: "muted loading", role: "status" }, text);
+  }
+
+  const enc = encodeURIComponent;
+
+  // ---------------------------------------------------------------- numbers and times
+
+  // JSON has no literal for these; the API sends them as strings (API.md, "Numbers").
+  const NON_FINITE = new Map([["NaN", NaN], ["Infinity", Infinity], ["-Infinity", -Infinity]]);
+
+  function toNumber(v) {
+    if (typeof v === "number") return v;
+    if (v == null) return null;
+    if (NON_FINITE.has(v)) return NON_FINITE.get(v);
+    const n = Number(v);
+    return Number.isNaN(n) ? NaN : n;
+  }
+
+  /** A value uPlot can draw: non-finite values become null, which uPlot draws as a gap. */
+  function plotValue(v) {
+    const n = toNumber(v);
+    return Number.isFinite(n) ? n : null;
+  }
+
+  function fmtValue(v) {
+    const n = toNumber(v);
+    if (n === null) return "—";
+    if (Number.isNaN(n)) return "NaN";
+    if (n === Infinity) return "∞";
+    if (n === -Infinity) return "−∞";
+    const a = Math.abs(n);
+    if (Number.isInteger(n) && a < 1e15) return String(n);
+    if (a !== 0 && (a >= 1e6 || a < 1e-3)) return n.toExponential(3).replace(/\.?0+e/, "e");
+    return String(Number(n.toPrecision(5)));
+  }
+
+  const pad2 = (n) => String(n).padStart(2, "0");
+
+  function fmtTime(ms) {
+    if (ms == null) return "—";
+    const d = new Date(ms);
+    return `${d.getFullYear()}-${pad2(d.getMonth() + 1)}-${pad2(d.getDate())} ` +
+      `${pad2(d.getHours())}:${pad2(d.getMinutes())}:${pad2(d.getSeconds())}`;
+  }
+
+  function fmtAgo(ms) {
+    if (ms == null) return "—";
+    const s = (Date.now() - ms) / 1000;
+    if (s < 45) return "just now";
+    if (s < 3600) return `${Math.max(1, Math.round(s / 60))} min ago`;
+    if (s < 86400) return `${Math.round(s / 3600)} h ago`;
+    if (s < 30 * 86400) return `${Math.round(s / 86400)} d ago`;
+    return fmtTime(ms).slice(0, 10);
+  }
+
+  function fmtDuration(ms) {
+    if (ms == null || ms < 0) return "—";
+    if (ms < 1000) return `${ms} ms`;
+    const s = ms / 1000;
+    if (s < 60) return `${s.toFixed(1)} s`;
+    const m = Math.floor(s / 60);
+    if (m < 60) return `${m}m ${pad2(Math.floor(s % 60))}s`;
+    const hr = Math.floor(m / 60);
+    if (hr < 24) return `${hr}h ${pad2(m % 60)}m`;
+    return `${Math.floor(hr / 24)}d ${hr % 24}h`;
+  }
+
+  function runDurationMs(info) {
+    if (info.start_time == null) return null;
+    const end = info.end_time ?? (info.status === "RUNNING" ? Date.now() : null);
+    return end == null ? null : end - info.start_time;
+  }
+
+  // ---------------------------------------------------------------- API
+
+  class ApiError extends Error {
+    constructor(status, code, message) {
+      super(message);
+      this.status = status;
+      this.code = code;
+    }
+  }
+
+  async function api(path, init = {}) {
+    let res;
+    try {
+      res = await fetch(API + path, { headers: { Accept: "application/json" }, ...init });
+    } catch (e) {
+      if (e.name === "AbortError") throw e;
+      throw new ApiError(0, "NETWORK_ERROR", "The steppe server did not answer. Is it running?");
+    }
+    let body = null;
+    try {
+      body = await res.json();
+    } catch (e) {
+      if (e.name === "AbortError") throw e;
+      body = null; // not JSON: fall back to the HTTP status below
+    }
+    if (!res.ok) {
+      throw new ApiError(res.status, body?.error_code || `HTTP_${res.status}`,
+        body?.message || res.statusText || "Request failed");
+    }
+    return body;
+  }
+
+  function errorBox(err, what) {
+    let title;
+    if (err.status === 404 || err.code === "RESOURCE_DOES_NOT_EXIST") title = `${what} not found`;
+    else if (err.code === "NETWORK_ERROR") title = "Cannot reach the steppe server";
+    else title = `Could not load ${what.toLowerCase()}`;
+    return h("div", { class: "error", role: "alert", "data-testid": "error" },
+      h("strong", null, title),
+      err.message ? h("span", { class: "error-message" }, err.message) : null,
+      err.code ? h("code", { class: "error-code" }, err.code) : null);
+  }
+
+  // ---------------------------------------------------------------- pages and routing
+
+  /** What one page owns: its fetches, timers and listeners, all dropped when it is left. */
+  class Page {
+    constructor() {
+      this.ctrl = new AbortController();
+      this.alive = true;
+      this.cleanups = [];
+    }
+    api(path, init = {}) {
+      return api(path, { ...init, signal: this.ctrl.signal });
+    }
+    later(fn, ms) {
+      const t = setTimeout(() => this.alive && fn(), ms);
+      this.cleanups.push(() => clearTimeout(t));
+    }
+    listen(target, type, fn) {
+      target.addEventListener(type, fn);
+      this.cleanups.push(() => target.removeEventListener(type, fn));
+    }
+    onDispose(fn) {
+      this.cleanups.push(fn);
+    }
+    dispose() {
+      this.alive = false;
+      this.ctrl.abort();
+      for (const fn of this.cleanups.splice(0)) {
+        try { fn(); } catch (e) { console.warn("steppe: cleanup failed", e); } // keep tearing down
+      }
+    }
+  }
+
+  let page = null;
+
+  function isAppPath(path) {
+    return path === "/" || /^\/(experiments|runs)(\/|$)/.test(path);
+  }
+
+  function route() {
+    if (page) page.dispose();
+    page = new Page();
+    main.replaceChildren();
+    const path = location.pathname.replace(/\/+$/, "") || "/";
+    let m;
+    try {
+      if (path === "/" || path === "/experiments") return experimentsView(page);
+      if ((m = /^\/experiments\/([^/]+)$/.exec(path))) return runsView(page, decodeURIComponent(m[1]));
+      if ((m = /^\/runs\/([^/]+)$/.exec(path))) return runView(page, decodeURIComponent(m[1]));
+    } catch (e) {
+      if (!(e instanceof URIError)) throw e; // a malformed %-escape: nothing lives there either
+    }
+    setTitle("Not found");
+    main.append(errorBox(new ApiError(404, null, `Nothing lives at ${location.pathname}.`), "Page"));
+  }
+
+  function navigate(href) {
+    if (href !== location.pathname + location.search) history.pushState(null, "", href);
+    route();
+    window.scrollTo(0, 0);
+  }
+
+  /** Replace the query string of the current entry (sort order, filters) without a new entry. */
+  function setQuery(params) {
+    const q = new URLSearchParams(location.search);
+    for (const [k, v] of Object.entries(params)) {
+      if (v == null || v === "") q.delete(k);
+      else q.set(k, v);
+    }
+    const s = q.toString();
+    history.replaceState(null, "", location.pathname + (s ? `?${s}` : ""));
+  }
+
+  document.addEventListener("click", (e) => {
+    const a = e.target instanceof Element ? e.target.closest("a[href]") : null;
+    if (!a || e.defaultPrevented || e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey) return;
+    if (a.target && a.target !== "_self") return;
+    const url = new URL(a.href, location.href);
+    if (url.origin !== location.origin || !isAppPath(url.pathname)) return;
+    e.preventDefault();
+    navigate(url.pathname + url.search);
+  });
+  window.addEventListener("popstate", route);
+
+  // ---------------------------------------------------------------- sortable tables
+
+  const collator = new Intl.Collator(undefined, { numeric: true, sensitivity: "base" });
+
+  function numberLike(v) {
+    if (typeof v === "number") return v;
+    if (typeof v !== "string" || v.trim() === "") return null;
+    const n = Number(v);
+    return Number.isNaN(n) ? null : n;
+  }
+
+  const isBlank = (v) => v == null || v === "" || (typeof v === "number" && Number.isNaN(v));
+
+  function compareValues(a, b) {
+    const na = numberLike(a);
+    const nb = numberLike(b);
+    if (na !== null && nb !== null) return na === nb ? 0 : na < nb ? -1 : 1;
+    return collator.compare(String(a), String(b));
+  }
+
+  function sortRows(rows, col, dir) {
+    if (!col) return rows;
+    return rows.map((row, i) => ({ row, i, v: col.get(row) })).sort((x, y) => {
+      const bx = isBlank(x.v);
+      const by = isBlank(y.v);
+      if (bx || by) return bx === by ? x.i - y.i : bx ? 1 : -1; // blanks last, either direction
+      return dir * compareValues(x.v, y.v) || x.i - y.i;
+    }).map((x) => x.row);
+  }
+
+  /**
+   * A table whose headers are buttons that sort it.
+   * columns: [{id, label, get(row) -> sort value, cell(row) -> node or text, num, cls, title}]
+   * groups: optional [{label, span, cls}] drawn as a header row above the columns.
+   */
+  function sortableTable({ testid, columns, groups, rows, sort, onSort, empty, rowAttrs }) {
+    const head = h("tr", null, columns.map((c) => {
+      const active = sort && sort.id === c.id;
+      return h("th", {
+        scope: "col",
+        class: [c.num ? "num" : "", c.cls || ""].join(" ").trim() || null,
+        "aria-sort": active ? (sort.dir > 0 ? "ascending" : "descending") : null,
+        "data-col": c.id,
+        title: c.title,
+      }, h("button", { type: "button", class: "sort", onclick: () => onSort(c.id) },
+        h("span", { class: "label" }, c.label),
+        h("span", { class: "arrow", "aria-hidden": "true" }, active ? (sort.dir > 0 ? "▲" : "▼") : "")));
+    }));
+    const col = sort ? columns.find((c) => c.id === sort.id) : null;
+    const sorted = sortRows(rows, col, sort ? sort.dir : 1);
+    const body = h("tbody", null, sorted.length ? sorted.map((row) => h("tr", rowAttrs ? rowAttrs(row) : null,
+      columns.map((c) => h("td", { class: [c.num ? "num" : "", c.cls || ""].join(" ").trim() || null }, c.cell(row)))))
+      : h("tr", { class: "empty" }, h("td", { colspan: columns.length }, empty)));
+    return h("table", { class: "grid", "data-testid": testid },
+      h("thead", null,
+        groups ? h("tr", { class: "groups" }, groups.map((g) =>
+          h("th", { colspan: g.span, scope: "colgroup", class: g.cls || null }, g.label))) : null,
+        head),
+      body);
+  }
+
+  /** Sort state kept in the URL (?sort=ID&dir=asc|desc) so a reload or a shared link keeps it. */
+  function sortFromQuery(defaultSort) {
+    const q = new URLSearchParams(location.search);
+    const id = q.get("sort");
+    return id ? { id, dir: q.get("dir") === "desc" ? -1 : 1 } : defaultSort;
+  }
+
+  function nextSort(sort, id, numericDesc) {
+    if (sort && sort.id === id) return { id, dir: -sort.dir };
+    return { id, dir: numericDesc ? -1 : 1 };
+  }
+
+  function refocusSortButton(container, id) {
+    const btn = container.querySelector(`th[data-col="${CSS.escape(id)}"] button`);
+    if (btn) btn.focus();
+  }
+
+  function crumbs(...items) {
+    return h("nav", { class: "crumbs", "aria-label": "Breadcrumb" }, h("a", { href: "/" }, "Experiments"),
+      items.map((item) => [h("span", { "aria-hidden": "true" }, "›"), item]));
+  }
+
+  function statusBadge(status, testid) {
+    const s = String(status || "UNKNOWN");
+    return h("span", { class: `status status-${s.toLowerCase()}`, "data-testid": testid || null }, s);
+  }
+
+  function timeCell(ms) {
+    return ms == null ? "—" : h("time", { datetime: new Date(ms).toISOString(), title: fmtTime(ms) }, fmtAgo(ms));
+  }
+
+  // ---------------------------------------------------------------- experiments page
+
+  function experimentsView(page) {
+    setTitle("Experiments");
+    const q0 = new URLSearchParams(location.search).get("q") || "";
+    const search = h("input", {
+      type: "search", class: "search", placeholder: "Filter by name", value: q0,
+      "aria-label": "Filter experiments by name", "data-testid": "experiments-search",
+    });
+    const holder = h("div", { class: "table-wrap" }, loading());
+    main.append(h("section", { class: "page" },
+      h("div", { class: "page-head" }, h("h1", null, "Experiments"), h("span", { class: "spacer" }), search),
+      holder));
+
+    page.api("/experiments").then((data) => {
+      const all = data.experiments || [];
+      let sort = sortFromQuery(null);
+      const columns = [
+        { id: "name", label: "Name", get: (e) => e.name,
+          cell: (e) => h("a", { href: `/experiments/${enc(e.experiment_id)}`, "data-testid": "experiment-link" }, e.name,
+            e.lifecycle_stage && e.lifecycle_stage !== "active" ? h("span", { class: "tag-dim" }, e.lifecycle_stage) : null) },
+        { id: "id", label: "ID", get: (e) => e.experiment_id, cell: (e) => h("code", null, e.experiment_id) },
+        { id: "runs", label: "Runs", num: true, get: (e) => e.run_count, cell: (e) => e.run_count ?? "—" },
+        { id: "activity", label: "Last activity", get: (e) => e.last_activity, cell: (e) => timeCell(e.last_activity) },
+        { id: "created", label: "Created", get: (e) => e.creation_time, cell: (e) => timeCell(e.creation_time) },
+      ];
+      const render = () => {
+        const needle = search.value.trim().toLowerCase();
+        const rows = needle ? all.filter((e) => String(e.name).toLowerCase().includes(needle)) : all;
+        holder.replaceChildren(sortableTable({
+          testid: "experiments-table", columns, rows, sort,
+          onSort: (id) => {
+            sort = nextSort(sort, id, id !== "name" && id !== "id");
+            setQuery({ sort: sort.id, dir: sort.dir > 0 ? "asc" : "desc" });
+            render();
+            refocusSortButton(holder, id);
+          },
+          empty: all.length ? `No experiment name contains “${search.value.trim()}”.` : "No experiments yet.",
+          rowAttrs: (e) => ({ "data-experiment-id": e.experiment_id, class: e.lifecycle_stage === "deleted" ? "dim" : null }),
+        }));
+      };
+      search.addEventListener("input", () => {
+        setQuery({ q: search.value.trim() });
+        render();
+      });
+      render();
+    }, (err) => {
+      if (page.alive) holder.replaceChildren(errorBox(err, "Experiments"));
+    });
+  }
+
+  // ---------------------------------------------------------------- runs of one experiment
+
+  function runsView(page, expId) {
+    setTitle(`Experiment ${expId}`);
+    const crumbName = h("span", null, expId);
+    const title = h("h1", null, `Experiment ${expId}`);
+    const q0 = new URLSearchParams(location.search).get("q") || "";
+    const search = h("input", {
+      type: "search", class: "search", placeholder: "Filter runs", value: q0,
+      "aria-label": "Filter runs by name or id", "data-testid": "runs-search",
+    });
+    const count = h("span", { class: "muted" });
+    const holder = h("div", { class: "table-wrap" }, loading());
+    main.append(h("section", { class: "page" },
+      crumbs(crumbName),
+      h("div", { class: "page-head" }, title, count, h("span", { class: "spacer" }), search),
+      holder));
+
+    Promise.all([page.api(`/experiments/${enc(expId)}`), page.api(`/experiments/${enc(expId)}/runs`)]).then(([e, r]) => {
+      const exp = e.experiment;
+      setTitle(exp.name);
+      title.textContent = exp.name;
+      crumbName.textContent = exp.name;
+      const runs = r.runs || [];
+      count.textContent = `${runs.length} run${runs.length === 1 ? "" : "s"}`;
+
+      const paramKeys = new Set();
+      const metricKeys = new Set();
+      for (const run of runs) {
+        Object.keys(run.data?.params || {}).forEach((k) => paramKeys.add(k));
+        Object.keys(run.data?.metrics || {}).forEach((k) => metricKeys.add(k));
+      }
+      const pKeys = [...paramKeys].sort(collator.compare);
+      const mKeys = [...metricKeys].sort(collator.compare);
+
+      const columns = [
+        { id: "name", label: "Run", get: (r) => r.info.run_name || r.info.run_id,
+          cell: (r) => h("a", { href: `/runs/${enc(r.info.run_id)}`, "data-testid": "run-link", "data-run-id": r.info.run_id },
+            r.info.run_name || r.info.run_id) },
+        { id: "status", label: "Status", get: (r) => r.info.status, cell: (r) => statusBadge(r.info.status) },
+        { id: "start", label: "Started", get: (r) => r.info.start_time,
+          cell: (r) => (r.info.start_time == null ? "—"
+            : h("time", { datetime: new Date(r.info.start_time).toISOString() }, fmtTime(r.info.start_time))) },
+        { id: "duration", label: "Duration", num: true,
+          get: (r) => runDurationMs(r.info), cell: (r) => fmtDuration(runDurationMs(r.info)) },
+        ...pKeys.map((k, i) => ({
+          id: `p:${k}`, label: k, title: `param ${k}`, cls: i === 0 ? "param first-of-group" : "param",
+          get: (r) => r.data?.params?.[k], cell: (r) => r.data?.params?.[k] ?? "",
+        })),
+        ...mKeys.map((k, i) => ({
+          id: `m:${k}`, label: k, title: `metric ${k}: latest value`, num: true,
+          cls: i === 0 ? "metric first-of-group" : "metric",
+          get: (r) => { const m = r.data?.metrics?.[k]; return m ? toNumber(m.value) : null; },
+          cell: (r) => {
+            const m = r.data?.metrics?.[k];
+            return m ? h("span", { title: `step ${m.step}` }, fmtValue(m.value)) : "";
+          },
+        })),
+      ];
+      const groups = pKeys.length || mKeys.length ? [
+        { label: "", span: 4 },
+        pKeys.length ? { label: "Params", span: pKeys.length, cls: "first-of-group" } : null,
+        mKeys.length ? { label: "Metrics", span: mKeys.length, cls: "first-of-group" } : null,
+      ].filter(Boolean) : null;
+
+      let sort = sortFromQuery({ id: "start", dir: -1 });
+      const render = () => {
+        const needle = search.value.trim().toLowerCase();
+        const rows = needle ? runs.filter((r) => String(r.info.run_name || "").toLowerCase().includes(needle) ||
+          r.info.run_id.toLowerCase().includes(needle)) : runs;
+        holder.replaceChildren(sortableTable({
+          testid: "runs-table", columns, groups, rows, sort,
+          onSort: (id) => {
+            sort = nextSort(sort, id, id === "start" || id === "duration");
+            setQuery({ sort: sort.id, dir: sort.dir > 0 ? "asc" : "desc" });
+            render();
+            refocusSortButton(holder, id);
+          },
+          empty: runs.length ? "No run matches the filter." : "No runs in this experiment yet.",
+          rowAttrs: (r) => ({ "data-run-id": r.info.run_id }),
+        }));
+      };
+      search.addEventListener("input", () => {
+        setQuery({ q: search.value.trim() });
+        render();
+      });
+      render();
+    }, (err) => {
+      if (page.alive) holder.replaceChildren(errorBox(err, "Experiment"));
+    });
+  }
+
+  // ---------------------------------------------------------------- run page
+
+  function runView(page, runId) {
+    setTitle("Run");
+    const root = h("section", { class: "page run-page" }, loading());
+    main.append(root);
+    page.api(`/runs/${enc(runId)}`).then((data) => {
+      root.replaceChildren();
+      new RunView(page, root, data.run); // eslint-disable-line no-new
+    }, (err) => {
+      if (!page.alive) return;
+      setTitle("Run not found");
+      root.replaceChildren(
+        crumbs(),
+        errorBox(err, "Run"));
+    });
+  }
+
+  function kvTable(testid, entries, emptyText, cls) {
+    return h("table", { class: `kv ${cls || ""}`.trim(), "data-testid": testid },
+      h("thead", null, h("tr", null, h("th", { scope: "col" }, "Key"), h("th", { scope: "col" }, "Value"))),
+      h("tbody", null, entries.length
+        ? entries.map(([k, v]) => h("tr", { "data-key": k }, h("th", { scope: "row" }, k), h("td", null, v)))
+        : h("tr", { class: "empty" }, h("td", { colspan: 2 }, emptyText))));
+  }
+
+  const byKey = (obj) => Object.entries(obj || {}).sort((a, b) => collator.compare(a[0], b[0]));
+
+  class RunView {
+    constructor(page, root, run) {
+      this.page = page;
+      this.runId = run.info.run_id;
+      this.syncKey = `steppe-run-${this.runId}`;
+      this.charts = new Map();
+      this.status = null;
+      this.paramsSig = this.tagsSig = null;
+
+      this.expLink = h("a", { href: `/experiments/${enc(run.info.experiment_id)}` }, `Experiment ${run.info.experiment_id}`);
+      this.nameEl = h("h1", { class: "run-name", "data-testid": "run-name" });
+      this.statusEl = h("span", { class: "status-slot" });
+      this.liveEl = h("span", { class: "live", hidden: true, title: "Refreshing every second while the run is running" }, "live");
+      this.notice = h("div", { class: "notice", role: "status", "data-testid": "poll-error", hidden: true });
+      this.overview = h("dl", { class: "overview", "data-testid": "run-overview" });
+      this.description = h("p", { class: "description", hidden: true });
+      this.paramsSlot = h("div", { class: "table-wrap" });
+      this.tagsSlot = h("div", { class: "table-wrap" });
+      this.systemTags = h("details", { class: "system-tags", "data-testid": "system-tags" });
+      this.metricCount = h("span", { class: "muted" });
+      this.filter = h("input", {
+        type: "search", class: "search", placeholder: "Filter metrics", "aria-label": "Filter metrics by key",
+        "data-testid": "metrics-search",
+      });
+      this.grid = h("div", { class: "charts", "data-testid": "charts" });
+      this.noMetrics = h("p", { class: "muted", hidden: true }, "No metrics logged yet.");
+
+      root.append(
+        crumbs(this.expLink),
+        h("div", { class: "page-head" }, this.nameEl, this.statusEl, this.liveEl),
+        this.notice,
+        this.description,
+        this.overview,
+        h("div", { class: "panels" },
+          h("section", { class: "panel" }, h("h2", null, "Parameters"), this.paramsSlot),
+          h("section", { class: "panel" }, h("h2", null, "Tags"), this.tagsSlot, this.systemTags)),
+        h("section", { class: "metrics" },
+          h("div", { class: "section-head" },
+            h("h2", null, "Metrics"), this.metricCount, h("span", { class: "spacer" }), this.filter),
+          this.noMetrics,
+          this.grid));
+
+      // Charts load when they come near the viewport: a run can log hundreds of keys.
+      this.io = new IntersectionObserver((entries) => {
+        for (const e of entries) {
+          const chart = this.charts.get(e.target.dataset.key);
+          if (chart) chart.setVisible(e.isIntersecting);
+        }
+      }, { rootMargin: "300px 0px" });
+      page.onDispose(() => {
+        this.io.disconnect();
+        for (const c of this.charts.values()) c.destroy();
+      });
+
+      let resizeFrame = 0;
+      page.listen(window, "resize", () => {
+        cancelAnimationFrame(resizeFrame);
+        resizeFrame = requestAnimationFrame(() => this.charts.forEach((c) => c.resize()));
+      });
+      page.onDispose(() => cancelAnimationFrame(resizeFrame));
+
+      this.filter.addEventListener("input", () => this.applyFilter());
+
+      page.api(`/experiments/${enc(run.info.experiment_id)}`).then((d) => {
+        this.expLink.textContent = d.experiment.name;
+      }, () => { /* the breadcrumb keeps the id; the run itself loaded fine */ });
+
+      this.update(run);
+      if (run.info.status === "RUNNING") this.page.later(() => this.poll(), POLL_MS);
+    }
+
+    update(run) {
+      const info = run.info;
+      const name = info.run_name || info.run_id;
+      this.nameEl.textContent = name;
+      setTitle(name);
+      if (info.status !== this.status) {
+        this.statusEl.replaceChildren(statusBadge(info.status, "run-status"));
+        this.liveEl.hidden = info.status !== "RUNNING";
+        this.status = info.status;
+      }
+      const tags = run.data?.tags || {};
+      const note = tags["mlflow.note.content"];
+      this.description.hidden = !note;
+      this.description.textContent = note || "";
+
+      this.overview.replaceChildren(...[
+        ["Run ID", h("code", { class: "select-all" }, info.run_id)],
+        ["Status", info.status],
+        ["Started", fmtTime(info.start_time)],
+        ["Ended", info.end_time == null ? (info.status === "RUNNING" ? "running" : "—") : fmtTime(info.end_time)],
+        ["Duration", fmtDuration(runDurationMs(info))],
+        ["User", info.user_id || "—"],
+        info.lifecycle_stage && info.lifecycle_stage !== "active" ? ["Lifecycle", info.lifecycle_stage] : null,
+      ].filter(Boolean).map(([k, v]) => h("div", { class: "ov-item" }, h("dt", null, k), h("dd", null, v))));
+
+      const params = byKey(run.data?.params);
+      const pSig = JSON.stringify(params);
+      if (pSig !== this.paramsSig) {
+        this.paramsSig = pSig;
+        this.paramsSlot.replaceChildren(kvTable("params-table", params, "No parameters."));
+      }
+      const all = byKey(tags);
+      const tSig = JSON.stringify(all);
+      if (tSig !== this.tagsSig) {
+        this.tagsSig = tSig;
+        const user = all.filter(([k]) => !SYSTEM_TAG.test(k));
+        const system = all.filter(([k]) => SYSTEM_TAG.test(k));
+        this.tagsSlot.replaceChildren(kvTable("tags-table", user, "No tags."));
+        // Only the contents change, so an opened section stays open across refreshes.
+        this.systemTags.hidden = system.length === 0;
+        this.systemTags.replaceChildren(
+          h("summary", null, `System tags (${system.length})`),
+          kvTable("system-tags-table", system, "", "dim"));
+      }
+
+      const metrics = run.data?.metrics || {};
+      const keys = Object.keys(metrics).sort(collator.compare);
+      this.metricCount.textContent = keys.length ? `${keys.length} key${keys.length === 1 ? "" : "s"}` : "";
+      this.noMetrics.hidden = keys.length > 0;
+      let added = false;
+      for (const key of keys) {
+        let chart = this.charts.get(key);
+        if (!chart) {
+          chart = new MetricChart(this, key);
+          this.charts.set(key, chart);
+          added = true;
+        }
+        chart.setSummary(metrics[key]);
+      }
+      if (added) {
+        // Keep cards in key order when new keys appear mid-run.
+        for (const key of keys) this.grid.append(this.charts.get(key).el);
+        for (const key of keys) this.io.observe(this.charts.get(key).el);
+        this.applyFilter();
+      }
+    }
+
+    applyFilter() {
+      const needle = this.filter.value.trim().toLowerCase();
+      for (const [key, chart] of this.charts) chart.el.hidden = needle !== "" && !key.toLowerCase().includes(needle);
+    }
+
+    async refresh() {
+      const data = await this.page.api(`/runs/${enc(this.runId)}`);
+      if (!this.page.alive) return null;
+      this.update(data.run);
+      await Promise.all([...this.charts.values()].map((c) => c.load(false)));
+      return data.run;
+    }
+
+    async poll() {
+      let run = null;
+      try {
+        run = await this.refresh();
+        if (!this.page.alive) return;
+        this.notice.hidden = true;
+      } catch (err) {
+        if (!this.page.alive) return;
+        this.notice.hidden = false;
+        this.notice.textContent = `Refresh failed (${err.message}); retrying.`;
+      }
+      if (!run || run.info.status === "RUNNING") {
+        this.page.later(() => this.poll(), run ? POLL_MS : POLL_MS * 3);
+      } else {
+        // A final look only; on failure the page still shows the ended run.
+        this.page.later(() => this.refresh().catch(() => {}), FINAL_REFRESH_MS);
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------- one metric chart
+
+  function cssVar(name, fallback) {
+    return getComputedStyle(document.documentElement).getPropertyValue(name).trim() || fallback;
+  }
+
+  function chartTheme() {
+    return {
+      line: cssVar("--chart-line", "#2f6fdb"),
+      edge: cssVar("--chart-band-edge", "rgba(47,111,219,.35)"),
+      band: cssVar("--chart-band", "rgba(47,111,219,.14)"),
+      axis: cssVar("--chart-axis", "#5b6470"),
+      grid: cssVar("--chart-grid", "rgba(0,0,0,.07)"),
+      font: `11px ${cssVar("--font-sans", "system-ui, sans-serif")}`,
+    };
+  }
+
+  // Steps are integers: x ticks at 1, 2, 5 x 10^k only, never 2.5.
+  const STEP_INCRS = [];
+  for (let e = 0; e <= 15; e++) for (const m of [1, 2, 5]) STEP_INCRS.push(m * 10 ** e);
+
+  function axisSize(u, values, axisIdx, cycleNum) {
+    if (!values || cycleNum > 1) return Y_AXIS_PX;
+    const longest = values.reduce((m, v) => Math.max(m, String(v).length), 0);
+    return Math.max(40, Math.ceil(longest * 6.5) + 18);
+  }
+
+  class MetricChart {
+    constructor(view, key) {
+      this.view = view;
+      this.key = key;
+      this.u = null;
+      this.bucketed = null;  // shape of the drawn chart: mean+band, or exact points
+      this.zoom = null;      // {min, max} in steps, or null for the full range
+      this.visible = false;
+      this.stale = true;     // needs a load the next time it is visible
+      this.seq = 0;          // answers to older requests are dropped
+      this.inflight = null;
+      this.count = null;
+      this.loadedBuckets = 0;
+
+      this.latest = h("span", { class: "chart-latest", "data-testid": "chart-latest" });
+      this.meta = h("span", { class: "chart-meta", "data-testid": "chart-meta" });
+      this.resetBtn = h("button", { type: "button", class: "btn-small", hidden: true, onclick: () => this.resetZoom() },
+        "Reset zoom");
+      this.plot = h("div", { class: "chart-plot" });
+      this.msg = h("div", { class: "chart-msg", role: "status" }, "Loading…");
+      this.el = h("section", {
+        class: "chart-card", "data-testid": `chart-${key}`, "data-key": key, "aria-label": `Metric ${key}`,
+      },
+        h("header", { class: "chart-head" },
+          h("h3", { class: "chart-title", title: key }, key),
+          this.latest, h("span", { class: "spacer" }), this.meta, this.resetBtn),
+        this.plot, this.msg);
+    }
+
+    setSummary(m) {
+      this.count = m.count ?? null;
+      this.latest.textContent = `${fmtValue(m.value)} @ ${m.step}`;
+      this.latest.title = `latest value, at step ${m.step}` +
+        (m.min !== undefined ? `; min ${fmtValue(m.min)}, max ${fmtValue(m.max)}` : "") +
+        (m.count != null ? `; ${m.count} points` : "");
+    }
+
+    setVisible(v) {
+      this.visible = v;
+      if (v && this.stale) this.load(true).catch(() => {});
+    }
+
+    width() {
+      return Math.max(160, Math.floor(this.plot.clientWidth));
+    }
+
+    buckets() {
+      return Math.min(MAX_BUCKETS, Math.max(10, this.width() - Y_AXIS_PX));
+    }
+
+    /** force: a new request even when one is in flight (zoom, resize); polls share the one in flight. */
+    load(force) {
+      if (!this.visible) {
+        this.stale = true;
+        return Promise.resolve();
+      }
+      if (this.inflight && !force) return this.inflight;
+      this.stale = false;
+      const seq = ++this.seq;
+      const buckets = this.buckets();
+      const q = new URLSearchParams({ run_id: this.view.runId, key: this.key, buckets: String(buckets) });
+      if (this.zoom) {
+        q.set("x_min", String(Math.floor(this.zoom.min)));
+        q.set("x_max", String(Math.ceil(this.zoom.max)));
+      }
+      const p = this.view.page.api(`/series?${q}`).then((r) => {
+        if (seq !== this.seq || !this.view.page.alive) return;
+        this.loadedBuckets = buckets;
+        this.draw(r);
+      }, (err) => {
+        if (seq !== this.seq || !this.view.page.alive) return;
+        this.stale = true;
+        this.showMessage(`${err.message}${err.code ? ` (${err.code})` : ""}`, true);
+      }).finally(() => {
+        if (this.inflight === p) this.inflight = null;
+      });
+      this.inflight = p;
+      return p;
+    }
+
+    showMessage(text, isError) {
+      this.msg.hidden = !text;
+      this.msg.textContent = text || "";
+      this.msg.classList.toggle("chart-error", !!isError);
+      if (isError) this.msg.setAttribute("data-testid", "chart-error");
+      else this.msg.removeAttribute("data-testid");
+    }
+
+    draw(r) {
+      const bucketed = !!r.bucketed;
+      const xs = (r.step || []).map(Number);
+      let gaps = 0;
+      const ys = (arr, count) => (arr || []).map((v) => {
+        const n = plotValue(v);
+        if (count && n === null) gaps++;
+        return n;
+      });
+      const data = bucketed
+        ? [xs, ys(r.max), ys(r.min), ys(r.mean, true)]
+        : [xs, ys(r.value, true)];
+
+      if (!this.u || this.bucketed !== bucketed) this.create(bucketed, data);
+      else this.u.setData(data);
+      this.bucketed = bucketed;
+      this.el.dataset.mode = bucketed ? "bucketed" : "exact";
+
+      const total = this.count != null && !this.zoom ? ` of ${this.count.toLocaleString("en-US")}` : "";
+      this.meta.textContent = (bucketed ? `mean, min–max · ${xs.length} buckets${total}` : `${xs.length} points`) +
+        (gaps ? ` · ${gaps} NaN/∞ not drawn` : "");
+      this.meta.title = bucketed
+        ? "Too many points for one per pixel: the line is each bucket's mean, the band its exact min and max."
+        : "Every logged point.";
+      this.showMessage(xs.length ? "" : (this.zoom ? "No points in this range." : "No points yet."), false);
+    }
+
+    xRange(min, max) {
+      if (this.zoom) return [this.zoom.min, this.zoom.max];
+      if (min == null || max == null || !Number.isFinite(min) || !Number.isFinite(max)) return [0, 1];
+      if (min === max) return [min - 1, max + 1];
+      return [min, max];
+    }
+
+    create(bucketed, data) {
+      if (this.u) this.u.destroy();
+      const t = chartTheme();
+      const fmt = (u, v) => (v == null ? "—" : fmtValue(v));
+      const series = [{ label: "step", value: (u, v) => (v == null ? "—" : String(Math.round(v))) }];
+      if (bucketed) {
+        series.push(
+          { label: "max", stroke: t.edge, width: 1, value: fmt, points: { show: false } },
+          { label: "min", stroke: t.edge, width: 1, value: fmt, points: { show: false } },
+          { label: "mean", stroke: t.line, width: 1.5, value: fmt, points: { show: false } });
+      } else {
+        // Markers once points are at least 6 px apart; isolated points between NaN gaps stay visible.
+        series.push({ label: "value", stroke: t.line, width: 1.5, value: fmt, points: { size: 5, space: 6, fill: t.line } });
+      }
+      const axis = {
+        stroke: t.axis, font: t.font, grid: { stroke: t.grid, width: 1 }, ticks: { stroke: t.grid, width: 1, size: 4 },
+      };
+      const opts = {
+        width: this.width(),
+        height: CHART_HEIGHT,
+        series,
+        // bands fill between series 1 (max) and series 2 (min): spikes stay visible when bucketed.
+        bands: bucketed ? [{ series: [1, 2], fill: t.band }] : [],
+        scales: { x: { time: false, range: (u, min, max) => this.xRange(min, max) } },
+        axes: [
+          { ...axis, size: 32, incrs: STEP_INCRS },
+          { ...axis, size: axisSize, values: (u, splits) => splits.map((v) => fmtValue(v)) },
+        ],
+        cursor: {
+          // Hover is shared across the run's charts; drags and double-clicks zoom only their own chart.
+          // Match x by step value; y by relative position, since each chart has its own y scale.
+          sync: {
+            key: this.view.syncKey,
+            setSeries: false,
+            scales: ["x", null],
+            filters: { pub: (type) => type === "mousemove" || type === "mouseleave" || type === "mouseenter" },
+          },
+          drag: { x: true, y: false, setScale: false },
+          bind: {
+            dblclick: () => (e) => {
+              if (e.button === 0) this.resetZoom();
+              return null;
+            },
+          },
+        },
+        legend: { live: true },
+        hooks: { setSelect: [(u) => this.onSelect(u)] },
+      };
+      this.u = new uPlot(opts, data, this.plot);
+    }
+
+    onSelect(u) {
+      const s = u.select;
+      if (s.width < 3) return; // a click, not a drag
+      const min = u.posToVal(s.left, "x");
+      const max = u.posToVal(s.left + s.width, "x");
+      u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false);
+      if (!(max > min)) return;
+      this.zoom = { min, max };
+      this.resetBtn.hidden = false;
+      u.setScale("x", { min, max }); // at once, with the data we have; finer buckets follow
+      this.load(true).catch(() => {});
+    }
+
+    resetZoom() {
+      if (!this.zoom) return;
+      this.zoom = null;
+      this.resetBtn.hidden = true;
+      this.load(true).catch(() => {});
+    }
+
+    resize() {
+      if (!this.u) return;
+      const w = this.width();
+      if (w === this.u.width) return;
+      this.u.setSize({ width: w, height: CHART_HEIGHT });
+      // Ask again only when the bucket count would change noticeably.
+      const b = this.buckets();
+      if (Math.abs(b - this.loadedBuckets) > this.loadedBuckets * 0.15) {
+        clearTimeout(this.resizeTimer);
+        this.resizeTimer = setTimeout(() => this.view.page.alive && this.load(true).catch(() => {}), 250);
+      }
+    }
+
+    destroy() {
+      clearTimeout(this.resizeTimer);
+      if (this.u) this.u.destroy();
+      this.u = null;
+    }
+  }
+
+  // ---------------------------------------------------------------- start
+
+  api("/server-info").then((info) => {
+    const el = document.querySelector("[data-testid=server-info]");
+    if (el && info?.version) el.textContent = `v${info.version}`;
+  }, () => { /* decorative; pages report their own errors */ });
+
+  route();
+})();

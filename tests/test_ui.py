@@ -1,0 +1,223 @@
+"""The web UI in a real browser: Debian's headless Chromium driven by Playwright, against a real
+`steppe server` (the `steppe_server` and `logged_run` fixtures in conftest.py).
+
+Needs /usr/bin/chromium (`apt-get install chromium`); never uses Playwright's own browser builds.
+Screenshots land in tests/screenshots/ (git-ignored) for a human to look at.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import pytest
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, ConsoleMessage, Error, Page
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+# As root in a container: no sandbox; no background traffic to Google's hosts on a closed network.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = Path(__file__).parent / "screenshots"
+TIMEOUT_MS = 15_000
+
+
+def _unavailable(reason: str) -> NoReturn:
+    """Fail in CI, where the browser must be installed (.ci/run does it); skip elsewhere."""
+    if os.environ.get("CI"):
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    # Module scope: Playwright's sync API runs its own event loop, which must not be alive while
+    # pytest-asyncio runs the async tests of other modules.
+    if not CHROMIUM.exists():
+        _unavailable(
+            f"{CHROMIUM} not found: browser tests need Debian's Chromium (apt-get install chromium)"
+        )
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("the playwright package is missing: pip install -e '.[test]'")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@dataclass
+class UI:
+    """One browser page on the steppe server, with what its console reported."""
+
+    page: Page
+    base_url: str
+    console_errors: list[str] = field(default_factory=list)
+    page_errors: list[str] = field(default_factory=list)
+
+    def goto(self, path: str) -> None:
+        self.page.goto(self.base_url + path)
+
+    def screenshot(self, name: str) -> None:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+    def assert_no_console_errors(self) -> None:
+        problems = self.console_errors + self.page_errors
+        assert not problems, "browser console reported errors:\n" + "\n".join(problems)
+
+
+@pytest.fixture
+def ui(browser: Browser, steppe_server: Any) -> Iterator[UI]:
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    u = UI(page=page, base_url=steppe_server.http_url.rstrip("/"))
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            u.console_errors.append(f"console.error: {message.text} ({message.location['url']})")
+
+    def on_page_error(error: Error) -> None:
+        u.page_errors.append(f"uncaught: {error}")
+
+    page.on("console", on_console)
+    page.on("pageerror", on_page_error)
+    try:
+        yield u
+    finally:
+        context.close()
+
+
+def _api(server: Any, path: str) -> Any:
+    url = f"{server.http_url.rstrip('/')}/api/steppe/v1{path}"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.load(r)
+
+
+def _attr(value: str) -> str:
+    """A string as a quoted CSS attribute value."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _q(value: str) -> str:
+    return urllib.parse.quote(value, safe="")
+
+
+def test_run_page_shows_name_params_and_a_chart_per_metric(
+    ui: UI, steppe_server: Any, logged_run: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    run = _api(steppe_server, f"/runs/{_q(logged_run.run_id)}")["run"]
+    ui.goto(f"/runs/{_q(logged_run.run_id)}")
+    page = ui.page
+
+    expect(page.get_by_test_id("run-name")).to_have_text(
+        run["info"]["run_name"] or logged_run.run_id
+    )
+    expect(page.get_by_test_id("run-status")).to_have_text(run["info"]["status"])
+
+    params = page.get_by_test_id("params-table")
+    for key, value in logged_run.params.items():
+        row = params.locator(f"tbody tr[data-key={_attr(key)}]")
+        expect(row.locator("th")).to_have_text(key)
+        expect(row.locator("td")).to_have_text(str(value))
+    expect(page.get_by_test_id("tags-table")).to_be_visible()
+
+    expect(page.locator("[data-testid=charts] > [data-key]")).to_have_count(
+        len(logged_run.metric_keys)
+    )
+    for key in logged_run.metric_keys:
+        chart = page.get_by_test_id(f"chart-{key}")
+        expect(chart).to_have_attribute("data-key", key)
+        chart.scroll_into_view_if_needed()  # charts load when they come into view
+        expect(chart.locator("canvas")).to_have_count(1)
+        # data-mode is set once the series answer is drawn, exact or bucketed.
+        expect(chart).to_have_attribute("data-mode", re.compile(r"^(exact|bucketed)$"))
+        expect(chart.get_by_test_id("chart-error")).to_have_count(0)
+    expect(page.get_by_test_id("error")).to_have_count(0)
+
+    page.evaluate("window.scrollTo(0, 0)")
+    ui.screenshot("run-page")
+    ui.assert_no_console_errors()
+
+
+def test_experiments_page_lists_the_experiment_and_runs_table_links_to_the_run(
+    ui: UI, steppe_server: Any, logged_run: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    exp_id = logged_run.experiment_id
+    exp_name = _api(steppe_server, f"/experiments/{_q(exp_id)}")["experiment"]["name"]
+    page = ui.page
+    ui.goto("/")
+
+    row = page.get_by_test_id("experiments-table").locator(
+        f"tbody tr[data-experiment-id={_attr(exp_id)}]"
+    )
+    link = row.get_by_role("link", name=exp_name, exact=True)
+    expect(link).to_have_attribute("href", f"/experiments/{_q(exp_id)}")
+
+    search = page.get_by_test_id("experiments-search")
+    search.fill(exp_name + " no such experiment")
+    expect(row).to_have_count(0)
+    search.fill(exp_name)
+    expect(row).to_have_count(1)
+    ui.screenshot("experiments-page")
+
+    link.click()  # an in-app link: pushState, no reload
+    expect(page).to_have_url(f"{ui.base_url}/experiments/{_q(exp_id)}")
+    runs = page.get_by_test_id("runs-table")
+    for key in logged_run.params:
+        expect(runs.locator(f"thead th[data-col={_attr('p:' + key)}]")).to_have_count(1)
+    for key in logged_run.metric_keys:
+        expect(runs.locator(f"thead th[data-col={_attr('m:' + key)}]")).to_have_count(1)
+
+    header = runs.locator("thead th[data-col=name]")
+    header.get_by_role("button").click()
+    expect(runs.locator("thead th[data-col=name]")).to_have_attribute("aria-sort", "ascending")
+    runs.locator("thead th[data-col=name]").get_by_role("button").click()
+    expect(runs.locator("thead th[data-col=name]")).to_have_attribute("aria-sort", "descending")
+    ui.screenshot("runs-table")
+
+    run_link = runs.locator(f"a[data-run-id={_attr(logged_run.run_id)}]")
+    expect(run_link).to_have_attribute("href", f"/runs/{_q(logged_run.run_id)}")
+    run_link.click()
+    expect(page).to_have_url(f"{ui.base_url}/runs/{_q(logged_run.run_id)}")
+    expect(page.get_by_test_id("run-name")).not_to_be_empty()
+
+    page.go_back()
+    expect(page.get_by_test_id("runs-table")).to_be_visible()
+    ui.assert_no_console_errors()
+
+
+def test_unknown_run_shows_the_api_error_inline(ui: UI) -> None:
+    from playwright.sync_api import expect
+
+    ui.goto("/runs/" + "deadbeef" * 4)  # well formed, never logged
+    expect(ui.page.get_by_test_id("error")).to_contain_text("Run not found")
+    ui.screenshot("run-not-found")
+    # The 404 itself shows in the console as a failed resource; nothing may throw.
+    assert not ui.page_errors, ui.page_errors
