@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Protocol
 from pathlib import Path
+from typing import Protocol
 
 import pyarrow as pa
 
@@ -102,12 +102,23 @@ class DataDir:
         return self.root / "artifacts"
 
     def metrics_files(self) -> list[Path]:
-        """Committed metrics files in WAL order (temp files excluded)."""
+        """Live metrics files in WAL order: temp files excluded, and so are files that a
+        compacted file covers (they linger for a grace period, or after a crash)."""
         if not self.metrics_dir.is_dir():
             return []
-        return sorted(
-            p for p in self.metrics_dir.iterdir() if METRICS_FILE_RE.match(p.name)
-        )
+        ranges: list[tuple[int, int, Path]] = []
+        for path in self.metrics_dir.iterdir():
+            match = METRICS_FILE_RE.match(path.name)
+            if match:
+                ranges.append((int(match.group(1)), int(match.group(2)), path))
+        live = [
+            (first, path)
+            for first, last, path in ranges
+            if not any(
+                (lo, hi) != (first, last) and lo <= first and last <= hi for lo, hi, _ in ranges
+            )
+        ]
+        return [path for _, path in sorted(live)]
 
 
 @dataclass(frozen=True)

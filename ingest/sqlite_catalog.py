@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 from steppe.errors import InvalidParameterValue, ResourceAlreadyExists, ResourceDoesNotExist
 from steppe.ingest.catalog import (
@@ -68,14 +69,61 @@ CREATE TABLE IF NOT EXISTS stream_watermarks (
 );
 """
 
-_ADJECTIVES = (
-    "amber bold brave bright calm clever crisp eager fast gentle grand keen lively "
-    "lucid merry nimble noble quick quiet rapid sharp silent steady swift vivid wise"
-).split()
-_NOUNS = (
-    "antelope bison crane eagle falcon gazelle hawk horse ibex kestrel lark lynx "
-    "marmot onager owl saiga sparrow steppe tarpan wolf yak"
-).split()
+_ADJECTIVES = [
+    "amber",
+    "bold",
+    "brave",
+    "bright",
+    "calm",
+    "clever",
+    "crisp",
+    "eager",
+    "fast",
+    "gentle",
+    "grand",
+    "keen",
+    "lively",
+    "lucid",
+    "merry",
+    "nimble",
+    "noble",
+    "quick",
+    "quiet",
+    "rapid",
+    "sharp",
+    "silent",
+    "steady",
+    "swift",
+    "vivid",
+    "wise",
+]
+_NOUNS = [
+    "antelope",
+    "bison",
+    "crane",
+    "eagle",
+    "falcon",
+    "gazelle",
+    "hawk",
+    "horse",
+    "ibex",
+    "kestrel",
+    "lark",
+    "lynx",
+    "marmot",
+    "onager",
+    "owl",
+    "saiga",
+    "sparrow",
+    "steppe",
+    "tarpan",
+    "wolf",
+    "yak",
+]
+
+
+#: A row of the runs table, in column order (RunRecord's positional fields).
+_RunRow = tuple[str, str, str, str, int, "int | None", str, str, str]
 
 
 def _now_ms() -> int:
@@ -84,9 +132,7 @@ def _now_ms() -> int:
 
 def readable_run_name() -> str:
     """A name like MLflow's generated ones: adjective-noun-number."""
-    return (
-        f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_NOUNS)}-{secrets.randbelow(1000)}"
-    )
+    return f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_NOUNS)}-{secrets.randbelow(1000)}"
 
 
 class SqliteCatalog:
@@ -107,9 +153,12 @@ class SqliteCatalog:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
-            if db.execute(
-                "SELECT 1 FROM experiments WHERE experiment_id = ?", (DEFAULT_EXPERIMENT_ID,)
-            ).fetchone() is None:
+            if (
+                db.execute(
+                    "SELECT 1 FROM experiments WHERE experiment_id = ?", (DEFAULT_EXPERIMENT_ID,)
+                ).fetchone()
+                is None
+            ):
                 now = _now_ms()
                 db.execute(
                     "INSERT INTO experiments VALUES (?, ?, ?, 'active', ?, ?)",
@@ -221,9 +270,7 @@ class SqliteCatalog:
                     (experiment_id,),
                 ).fetchone()
                 if exp is None:
-                    raise ResourceDoesNotExist(
-                        f"No experiment with id={experiment_id!r} exists."
-                    )
+                    raise ResourceDoesNotExist(f"No experiment with id={experiment_id!r} exists.")
                 if exp[0] != "active":
                     raise InvalidParameterValue(
                         "experiment_id", experiment_id, "the experiment is deleted"
@@ -283,7 +330,9 @@ class SqliteCatalog:
             params = self._grouped("params", [r[0] for r in rows])
             tags = self._grouped("tags", [r[0] for r in rows])
             return [
-                RunRecord(*row, params=params.get(row[0], {}), tags=tags.get(row[0], {}))
+                RunRecord(
+                    *cast(_RunRow, row), params=params.get(row[0], {}), tags=tags.get(row[0], {})
+                )
                 for row in rows
             ]
 
@@ -296,11 +345,9 @@ class SqliteCatalog:
             out.setdefault(run_id, {})[key] = value
         return out
 
-    def _run(self, row: tuple[str, str, str, str, int, int | None, str, str, str]) -> RunRecord:
+    def _run(self, row: _RunRow) -> RunRecord:
         run_id = row[0]
-        params = dict(
-            self._db.execute("SELECT key, value FROM params WHERE run_id = ?", (run_id,))
-        )
+        params = dict(self._db.execute("SELECT key, value FROM params WHERE run_id = ?", (run_id,)))
         tags = dict(self._db.execute("SELECT key, value FROM tags WHERE run_id = ?", (run_id,)))
         return RunRecord(*row, params=params, tags=tags)
 

@@ -1,0 +1,503 @@
+"""The gRPC face of ingest: the Ingest servicer and ``Ingestor``, the owner of catalog and store.
+
+Validates every request (steppe.validation), acks a batch only once it is fsynced, and maps
+steppe.errors to gRPC statuses. It never writes files itself and never imports steppe.v1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+
+from steppe.errors import InvalidParameterValue, ResourceDoesNotExist, SteppeError
+from steppe.ingest import wire
+from steppe.ingest.catalog import DEFAULT_EXPERIMENT_ID, Catalog
+from steppe.ingest.compactor import Compactor
+from steppe.ingest.layout import DataDir
+from steppe.ingest.sqlite_catalog import SqliteCatalog
+from steppe.ingest.store import MetricStore, StoreClosed
+from steppe.ingest.wal import WalFailed
+from steppe.validation import (
+    MAX_EXPERIMENT_TAG_VAL_LENGTH,
+    check_experiment_id,
+    check_experiment_name,
+    check_name,
+    check_param_value,
+    check_run_id,
+    check_tag_value,
+    check_timestamp,
+)
+
+__all__ = ["MAX_INFLIGHT_BATCHES", "IngestServicer", "Ingestor"]
+
+logger = logging.getLogger("steppe.ingest.service")
+
+#: Batches of one stream read ahead while earlier ones wait for their fsync (bounded memory).
+MAX_INFLIGHT_BATCHES = 64
+_MAX_CACHED_KEYS = 100_000
+
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _done() -> asyncio.Future[None]:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future
+
+
+# -- StreamMetrics ------------------------------------------------------------------------
+
+
+@dataclass
+class _Entry:
+    """One batch on its way to an ack: ``done`` resolves when it may be acked."""
+
+    seq: int
+    done: asyncio.Future[None]
+    rejection: wire.BatchRejection | None = None
+
+
+class _End:
+    """The client half-closed the stream."""
+
+
+class _Closing:
+    """The server is shutting down: ack what is in flight, then end with UNAVAILABLE."""
+
+
+@dataclass
+class _Failed:
+    error: BaseException
+
+
+class _Session:
+    """One StreamMetrics call. A reader task admits batches (dedupe, validate, WAL append)
+    while the handler awaits their durability in order and yields cumulative acks, so the
+    reader runs ahead during an fsync by up to MAX_INFLIGHT_BATCHES batches."""
+
+    def __init__(self, ingestor: Ingestor, requests: AsyncIterable[wire.MetricBatch]) -> None:
+        self._ingestor = ingestor
+        self._requests = requests
+        self._queue: deque[_Entry | _End | _Closing | _Failed] = deque()
+        self._changed = asyncio.Event()
+        self._slots = asyncio.Semaphore(MAX_INFLIGHT_BATCHES)
+        self._reader: asyncio.Task[None] | None = None
+
+    def stop_reading(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+
+    def _push(self, item: _Entry | _End | _Closing | _Failed) -> None:
+        self._queue.append(item)
+        self._changed.set()
+
+    async def _next(self) -> _Entry | _End | _Closing | _Failed:
+        while not self._queue:
+            self._changed.clear()
+            await self._changed.wait()
+        return self._queue.popleft()
+
+    async def _read(self) -> None:
+        try:
+            requests = aiter(self._requests)
+            while True:
+                await self._slots.acquire()
+                try:
+                    batch = await anext(requests)
+                except StopAsyncIteration:
+                    self._push(_End())
+                    return
+                # No await between a WAL append and this push, so a cancelled reader never
+                # loses the ack of a batch it appended.
+                self._push(await self._admit(batch))
+        except asyncio.CancelledError:
+            self._push(_Closing())
+            raise
+        except Exception as exc:  # handed to the handler, which ends the call with a status
+            self._push(_Failed(exc))
+
+    async def _admit(self, batch: wire.MetricBatch) -> _Entry:
+        ingestor = self._ingestor
+        ingestor.touch()
+        store = ingestor.store
+        stream_id, seq = batch.stream_id, batch.seq
+        if stream_id and 1 <= seq <= store.watermark(stream_id):
+            # Already held (or in flight): ack it once everything before now is durable.
+            return _Entry(seq, store.barrier())
+        try:
+            decoded = wire.decode_metric_batch(batch)
+            ingestor.check_keys(decoded.keys)
+            await ingestor.check_runs(decoded.run_ids)
+        except InvalidParameterValue as err:
+            return _Entry(seq, _done(), wire.rejection(seq, err))
+        await store.wait_for_room()
+        if seq <= store.watermark(stream_id):  # a resend on another call won the race
+            return _Entry(seq, store.barrier())
+        return _Entry(seq, store.append(stream_id, seq, decoded.table, batch.SerializeToString()))
+
+    async def run(self, context: Any) -> AsyncIterator[wire.StreamAck]:
+        self._reader = asyncio.get_running_loop().create_task(
+            self._read(), name="steppe-stream-reader"
+        )
+        acked = 0
+        try:
+            while True:
+                item = await self._next()
+                rejected: list[wire.BatchRejection] = []
+                while isinstance(item, _Entry):
+                    try:
+                        await item.done
+                    except (WalFailed, StoreClosed) as exc:
+                        await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+                    self._slots.release()
+                    acked = max(acked, item.seq)
+                    if item.rejection is not None:
+                        rejected.append(item.rejection)
+                    # Coalesce: fold every already-durable successor into this one ack.
+                    head = self._queue[0] if self._queue else None
+                    if not (isinstance(head, _Entry) and head.done.done()):
+                        break
+                    item = self._queue.popleft()
+                if isinstance(item, _Entry):
+                    yield wire.stream_ack(acked, rejected)
+                elif isinstance(item, _End):
+                    return
+                elif isinstance(item, _Closing):
+                    await context.abort(
+                        grpc.StatusCode.UNAVAILABLE,
+                        "steppe server is shutting down; resend unacked batches after reconnecting",
+                    )
+                else:
+                    code = (
+                        grpc.StatusCode.UNAVAILABLE
+                        if isinstance(item.error, (WalFailed, StoreClosed))
+                        else grpc.StatusCode.INTERNAL
+                    )
+                    if code is grpc.StatusCode.INTERNAL:
+                        logger.error("StreamMetrics failed", exc_info=item.error)
+                    await context.abort(code, f"{type(item.error).__name__}: {item.error}")
+        finally:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+
+# -- the servicer -------------------------------------------------------------------------
+
+
+def _tag_pairs(
+    tags: Iterable[Any], *, field: str = "tags", max_value: int | None = None
+) -> list[tuple[str, str]]:
+    pairs = []
+    for i, tag in enumerate(tags):
+        key = check_name(f"{field}[{i}].key", tag.key, "tag key")
+        value = check_tag_value(f"{field}[{i}].value", tag.value)
+        pairs.append((key, value if max_value is None else value[:max_value]))
+    return pairs
+
+
+class IngestServicer(wire.IngestServicerBase):
+    """steppe.v1.Ingest on grpc.aio. Catalog calls run in worker threads (SQLite commits
+    fsync), so the loop keeps acking streams meanwhile."""
+
+    def __init__(self, ingestor: Ingestor) -> None:
+        self._ingestor = ingestor
+        self._catalog = ingestor.catalog
+
+    async def StreamMetrics(
+        self, request_iterator: AsyncIterable[wire.MetricBatch], context: Any
+    ) -> AsyncIterator[wire.StreamAck]:
+        ingestor = self._ingestor
+        ingestor.touch()
+        if ingestor.closing:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "steppe server is shutting down")
+        session = _Session(ingestor, request_iterator)
+        ingestor.sessions.add(session)
+        try:
+            async for ack in session.run(context):
+                yield ack
+        finally:
+            ingestor.sessions.discard(session)
+            ingestor.touch()
+
+    async def _unary(
+        self, context: Any, handler: Callable[[_Request], _Response], request: _Request
+    ) -> _Response:
+        self._ingestor.touch()
+        try:
+            return await asyncio.to_thread(handler, request)
+        except Exception as err:  # every failure becomes a status with an MLflow error_code
+            if not isinstance(err, SteppeError):
+                logger.exception("unexpected error in %s", getattr(handler, "__name__", handler))
+            code, details, metadata = wire.grpc_error(err)
+            await context.abort(code, details, metadata)
+            raise AssertionError("context.abort() returned") from err
+
+    # experiments ------------------------------------------------------------------------
+
+    async def CreateExperiment(
+        self, request: wire.CreateExperimentRequest, context: Any
+    ) -> wire.Experiment:
+        return await self._unary(context, self._create_experiment, request)
+
+    def _create_experiment(self, request: wire.CreateExperimentRequest) -> wire.Experiment:
+        name = check_experiment_name("name", request.name)
+        tags = _tag_pairs(request.tags, max_value=MAX_EXPERIMENT_TAG_VAL_LENGTH)
+        record = self._catalog.create_experiment(name, request.artifact_location, dict(tags))
+        return wire.experiment_to_pb(record)
+
+    async def SetExperiment(
+        self, request: wire.SetExperimentRequest, context: Any
+    ) -> wire.Experiment:
+        return await self._unary(context, self._set_experiment, request)
+
+    def _set_experiment(self, request: wire.SetExperimentRequest) -> wire.Experiment:
+        name = check_experiment_name("name", request.name)
+        record = self._catalog.get_experiment_by_name(name)
+        if record is None:
+            try:
+                record = self._catalog.create_experiment(name)
+            except SteppeError:
+                # Lost a race with another creator: take theirs.
+                record = self._catalog.get_experiment_by_name(name)
+                if record is None:
+                    raise
+        if record.lifecycle_stage != "active":
+            raise InvalidParameterValue(
+                "name", name, "the experiment is deleted; restore it or choose another name"
+            )
+        return wire.experiment_to_pb(record)
+
+    async def GetExperiment(
+        self, request: wire.GetExperimentRequest, context: Any
+    ) -> wire.Experiment:
+        return await self._unary(context, self._get_experiment, request)
+
+    def _get_experiment(self, request: wire.GetExperimentRequest) -> wire.Experiment:
+        experiment_id = check_experiment_id("experiment_id", request.experiment_id)
+        return wire.experiment_to_pb(self._catalog.get_experiment(experiment_id))
+
+    # runs -------------------------------------------------------------------------------
+
+    async def CreateRun(self, request: wire.CreateRunRequest, context: Any) -> wire.Run:
+        run = await self._unary(context, self._create_run, request)
+        if run.info.lifecycle_stage == "active":
+            self._ingestor.note_active_run(run.info.run_id)
+        return run
+
+    def _create_run(self, request: wire.CreateRunRequest) -> wire.Run:
+        run_id = check_run_id("run_id", request.run_id or uuid.uuid4().hex)
+        experiment_id = check_experiment_id(
+            "experiment_id", request.experiment_id or DEFAULT_EXPERIMENT_ID
+        )
+        start_time = check_timestamp("start_time", request.start_time or _now_ms())
+        tags = dict(_tag_pairs(request.tags))
+        record = self._catalog.create_run(
+            run_id, experiment_id, request.run_name, start_time, tags, request.user_id
+        )
+        return wire.run_to_pb(record)
+
+    async def GetRun(self, request: wire.GetRunRequest, context: Any) -> wire.Run:
+        return await self._unary(context, self._get_run, request)
+
+    def _get_run(self, request: wire.GetRunRequest) -> wire.Run:
+        return wire.run_to_pb(self._catalog.get_run(check_run_id("run_id", request.run_id)))
+
+    async def UpdateRun(self, request: wire.UpdateRunRequest, context: Any) -> wire.Run:
+        return await self._unary(context, self._update_run, request)
+
+    def _update_run(self, request: wire.UpdateRunRequest) -> wire.Run:
+        run_id = check_run_id("run_id", request.run_id)
+        status = wire.status_from_pb("status", request.status)
+        end_time = check_timestamp("end_time", request.end_time) if request.end_time else None
+        record = self._catalog.update_run(
+            run_id, status=status, end_time=end_time, run_name=request.run_name or None
+        )
+        return wire.run_to_pb(record)
+
+    async def LogParams(
+        self, request: wire.LogParamsRequest, context: Any
+    ) -> wire.LogParamsResponse:
+        return await self._unary(context, self._log_params, request)
+
+    def _log_params(self, request: wire.LogParamsRequest) -> wire.LogParamsResponse:
+        run_id = check_run_id("run_id", request.run_id)
+        params = [
+            (
+                check_name(f"params[{i}].key", param.key, "param key"),
+                check_param_value(f"params[{i}].value", param.value),
+            )
+            for i, param in enumerate(request.params)
+        ]
+        self._catalog.log_params(run_id, params)
+        return wire.LogParamsResponse()
+
+    async def SetTags(self, request: wire.SetTagsRequest, context: Any) -> wire.SetTagsResponse:
+        return await self._unary(context, self._set_tags, request)
+
+    def _set_tags(self, request: wire.SetTagsRequest) -> wire.SetTagsResponse:
+        run_id = check_run_id("run_id", request.run_id)
+        self._catalog.set_tags(run_id, _tag_pairs(request.tags))
+        return wire.SetTagsResponse()
+
+    async def DeleteTag(
+        self, request: wire.DeleteTagRequest, context: Any
+    ) -> wire.DeleteTagResponse:
+        return await self._unary(context, self._delete_tag, request)
+
+    def _delete_tag(self, request: wire.DeleteTagRequest) -> wire.DeleteTagResponse:
+        run_id = check_run_id("run_id", request.run_id)
+        self._catalog.delete_tag(run_id, check_name("key", request.key, "tag key"))
+        return wire.DeleteTagResponse()
+
+
+# -- the owner ----------------------------------------------------------------------------
+
+
+class Ingestor:
+    """Owns the ingest side of one data dir: catalog, metric store, compactor, gRPC server.
+
+    Example::
+
+        ingestor = Ingestor(DataDir.at("~/.steppe"))
+        port = await ingestor.start("127.0.0.1", 0)
+        snap = ingestor.store.snapshot()  # what the read side queries
+        await ingestor.stop()
+    """
+
+    def __init__(
+        self,
+        data_dir: DataDir,
+        *,
+        flush_rows: int = 1_000_000,
+        flush_interval_s: float = 10.0,
+        max_message_bytes: int = 64 << 20,
+        compaction_grace_s: float = 60.0,
+        compaction_min_files: int = 8,
+    ) -> None:
+        self.data_dir = data_dir
+        data_dir.root.mkdir(parents=True, exist_ok=True)
+        self.catalog: Catalog = SqliteCatalog(data_dir.catalog_file)
+        self.store = MetricStore(
+            data_dir, self.catalog, flush_rows=flush_rows, flush_interval_s=flush_interval_s
+        )
+        self.compactor = Compactor(
+            self.store,
+            data_dir.metrics_dir,
+            min_files=compaction_min_files,
+            grace_s=compaction_grace_s,
+        )
+        self.store.on_flushed = self.compactor.nudge
+        self.last_activity_monotonic = time.monotonic()
+        self.sessions: set[_Session] = set()
+        self.closing = False
+        self._max_message_bytes = max_message_bytes
+        self._server: Any = None
+        self._stopping: asyncio.Task[None] | None = None
+        self._active_runs: set[str] = set()
+        self._valid_keys: set[str] = set()
+
+    def touch(self) -> None:
+        self.last_activity_monotonic = time.monotonic()
+
+    def active_streams(self) -> int:
+        return len(self.sessions)
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Recover the store, start compaction and serve gRPC; returns the bound port."""
+        if self._server is not None or self.closing:
+            raise RuntimeError("Ingestor.start() may be called once")
+        await self.store.open()
+        self.compactor.start()
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", self._max_message_bytes),
+                ("grpc.max_send_message_length", self._max_message_bytes),
+                # One owner per port as well as per data dir.
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        wire.add_servicer(IngestServicer(self), server)
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            bound = int(server.add_insecure_port(address))
+            if bound == 0:
+                raise OSError(f"cannot bind the gRPC port at {address}")
+            await server.start()
+        except BaseException:
+            await self.compactor.close()
+            await self.store.close()
+            raise
+        self._server = server
+        logger.info("ingest listening on %s:%d", host, bound)
+        return bound
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop accepting calls, ack in-flight batches and end streams with UNAVAILABLE,
+        flush the tail to Parquet, close WAL and catalog. Idempotent."""
+        if self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_task(
+                self._stop(grace_s), name="steppe-ingest-stop"
+            )
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self, grace_s: float) -> None:
+        self.closing = True
+        for session in list(self.sessions):
+            session.stop_reading()
+        if self._server is not None:
+            await self._server.stop(grace_s)
+        await self.compactor.close()
+        await self.store.close()
+        self.catalog.close()
+
+    # validation shared by the stream sessions -------------------------------------------
+
+    def note_active_run(self, run_id: str) -> None:
+        self._active_runs.add(run_id)
+
+    def check_keys(self, keys: Iterable[str]) -> None:
+        for i, key in enumerate(keys):
+            if key not in self._valid_keys:
+                check_name(f"keys[{i}]", key, "metric key")
+                if len(self._valid_keys) >= _MAX_CACHED_KEYS:
+                    self._valid_keys.clear()
+                self._valid_keys.add(key)
+
+    async def check_runs(self, run_ids: Iterable[str]) -> None:
+        for i, run_id in enumerate(run_ids):
+            if run_id in self._active_runs:
+                continue
+            check_run_id(f"run_ids[{i}]", run_id)
+            stage = await asyncio.to_thread(self._lifecycle_stage, run_id)
+            if stage is None:
+                raise InvalidParameterValue(
+                    f"run_ids[{i}]",
+                    run_id,
+                    "no run with this id exists; create it with CreateRun before logging to it",
+                )
+            if stage != "active":
+                raise InvalidParameterValue(
+                    f"run_ids[{i}]", run_id, f"the run is {stage}; metrics cannot be logged to it"
+                )
+            self._active_runs.add(run_id)
+
+    def _lifecycle_stage(self, run_id: str) -> str | None:
+        if not self.catalog.run_exists(run_id):
+            return None
+        try:
+            return self.catalog.get_run(run_id).lifecycle_stage
+        except ResourceDoesNotExist:
+            return None
