@@ -61,27 +61,52 @@ class Connection:
         )
         return self._request(request)
 
+    def post_bytes(
+        self, path: str, body: dict[str, Any], timeout_s: float | None = None
+    ) -> bytes:
+        """POST a JSON body; the raw answer (e.g. an Arrow IPC stream)."""
+        return post(self.endpoint.http_url + path, body, timeout_s)
+
     def _request(self, request: urllib.request.Request) -> dict[str, Any]:
-        try:
-            with urllib.request.urlopen(request, timeout=config.connect_timeout_s()) as response:
-                data: dict[str, Any] = json.loads(response.read())
-                return data
-        except urllib.error.HTTPError as exc:
-            try:
-                body = json.loads(exc.read())
-                raise errors.from_code(body["error_code"], body["message"]) from None
-            except (ValueError, KeyError, TypeError):
-                raise errors.SteppeError(f"HTTP {exc.code} from {request.full_url}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise errors.ServerUnavailable(
-                f"cannot reach the steppe server at {self.endpoint.http_url}: {exc}"
-            ) from None
+        data: dict[str, Any] = json.loads(_fetch(request, None))
+        return data
 
     def close(self, timeout_s: float) -> None:
         try:
             self.sender.shutdown(timeout_s)
         finally:
             self.channel.close()
+
+
+def post(url: str, body: dict[str, Any], timeout_s: float | None = None) -> bytes:
+    """POST ``body`` as JSON to a steppe server URL; the answer's bytes. HTTP errors become
+    steppe errors (the server's error_code), an unreachable server ServerUnavailable."""
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    return _fetch(request, timeout_s)
+
+
+def _fetch(request: urllib.request.Request, timeout_s: float | None) -> bytes:
+    timeout = config.connect_timeout_s() if timeout_s is None else timeout_s
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            data: bytes = response.read()
+            return data
+    except urllib.error.HTTPError as exc:
+        try:
+            body = json.loads(exc.read())
+            raise errors.from_code(body["error_code"], body["message"]) from None
+        except (ValueError, KeyError, TypeError):
+            raise errors.SteppeError(f"HTTP {exc.code} from {request.full_url}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        base = urllib.parse.urlsplit(request.full_url)
+        raise errors.ServerUnavailable(
+            f"cannot reach the steppe server at {base.scheme}://{base.netloc}: {exc}"
+        ) from None
 
 
 _lock = threading.Lock()

@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any
 
 from steppe import config, errors, validation
+from steppe.arrays import is_array
 from steppe.buffer import Point
 from steppe.connection import close_all, connect
 from steppe.entities import Experiment, Run, RunData, RunInfo
@@ -320,11 +321,24 @@ def log_metrics(
     run_id: str | None = None,
     **_ignored: Any,
 ) -> None:
-    """Log several keys at one step and one timestamp."""
+    """Log several keys at one step and one timestamp.
+
+    Values may also be arrays (numpy arrays, lists): then each key logs a whole series,
+    ``step`` is an array of the same length (default 0, 1, 2, ...) and ``timestamp`` a
+    scalar or an array (default now). This is the fast path for callers holding arrays::
+
+        steppe.log_metrics({"loss": losses, "acc": accs}, step=np.arange(len(losses)))
+    """
     if timestamp is None:
         timestamp = _time_ns() // 1_000_000
     for key, value in metrics.items():
-        log_metric(key, value, step, timestamp, run_id)
+        if type(value) is float or not is_array(value):
+            log_metric(key, value, step, timestamp, run_id)
+            continue
+        run = (
+            (_stack[-1] if _stack else _get_or_start_run()) if run_id is None else _run_for(run_id)
+        )
+        Client(run._tracking_uri).log_series(run.info.run_id, key, value, step, timestamp)
 
 
 def log_param(key: str, value: Any, synchronous: bool | None = None) -> Any:

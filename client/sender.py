@@ -79,28 +79,63 @@ class Sender:
     # --- encoding ----------------------------------------------------------------------
 
     def encode_pending(self) -> None:
+        with self.buffer.drain_lock:
+            self.encode_pending_locked()
+
+    def encode_pending_locked(self) -> None:
         buffer = self.buffer
-        with buffer.drain_lock:
-            while buffer.points:
-                chunk = buffer.take(self._batch_points)
-                cols = Columns(buffer.registry, chunk)
+        while buffer.points:
+            chunk = buffer.take(self._batch_points)
+            cols = Columns(buffer.registry, chunk)
+            with self._state:
+                # seq order == buffer order: both assigned under drain_lock.
+                self._seq += 1
+                batch = wire.encode_batch(
+                    self.stream_id,
+                    self._seq,
+                    cols.run_ids,
+                    cols.keys,
+                    cols.run_index,
+                    cols.key_index,
+                    cols.step,
+                    cols.timestamp_ms,
+                    cols.value,
+                )
+                self._outbox[self._seq] = batch
+                self._unsent.append(batch)
+                self._unacked_points += batch.count
+
+    def enqueue_series(
+        self, run_id: str, key: str, step: bytes, timestamp_ms: bytes, value: bytes
+    ) -> None:
+        """Queue one series given as little-endian int64/int64/float64 column bytes.
+
+        Buffered points are encoded first, so seq order stays log order.
+        """
+        count = len(value) // 8
+        with self.buffer.drain_lock:
+            self.encode_pending_locked()
+            for start in range(0, count, self._batch_points):
+                end = min(count, start + self._batch_points)
+                n = end - start
+                zeros = bytes(4 * n)
                 with self._state:
-                    # seq order == buffer order: both assigned under drain_lock.
                     self._seq += 1
                     batch = wire.encode_batch(
                         self.stream_id,
                         self._seq,
-                        cols.run_ids,
-                        cols.keys,
-                        cols.run_index,
-                        cols.key_index,
-                        cols.step,
-                        cols.timestamp_ms,
-                        cols.value,
+                        [run_id],
+                        [key],
+                        zeros,
+                        zeros,
+                        step[8 * start : 8 * end],
+                        timestamp_ms[8 * start : 8 * end],
+                        value[8 * start : 8 * end],
                     )
                     self._outbox[self._seq] = batch
                     self._unsent.append(batch)
-                    self._unacked_points += batch.count
+                    self._unacked_points += n
+        self._wake.set()
 
     # --- the worker --------------------------------------------------------------------
 
@@ -171,7 +206,7 @@ class Sender:
 
     def _read_acks(self, stream: _Stream) -> None:
         try:
-            for ack in stream.responses:  # type: ignore[union-attr]
+            for ack in stream.responses:
                 with self._state:
                     for rej in ack.rejected:
                         self._rejections.append(f"batch {rej.seq}: {rej.field}: {rej.message}")
@@ -189,6 +224,8 @@ class Sender:
             self._wake.set()
 
     def _note_error(self, message: str) -> None:
+        if self._closed:
+            return  # our own shutdown closed the channel
         if message != self._last_error:
             log.warning(
                 "steppe: stream to %s interrupted (%s); will resend unacked points",

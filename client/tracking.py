@@ -114,27 +114,38 @@ class Client:
         filter_string: str = "",
         max_results: int = 1000,
         order_by: Sequence[str] | None = None,
+        run_view_type: int = 1,
     ) -> list[Run]:
-        """Runs of these experiments (all when None), newest first.
+        """Runs of these experiments (all when None) matching MLflow's ``filter_string``,
+        sorted by ``order_by`` (then newest start first, then run id), at most
+        ``max_results``. ``run_view_type`` is MLflow's ViewType: 1 active only (default),
+        2 deleted only, 3 all.
 
-        Filters and ordering are not implemented yet: a non-empty ``filter_string`` or
-        ``order_by`` is refused rather than silently ignored.
+        Example::
+
+            runs = client.search_runs(["1"], "metrics.loss < 0.1 and params.opt = 'adam'",
+                                      order_by=["metrics.loss ASC"])
         """
-        if filter_string:
-            raise errors.InvalidParameterValue(
-                "filter_string", filter_string, "filters are not supported by this version"
-            )
-        if order_by:
-            raise errors.InvalidParameterValue(
-                "order_by", list(order_by), "ordering is not supported by this version"
-            )
+        from steppe.search import search_pages
+
         self._settle()
-        body = {
-            "experiment_ids": list(experiment_ids) if experiment_ids is not None else None,
-            "max_results": max_results,
-        }
-        raw = self._conn.post_json("/api/steppe/v1/runs/search", body)
-        return [Run.from_json(r) for r in raw["runs"]]
+        return search_pages(
+            self._conn, experiment_ids, filter_string, max_results, order_by, run_view_type
+        )
+
+    def sql(self, query: str, max_rows: int | None = None) -> Any:
+        """Run a read-only SQL query over the server's views (README "SQL") and return a
+        ``pyarrow.Table`` (``.to_pandas()`` works when pandas is installed). More rows than
+        ``max_rows`` (server default 100000) is an error, not a silent cut.
+
+        Example::
+
+            table = client.sql("SELECT key, max(value) FROM metrics GROUP BY key")
+        """
+        from steppe.sql import fetch_arrow
+
+        self._settle()
+        return fetch_arrow(self._conn.endpoint.http_url, query, max_rows)
 
     def update_run(self, run_id: str, status: str | None = None, name: str | None = None) -> None:
         self._conn.unary.update_run(run_id, status, None, name)
@@ -167,6 +178,35 @@ class Client:
         points.append((sid, step, ts, value))
         if len(points) > sender.buffer_points:
             sender.overflow()
+
+    def log_series(
+        self,
+        run_id: str,
+        key: str,
+        values: Any,
+        steps: Any = None,
+        timestamps: Any = None,
+    ) -> None:
+        """Log a whole array of points for one key at once (the fast path for arrays).
+
+        ``values`` is any array-like of numbers (numpy arrays are taken without a per-point
+        copy); ``steps`` defaults to 0, 1, 2, ... and ``timestamps`` (ms) to now.
+
+        Example::
+
+            client.log_series(run_id, "loss", np.array(losses), steps=np.arange(len(losses)))
+        """
+        from steppe import arrays
+
+        validation.check_run_id("run_id", run_id)
+        validation.check_name("key", key, "metric key")
+        value = arrays.float64_column("values", values)
+        count = len(value) // 8
+        step = arrays.steps_column("steps", steps, count)
+        stamps = arrays.timestamps_column("timestamps", timestamps, count, now_ms())
+        sender = self._conn.sender
+        sender.start()
+        sender.enqueue_series(run_id, key, step, stamps, value)
 
     def log_param(self, run_id: str, key: str, value: Any) -> Any:
         self.log_batch(run_id, params=[Param(key, value)])

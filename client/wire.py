@@ -32,7 +32,9 @@ _STATUS_TO_PB: dict[str, pb.RunStatus] = {
 _STATUS_FROM_PB = {v: k for k, v in _STATUS_TO_PB.items()}
 
 
-def _le(column: array) -> bytes:  # type: ignore[type-arg]
+def _le(column: array | bytes) -> bytes:  # type: ignore[type-arg]
+    if isinstance(column, bytes):
+        return column  # already little-endian
     if not _LITTLE:
         column = array(column.typecode, column)
         column.byteswap()
@@ -44,11 +46,11 @@ def encode_batch(
     seq: int,
     run_ids: Sequence[str],
     keys: Sequence[str],
-    run_index: array,  # type: ignore[type-arg]
-    key_index: array,  # type: ignore[type-arg]
-    step: array,  # type: ignore[type-arg]
-    timestamp_ms: array,  # type: ignore[type-arg]
-    value: array,  # type: ignore[type-arg]
+    run_index: array | bytes,  # type: ignore[type-arg]
+    key_index: array | bytes,  # type: ignore[type-arg]
+    step: array | bytes,  # type: ignore[type-arg]
+    timestamp_ms: array | bytes,  # type: ignore[type-arg]
+    value: array | bytes,  # type: ignore[type-arg]
 ) -> pb.MetricBatch:
     """Columns are array('I'/'I'/'q'/'q'/'d') of one length; sent as little-endian bytes."""
     return pb.MetricBatch(
@@ -56,7 +58,7 @@ def encode_batch(
         seq=seq,
         run_ids=run_ids,
         keys=keys,
-        count=len(value),
+        count=len(value) // 8 if isinstance(value, bytes) else len(value),
         run_index=_le(run_index),
         key_index=_le(key_index),
         step=_le(step),
