@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
 import subprocess
 import sys
@@ -29,6 +30,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import Server, cpu_seconds, disk_bytes, peak_rss_mib, percentiles_ns, table
 
 WORKLOADS = ["w1-call", "w1-dict", "w1-bulk", "w2", "mlflow"]
+
+
+def curve(steps: int, seed: int) -> array:  # type: ignore[type-arg]
+    """A realistic, incompressible-ish loss curve: decay plus noise plus rare spikes."""
+    rng = random.Random(seed)
+    out = array("d", bytes(8 * steps))
+    for s in range(steps):
+        spike = 5.0 if rng.random() < 1e-4 else 0.0
+        out[s] = 2.0 / (1.0 + s * 1e-4) + rng.gauss(0.0, 0.05) + spike
+    return out
 
 
 def _timer_overhead_ns(n: int = 200_000) -> float:
@@ -48,6 +59,8 @@ def client_w1(uri: str, mode: str, keys: int, steps: int) -> dict[str, Any]:
 
     steppe.set_tracking_uri(uri)
     names = [f"metric_{k}" for k in range(keys)]
+    series = [curve(steps, seed=k) for k in range(keys)]
+    pairs = list(zip(names, series, strict=True))
     run = steppe.start_run(run_name=f"bench-{mode}")
     run_id = run.info.run_id
     overhead = _timer_overhead_ns()
@@ -59,16 +72,15 @@ def client_w1(uri: str, mode: str, keys: int, steps: int) -> dict[str, Any]:
     start = time.perf_counter()
     if mode == "call":
         for step in range(steps):
-            value = step * 0.001
-            for name in names:
+            for name, values in pairs:
+                value = values[step]
                 t0 = pc()
                 log_metric(name, value, step)
                 latencies[j] = pc() - t0
                 j += 1
     else:
         for step in range(steps):
-            value = step * 0.001
-            row = dict.fromkeys(names, value)
+            row = {name: values[step] for name, values in pairs}
             t0 = pc()
             log_metrics(row, step=step)
             latencies[j] = pc() - t0
@@ -96,7 +108,7 @@ def client_bulk(uri: str, keys: int, steps: int) -> dict[str, Any]:
     steppe.set_tracking_uri(uri)
     run = steppe.start_run(run_name="bench-bulk")
     step_col = array("q", range(steps))
-    values = {f"metric_{k}": array("d", (s * 0.001 + k for s in range(steps))) for k in range(keys)}
+    values = {f"metric_{k}": curve(steps, seed=k) for k in range(keys)}
     start = time.perf_counter()
     steppe.log_metrics(values, step=step_col)
     loop_s = time.perf_counter() - start
@@ -125,12 +137,13 @@ def client_mlflow(store_dir: str, keys: int, steps: int) -> dict[str, Any]:
     exp = client.create_experiment("bench", artifact_location=f"{store_dir}/artifacts")
     run = client.create_run(exp)
     names = [f"metric_{k}" for k in range(keys)]
+    series = [curve(steps, seed=k) for k in range(keys)]
     now = int(time.time() * 1000)
     start = time.perf_counter()
     batch: list[Metric] = []
     for step in range(steps):
-        for name in names:
-            batch.append(Metric(name, step * 0.001, now, step))
+        for name, values in zip(names, series, strict=True):
+            batch.append(Metric(name, values[step], now, step))
             if len(batch) == 1000:
                 client.log_batch(run.info.run_id, metrics=batch)
                 batch = []

@@ -1,8 +1,9 @@
 """The bounded point buffer that log_metric appends to: the training loop's whole cost.
 
-Producers (any number of threads) only append one tuple to a list, which is atomic, so
-they take no lock. Consumers (the sender, or a producer draining an overflow) take points
-from the front under the buffer's drain lock, so concurrent appends are never lost.
+Producers (any number of threads) only ``extend`` one flat list by a 4-tuple (series id,
+step, timestamp_ms, value), which is atomic, so they take no lock and create no garbage the
+cycle collector must visit. Consumers (the sender, or a producer draining an overflow) take
+points from the front under the buffer's drain lock, so concurrent appends are never lost.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 import threading
 from array import array
 
-#: One logged point: (series id, step, timestamp_ms, value).
-Point = tuple[int, int, int, float]
+#: Fields per point in the flat list: series id, step, timestamp_ms, value.
+FIELDS = 4
 
 
 class SeriesRegistry:
@@ -25,6 +26,9 @@ class SeriesRegistry:
         self._key_index: dict[str, int] = {}
         self.series_run: list[int] = []
         self.series_key: list[int] = []
+        #: True while there is one run and series id == key index (the common case),
+        #: so a chunk's key_index is its series ids and its run_index all zeros.
+        self.identity = True
         self._lock = threading.Lock()
 
     def series_id(self, run_id: str, key: str) -> int:
@@ -42,9 +46,11 @@ class SeriesRegistry:
                     self.keys.append(key)
                 # Append the columns before publishing the id, so a reader that sees
                 # the id always finds its run and key.
+                sid = len(self.series_run)
+                if ri != 0 or ki != sid:
+                    self.identity = False
                 self.series_run.append(ri)
                 self.series_key.append(ki)
-                sid = len(self.series_run) - 1
                 self._ids[(run_id, key)] = sid
             return sid
 
@@ -54,23 +60,28 @@ class Columns:
 
     __slots__ = ("key_index", "keys", "run_ids", "run_index", "step", "timestamp_ms", "value")
 
-    def __init__(self, registry: SeriesRegistry, points: list[Point]) -> None:
-        sids, steps, stamps, values = zip(*points, strict=True)
-        series_run, series_key = registry.series_run, registry.series_key
-        run_index = array("I", map(series_run.__getitem__, sids))
-        key_index = array("I", map(series_key.__getitem__, sids))
-        if len(registry.keys) > 256 or len(registry.run_ids) > 256:
+    def __init__(self, registry: SeriesRegistry, flat: list[int | float]) -> None:
+        sids = flat[0::FIELDS]
+        run_index: array | bytes  # type: ignore[type-arg]
+        if registry.identity:
+            run_index = bytes(4 * len(sids))
+            key_index = array("I", sids)  # type: ignore[arg-type]
+        else:
+            series_run, series_key = registry.series_run, registry.series_key
+            run_index = array("I", map(series_run.__getitem__, sids))  # type: ignore[arg-type]
+            key_index = array("I", map(series_key.__getitem__, sids))  # type: ignore[arg-type]
+        if not registry.identity and (len(registry.keys) > 256 or len(registry.run_ids) > 256):
             # Big registries: send only what this chunk uses.
-            run_index, self.run_ids = _compact(run_index, registry.run_ids)
+            run_index, self.run_ids = _compact(run_index, registry.run_ids)  # type: ignore[arg-type]
             key_index, self.keys = _compact(key_index, registry.keys)
         else:
             self.run_ids = registry.run_ids[:]
             self.keys = registry.keys[:]
         self.run_index = run_index
         self.key_index = key_index
-        self.step = array("q", steps)
-        self.timestamp_ms = array("q", stamps)
-        self.value = array("d", values)
+        self.step = array("q", flat[1::FIELDS])  # type: ignore[arg-type]
+        self.timestamp_ms = array("q", flat[2::FIELDS])  # type: ignore[arg-type]
+        self.value = array("d", flat[3::FIELDS])
 
 
 def _compact(index: array, names: list[str]) -> tuple[array, list[str]]:  # type: ignore[type-arg]
@@ -83,17 +94,17 @@ class PointBuffer:
     """Appends from the training loop; ``drain`` hands chunks to whoever encodes them."""
 
     def __init__(self) -> None:
-        self.points: list[Point] = []
+        self.points: list[int | float] = []  # flat: FIELDS items per point
         self.registry = SeriesRegistry()
         self.drain_lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self.points)
+        return len(self.points) // FIELDS
 
-    def take(self, max_points: int) -> list[Point]:
-        """Remove and return up to max_points from the front. Hold ``drain_lock``."""
+    def take(self, max_points: int) -> list[int | float]:
+        """Remove and return up to max_points (flat) from the front. Hold ``drain_lock``."""
         points = self.points
-        n = min(len(points), max_points)
+        n = min(len(points), max_points * FIELDS)
         chunk = points[:n]
         # Appends that land after len() go past n and stay in the buffer.
         del points[:n]

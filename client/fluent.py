@@ -18,7 +18,7 @@ from typing import Any
 
 from steppe import config, errors, validation
 from steppe.arrays import is_array
-from steppe.buffer import Point
+from steppe.buffer import FIELDS
 from steppe.connection import close_all, connect
 from steppe.entities import Experiment, Run, RunData, RunInfo
 from steppe.sender import Sender
@@ -114,7 +114,7 @@ class ActiveRun:
         self._run = run
         self._tracking_uri = tracking_uri
         self._series: dict[str, int] = {}
-        self._points: list[Point] = []
+        self._points: list[int | float] = []
         self._limit = 0
         self._sender: Sender | None = None
         self._bind()
@@ -125,7 +125,7 @@ class ActiveRun:
         self._registry = sender.buffer.registry
         self._series = {}
         self._points = sender.buffer.points
-        self._limit = sender.buffer_points
+        self._limit = sender.buffer_points * FIELDS
         sender.start()
         return sender
 
@@ -309,7 +309,7 @@ def log_metric(
     elif type(timestamp) is not int or timestamp < 0:
         timestamp = validation.check_timestamp("timestamp", timestamp)
     points = run._points
-    points.append((sid, step, timestamp, value))
+    points.extend((sid, step, timestamp, value))
     if len(points) > run._limit:
         run._overflow()
 

@@ -10,11 +10,15 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from steppe import config, errors, validation
+from steppe import config, validation
+from steppe.buffer import FIELDS
 from steppe.connection import Connection, connect
 from steppe.entities import Experiment, Metric, Param, Run, RunTag, number
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 def now_ms() -> int:
@@ -133,7 +137,7 @@ class Client:
             self._conn, experiment_ids, filter_string, max_results, order_by, run_view_type
         )
 
-    def sql(self, query: str, max_rows: int | None = None) -> Any:
+    def sql(self, query: str, max_rows: int | None = None) -> pa.Table:
         """Run a read-only SQL query over the server's views (README "SQL") and return a
         ``pyarrow.Table`` (``.to_pandas()`` works when pandas is installed). More rows than
         ``max_rows`` (server default 100000) is an error, not a silent cut.
@@ -145,7 +149,8 @@ class Client:
         from steppe.sql import fetch_arrow
 
         self._settle()
-        return fetch_arrow(self._conn.endpoint.http_url, query, max_rows)
+        table: pa.Table = fetch_arrow(self._conn.endpoint.http_url, query, max_rows)
+        return table
 
     def update_run(self, run_id: str, status: str | None = None, name: str | None = None) -> None:
         self._conn.unary.update_run(run_id, status, None, name)
@@ -175,8 +180,8 @@ class Client:
         ts = now_ms() if timestamp is None else validation.check_timestamp("timestamp", timestamp)
         sender.start()
         points = sender.buffer.points
-        points.append((sid, step, ts, value))
-        if len(points) > sender.buffer_points:
+        points.extend((sid, step, ts, value))
+        if len(points) > sender.buffer_points * FIELDS:
             sender.overflow()
 
     def log_series(
