@@ -73,8 +73,22 @@ def send_interval_s() -> float:
 
 
 def max_inflight_bytes() -> int:
-    """Encoded, unacked batches kept in memory for resend."""
-    return _int("STEPPE_MAX_INFLIGHT_BYTES", 256 << 20)
+    """Encoded, unacked batches kept in memory; beyond it they are re-read from the spool."""
+    return _int("STEPPE_MAX_INFLIGHT_BYTES", 64 << 20)
+
+
+def spool_dir() -> Path:
+    """STEPPE_SPOOL_DIR, else $XDG_CACHE_HOME/steppe/spool (~/.cache/steppe/spool)."""
+    raw = os.environ.get("STEPPE_SPOOL_DIR")
+    if raw:
+        return Path(raw).expanduser().resolve()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache).expanduser().resolve() / "steppe" / "spool"
+
+
+def send_window_batches() -> int:
+    """Batches sent but not yet acked on the stream (bounds memory in gRPC's queues)."""
+    return _int("STEPPE_SEND_WINDOW_BATCHES", 32)
 
 
 def server_start_timeout_s() -> float:

@@ -19,12 +19,34 @@ import grpc
 from steppe import config, errors, wire
 from steppe.discovery import Endpoint, resolve
 from steppe.sender import Sender
+from steppe.spool import Spool
+from steppe.sync import sync_in_background
 
 _MAX_MESSAGE_BYTES = 64 << 20
 
 
 class Connection:
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: Endpoint, tracking_uri: str | None = None) -> None:
+        self.endpoint = endpoint
+        self._tracking_uri = tracking_uri
+        self._channel_lock = threading.Lock()
+        # What `steppe sync` reconnects to: the URI, or the local data dir it meant.
+        spool_uri = tracking_uri or str(endpoint.data_dir or endpoint.http_url)
+        spool_root = config.spool_dir()
+        self._open_channel(endpoint)
+        self.sender = Sender(
+            self.stub_for_stream,
+            buffer_points=config.buffer_points(),
+            batch_points=config.batch_points(),
+            send_interval_s=config.send_interval_s(),
+            spool=lambda stream_id: Spool(spool_root, stream_id, spool_uri),
+            max_inflight_bytes=config.max_inflight_bytes(),
+            window=config.send_window_batches(),
+            describe_server=lambda: f"the steppe server at {endpoint.http_url}",
+        )
+        sync_in_background(spool_uri)
+
+    def _open_channel(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
         self.channel = grpc.insecure_channel(
             endpoint.grpc_target,
@@ -36,13 +58,21 @@ class Connection:
         )
         self.stub = wire.IngestStub(self.channel)  # type: ignore[no-untyped-call]
         self.unary = wire.Unary(self.stub, timeout_s=config.connect_timeout_s())
-        self.sender = Sender(
-            self.stub,
-            buffer_points=config.buffer_points(),
-            batch_points=config.batch_points(),
-            send_interval_s=config.send_interval_s(),
-            describe_server=lambda: f"the steppe server at {endpoint.http_url}",
-        )
+
+    def stub_for_stream(self, after_failure: bool) -> wire.IngestStub:
+        """The stub for the next stream; after a failure, look again where the server is
+        (a restarted local server listens on new ports). Never starts a server."""
+        if after_failure:
+            try:
+                endpoint = resolve(self._tracking_uri, start=False)
+            except errors.SteppeError:
+                return self.stub  # still down: keep retrying the old address
+            with self._channel_lock:
+                if endpoint.grpc_target != self.endpoint.grpc_target:
+                    old = self.channel
+                    self._open_channel(endpoint)
+                    old.close()
+        return self.stub
 
     # --- HTTP reads (steppe's JSON API, query/API.md) -----------------------------------
 
@@ -61,9 +91,7 @@ class Connection:
         )
         return self._request(request)
 
-    def post_bytes(
-        self, path: str, body: dict[str, Any], timeout_s: float | None = None
-    ) -> bytes:
+    def post_bytes(self, path: str, body: dict[str, Any], timeout_s: float | None = None) -> bytes:
         """POST a JSON body; the raw answer (e.g. an Arrow IPC stream)."""
         return post(self.endpoint.http_url + path, body, timeout_s)
 
@@ -121,7 +149,7 @@ def connect(tracking_uri: str | None) -> Connection:
     with _lock:
         conn = _connections.get(tracking_uri)
         if conn is None:
-            conn = Connection(resolve(tracking_uri))
+            conn = Connection(resolve(tracking_uri), tracking_uri)
             _connections[tracking_uri] = conn
         return conn
 

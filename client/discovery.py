@@ -47,11 +47,17 @@ def local_data_dir(uri: str | None) -> Path | None:
     )
 
 
-def resolve(uri: str | None) -> Endpoint:
+def resolve(uri: str | None, *, start: bool = True) -> Endpoint:
+    """Where the server for ``uri`` listens; ``start=False`` never starts a local one."""
     data_dir = local_data_dir(uri)
     if data_dir is None:
         assert uri is not None
         return remote(uri)
+    if not start:
+        _, owner = live_owner(data_dir)
+        if owner is None:
+            raise errors.ServerUnavailable(f"no steppe server owns {data_dir} right now")
+        return Endpoint(owner.http_url, f"127.0.0.1:{owner.grpc_port}", data_dir)
     return local(data_dir)
 
 

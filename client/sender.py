@@ -2,7 +2,9 @@
 streams them over one gRPC stream, tracking cumulative acks and resending after reconnects.
 
 It owns the network so the training loop never waits on it; it never drops a point:
-unacked batches stay in the outbox until the server acks them.
+every encoded batch is written through to the spool and stays in the outbox until the
+server acks it. Memory is bounded: at most ``max_inflight_bytes`` of batches are held in
+memory (the rest is re-read from the spool) and at most ``window`` batches are in flight.
 """
 
 from __future__ import annotations
@@ -22,8 +24,19 @@ import grpc
 
 from steppe import errors, wire
 from steppe.buffer import Columns, PointBuffer
+from steppe.spool import Location, Spool, SpoolFailed
 
 log = logging.getLogger("steppe.sender")
+
+
+@dataclass
+class _Entry:
+    """An unacked batch: in memory (``batch``), in the spool (``where``), or both."""
+
+    count: int
+    size: int
+    batch: wire.MetricBatch | None
+    where: Location | None
 
 
 @dataclass
@@ -38,16 +51,20 @@ class Sender:
 
     def __init__(
         self,
-        stub: wire.IngestStub,
+        stub: Callable[[bool], wire.IngestStub],
         *,
         buffer_points: int,
         batch_points: int,
         send_interval_s: float,
+        spool: Callable[[str], Spool] | None = None,
+        max_inflight_bytes: int = 64 << 20,
+        window: int = 32,
         describe_server: Callable[[], str] = lambda: "the steppe server",
     ) -> None:
         self.buffer = PointBuffer()
         self.stream_id = uuid.uuid4().hex
-        self._stub = stub
+        self._stub = stub  # called with True after a failure: may point elsewhere now
+        self._failures = 0
         self._buffer_points = buffer_points
         self._batch_points = batch_points
         self._send_interval_s = send_interval_s
@@ -55,8 +72,14 @@ class Sender:
         self._state = threading.Condition()
         self._seq = 0
         self._acked_seq = 0
-        self._outbox: OrderedDict[int, wire.MetricBatch] = OrderedDict()
-        self._unsent: list[wire.MetricBatch] = []
+        self._outbox: OrderedDict[int, _Entry] = OrderedDict()
+        self._next_send = 1  # seq of the next batch to put on the current stream
+        self._memory_bytes = 0
+        self._max_inflight_bytes = max_inflight_bytes
+        self._window = window
+        self._make_spool = spool
+        self._spool: Spool | None = None
+        self._spool_error = ""
         self._unacked_points = 0
         self._rejections: list[str] = []
         self._last_error = ""
@@ -101,9 +124,7 @@ class Sender:
                     cols.timestamp_ms,
                     cols.value,
                 )
-                self._outbox[self._seq] = batch
-                self._unsent.append(batch)
-                self._unacked_points += batch.count
+                self._add(batch)
 
     def enqueue_series(
         self, run_id: str, key: str, step: bytes, timestamp_ms: bytes, value: bytes
@@ -132,10 +153,27 @@ class Sender:
                         timestamp_ms[8 * start : 8 * end],
                         value[8 * start : 8 * end],
                     )
-                    self._outbox[self._seq] = batch
-                    self._unsent.append(batch)
-                    self._unacked_points += n
+                    self._add(batch)
         self._wake.set()
+
+    def _add(self, batch: wire.MetricBatch) -> None:
+        """Record a new batch (hold ``_state``): spool it, keep it in memory if there's room."""
+        payload = batch.SerializeToString()
+        where = None
+        if self._make_spool is not None and not self._spool_error:
+            try:
+                if self._spool is None:
+                    self._spool = self._make_spool(self.stream_id)
+                where = self._spool.append(self._seq, payload)
+            except (SpoolFailed, OSError) as exc:  # keep going in memory; say so once
+                self._spool_error = str(exc)
+                log.error("steppe: spooling to disk failed (%s); keeping points in memory", exc)
+        size = len(payload)
+        keep = where is None or self._memory_bytes + size <= self._max_inflight_bytes
+        if keep:
+            self._memory_bytes += size
+        self._outbox[self._seq] = _Entry(batch.count, size, batch if keep else None, where)
+        self._unacked_points += batch.count
 
     # --- the worker --------------------------------------------------------------------
 
@@ -167,9 +205,7 @@ class Sender:
                     backoff_s = min(backoff_s * 2, 2.0)
                     continue
             if stream is not None:
-                with self._state:
-                    todo, self._unsent = self._unsent, []
-                for batch in todo:
+                for batch in self._due():
                     stream.requests.put(batch)
                 if self._acked_seq > 0:
                     backoff_s = 0.05
@@ -188,21 +224,35 @@ class Sender:
                 yield item
 
         try:
-            responses = self._stub.StreamMetrics(gen())
+            responses = self._stub(self._failures > 0).StreamMetrics(gen())
         except grpc.RpcError as exc:  # channel already closed, bad target: retry later
             self._note_error(str(exc))
             return None
         stream.responses = responses
         with self._state:
             # Everything unacked goes again, in seq order; the server drops what it has.
-            pending = list(self._outbox.values())
-            self._unsent = []
-        for batch in pending:
-            requests.put(batch)
+            self._next_send = self._acked_seq + 1
         threading.Thread(
             target=self._read_acks, args=(stream,), name="steppe-acks", daemon=True
         ).start()
         return stream
+
+    def _due(self) -> list[wire.MetricBatch]:
+        """The next batches to send, within the window of unacked batches in flight."""
+        out = []
+        with self._state:
+            limit = min(self._seq, self._acked_seq + self._window)
+            while self._next_send <= limit:
+                entry = self._outbox.get(self._next_send)
+                self._next_send += 1
+                if entry is None:
+                    continue  # acked meanwhile
+                batch = entry.batch
+                if batch is None:
+                    assert entry.where is not None and self._spool is not None
+                    batch = wire.MetricBatch.FromString(self._spool.read(entry.where))
+                out.append(batch)
+        return out
 
     def _read_acks(self, stream: _Stream) -> None:
         try:
@@ -213,14 +263,21 @@ class Sender:
                         log.error("steppe server rejected batch %d: %s", rej.seq, rej.message)
                     outbox = self._outbox
                     while outbox and next(iter(outbox)) <= ack.acked_seq:
-                        _, batch = outbox.popitem(last=False)
-                        self._unacked_points -= batch.count
+                        _, entry = outbox.popitem(last=False)
+                        self._unacked_points -= entry.count
+                        if entry.batch is not None:
+                            self._memory_bytes -= entry.size
                     self._acked_seq = max(self._acked_seq, ack.acked_seq)
+                    self._failures = 0
+                    if self._spool is not None:
+                        self._spool.release(self._acked_seq)
                     self._state.notify_all()
+                self._wake.set()  # the window moved: more may be sent
         except grpc.RpcError as exc:
             self._note_error(f"{exc.code().name}: {exc.details()}")
         finally:
             stream.broken = True
+            self._failures += 1
             self._wake.set()
 
     def _note_error(self, message: str) -> None:
@@ -254,8 +311,7 @@ class Sender:
                     raise errors.FlushTimeout(
                         f"{self._unacked_points} points were not acked by "
                         f"{self._describe_server()} within {timeout_s:g} s "
-                        f"(last error: {self._last_error or 'none'}); they are still held "
-                        "in this process's memory and will be sent while it runs"
+                        f"(last error: {self._last_error or 'none'}); {self._where_unsent()}"
                     )
                 self._state.wait(remaining)
             rejected, self._rejections = self._rejections, []
@@ -263,6 +319,14 @@ class Sender:
             raise errors.SteppeError(
                 f"the server rejected {len(rejected)} batch(es): " + "; ".join(rejected[:5])
             )
+
+    def _where_unsent(self) -> str:
+        if self._spool is not None and not self._spool_error:
+            return (
+                f"they are kept in {self._spool.dir} and will be sent by `steppe sync` "
+                "or by the next run on this machine"
+            )
+        return "they are held in this process's memory and will be sent while it runs"
 
     def shutdown(self, timeout_s: float) -> None:
         """Flush (bounded by timeout_s), then stop the worker. Safe to call twice."""
@@ -275,3 +339,7 @@ class Sender:
             thread = self._thread
             if thread is not None and thread is not threading.current_thread():
                 thread.join(timeout=1.0)
+            with self._state:
+                if self._spool is not None:
+                    self._spool.close(all_acked=not self._outbox)
+                    self._spool = None
