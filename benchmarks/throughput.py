@@ -67,17 +67,21 @@ def client_w1(uri: str, mode: str, keys: int, steps: int) -> dict[str, Any]:
     pc = time.perf_counter_ns
     log_metric = steppe.log_metric
     log_metrics = steppe.log_metrics
-    latencies = array("q", bytes(8 * (steps * keys if mode == "call" else steps)))
+    latencies = array("q", bytes(8 * steps))
     j = 0
     start = time.perf_counter()
     if mode == "call":
+        # One call in ten (the first key of each step) is timed, so the timer's own cost
+        # barely touches the end-to-end rate; the others run bare.
+        (first, first_values), rest = pairs[0], pairs[1:]
         for step in range(steps):
-            for name, values in pairs:
-                value = values[step]
-                t0 = pc()
-                log_metric(name, value, step)
-                latencies[j] = pc() - t0
-                j += 1
+            value = first_values[step]
+            t0 = pc()
+            log_metric(first, value, step)
+            latencies[j] = pc() - t0
+            j += 1
+            for name, values in rest:
+                log_metric(name, values[step], step)
     else:
         for step in range(steps):
             row = {name: values[step] for name, values in pairs}
@@ -95,7 +99,7 @@ def client_w1(uri: str, mode: str, keys: int, steps: int) -> dict[str, Any]:
         "loop_s": loop_s,
         "acked_s": acked_s,
         "points": steps * keys,
-        "calls": j,
+        "timed_calls": j,
         **percentiles_ns(latencies[:j], overhead),
         "client_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "wall_start": time.time() - (time.perf_counter() - start),
