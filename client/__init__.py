@@ -41,6 +41,7 @@ from steppe.fluent import (
     set_tracking_uri,
     start_run,
 )
+from steppe.search import search_runs
 from steppe.tracking import Client
 
 MlflowClient = Client
@@ -82,6 +83,7 @@ __all__ = [
     "log_param",
     "log_params",
     "search_experiments",
+    "search_runs",
     "set_experiment",
     "set_tag",
     "set_tags",

@@ -1,4 +1,4 @@
-"""The ``steppe`` command: ``server`` (foreground or background) and ``ui``.
+"""The ``steppe`` command: ``server`` (foreground or background), ``ui``, ``sync`` and ``sql``.
 
 Parses arguments and wires things up; the server side is imported only when needed.
 """
@@ -84,6 +84,23 @@ def _parser() -> argparse.ArgumentParser:
         default=config.DEFAULT_HTTP_PORT,
         help="HTTP port if starting a server (default 5000; 0 picks a free one)",
     )
+    sync = sub.add_parser(
+        "sync",
+        help="send points that killed or offline processes left in the local spool",
+        description="Deliver every orphaned spool (points a process logged but the server "
+        "never acked) to the server it was meant for. Safe to repeat: the server keeps "
+        "each point once.",
+    )
+    sync.add_argument(
+        "--spool-dir",
+        type=Path,
+        default=None,
+        help="default: $STEPPE_SPOOL_DIR or ~/.cache/steppe/spool",
+    )
+    sync.add_argument("--timeout-s", type=float, default=60.0, help="per spool (default 60)")
+    from steppe import sql
+
+    sql.add_parser(sub)
     return parser
 
 
@@ -93,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         return _server(args)
     if args.command == "ui":
         return _ui(args)
+    if args.command == "sync":
+        return _sync(args)
+    if args.command == "sql":
+        from steppe import sql
+
+        return sql.main(args)
     _parser().print_help()
     return 0
 
@@ -191,6 +214,37 @@ def _background(data_dir: Path, args: argparse.Namespace) -> int:
     tail = log_path.read_text(errors="replace").splitlines()[-20:] if log_path.exists() else []
     print("steppe: the background server did not start:\n" + "\n".join(tail), file=sys.stderr)
     return 1
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from steppe.errors import SteppeError
+    from steppe.spool import orphans
+    from steppe.sync import replay
+
+    root = args.spool_dir.expanduser().resolve() if args.spool_dir else config.spool_dir()
+    pending = orphans(root)
+    if not pending:
+        print(f"steppe sync: nothing to send in {root}")
+        return 0
+    failed = 0
+    for orphan in pending:
+        try:
+            delivery = replay(orphan, args.timeout_s)
+        except SteppeError as exc:
+            failed += 1
+            print(
+                f"steppe sync: {orphan.dir}: not delivered ({exc}); kept for the next try",
+                file=sys.stderr,
+            )
+            continue
+        if delivery is None:
+            print(f"steppe sync: {orphan.dir}: another process is sending it")
+        else:
+            print(
+                f"steppe sync: sent {delivery.points} points ({delivery.batches} batches) "
+                f"to {delivery.tracking_uri}"
+            )
+    return 1 if failed else 0
 
 
 def _ui(args: argparse.Namespace) -> int:

@@ -7,6 +7,8 @@ encoding) in the query executor. Nothing here writes to the catalog or the data 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import functools
 import json
 import logging
@@ -16,17 +18,39 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import duckdb
+import pyarrow as pa
 from aiohttp import web
 from multidict import MultiMapping
 
 from steppe.errors import InvalidParameterValue, ResourceDoesNotExist, SteppeError
 from steppe.ingest.catalog import Catalog, ExperimentRecord, RunRecord
 from steppe.ingest.layout import Snapshot, SnapshotSource
-from steppe.query.jsonenc import dumps, float_list, float_value
+from steppe.query.jsonenc import dumps, float_list, float_value, table_rows
 from steppe.query.reader import MetricSummary, Reader
+from steppe.query.search import (
+    VIEW_TYPES,
+    Comparison,
+    OrderKey,
+    RunSearch,
+    compile_search,
+    parse_filter,
+    parse_order_by,
+)
+from steppe.query.series import (
+    AGGREGATES,
+    X_AXES,
+    Aggregate,
+    MultiSeries,
+    SeriesData,
+    SeriesKey,
+    XAxis,
+    multi_series,
+)
+from steppe.query.sql import DEFAULT_MAX_ROWS, DEFAULT_TIME_LIMIT_S, MAX_MAX_ROWS, SqlSandbox
+from steppe.query.views import CatalogTables
 
 __all__ = [
     "API_PREFIX",
@@ -50,6 +74,9 @@ DEFAULT_BUCKETS = 1000
 MAX_BUCKETS = 10_000
 DEFAULT_MAX_RESULTS = 1000
 MAX_MAX_RESULTS = 50_000
+#: Series in one multi-series request.
+MAX_SERIES = 100
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
 #: Concurrent blocking reads; each holds a DuckDB cursor and its result in memory.
 QUERY_WORKERS = 4
 
@@ -66,6 +93,9 @@ ON_ACTIVITY = web.AppKey[Callable[[], None] | None]("on_activity")
 #: Set while the app runs (its cleanup context owns both).
 READER = web.AppKey("reader", Reader)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
+CATALOG_TABLES = web.AppKey("catalog_tables", CatalogTables)
+SQL_SANDBOX = web.AppKey("sql_sandbox", SqlSandbox)
+SQL_TIME_LIMIT_S = web.AppKey("sql_time_limit_s", float)
 
 _PLACEHOLDER_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>steppe</title></head>
@@ -90,11 +120,12 @@ def make_app(
     *,
     static_dir: Path | None = None,
     on_activity: Callable[[], None] | None = None,
+    sql_time_limit_s: float = DEFAULT_TIME_LIMIT_S,
 ) -> web.Application:
     """The read side's HTTP app. ``server_info`` is read on every ``/server-info`` request
     (so ports may be filled in after binding); ``on_activity`` is called at the start of
-    every request (an idle-shutdown hook). The DuckDB reader and its worker threads live
-    from app startup to cleanup.
+    every request (an idle-shutdown hook). The DuckDB reader, the SQL sandbox and the worker
+    threads live from app startup to cleanup; ``sql_time_limit_s`` bounds each user query.
 
         app = make_app(catalog, store, {"version": "0.1.0", "grpc_port": 5001, ...})
         web.run_app(app, host="127.0.0.1", port=5000)
@@ -105,6 +136,8 @@ def make_app(
     app[SERVER_INFO] = server_info
     app[STATIC_DIR] = DEFAULT_STATIC_DIR if static_dir is None else Path(static_dir)
     app[ON_ACTIVITY] = on_activity
+    app[CATALOG_TABLES] = CatalogTables(catalog)
+    app[SQL_TIME_LIMIT_S] = sql_time_limit_s
     app.cleanup_ctx.append(_query_resources)
 
     api = API_PREFIX
@@ -116,6 +149,8 @@ def make_app(
     app.router.add_get(f"{api}/runs/{{run_id}}", _get_run)
     app.router.add_get(f"{api}/metric-history", _metric_history)
     app.router.add_get(f"{api}/series", _series)
+    app.router.add_post(f"{api}/series", _multi_series)
+    app.router.add_post(f"{api}/sql", _sql)
 
     app.router.add_get("/", _index)
     app.router.add_get("/experiments/{experiment_id}", _index)
@@ -127,14 +162,17 @@ def make_app(
 async def _query_resources(app: web.Application) -> AsyncIterator[None]:
     executor = ThreadPoolExecutor(max_workers=QUERY_WORKERS, thread_name_prefix="steppe-query")
     reader = Reader()
+    sandbox = SqlSandbox(time_limit_s=app[SQL_TIME_LIMIT_S])
     app[EXECUTOR] = executor
     app[READER] = reader
+    app[SQL_SANDBOX] = sandbox
     try:
         yield
     finally:
         # Let running queries finish before their database goes away.
         await asyncio.get_running_loop().run_in_executor(None, executor.shutdown, True)
         reader.close()
+        sandbox.close()
 
 
 # errors ----------------------------------------------------------------------------------
@@ -267,6 +305,28 @@ class _SeriesRequest:
 class _SearchRunsRequest:
     experiment_ids: list[str] | None
     max_results: int
+    filters: tuple[Comparison, ...] = ()
+    order_by: tuple[OrderKey, ...] = ()
+    lifecycle_stages: tuple[str, ...] | None = None
+    offset: int = 0
+    paged: bool = False  # the request sent page_token (even null): answer next_page_token
+
+
+@dataclass(frozen=True)
+class _SqlRequest:
+    query: str
+    format: str
+    max_rows: int
+
+
+@dataclass(frozen=True)
+class _MultiSeriesRequest:
+    series: list[SeriesKey]
+    buckets: int
+    x: XAxis
+    x_min: int | None
+    x_max: int | None
+    aggregate: Aggregate | None
 
 
 def _metric_history_request(query: MultiMapping[str]) -> _MetricRequest:
@@ -289,7 +349,7 @@ def _series_request(query: MultiMapping[str]) -> _SeriesRequest:
     return _SeriesRequest(metric.run_id, metric.key, buckets, low, high)
 
 
-def _search_runs_request(body: bytes) -> _SearchRunsRequest:
+def _json_object(body: bytes, allowed: Sequence[str]) -> dict[str, Any]:
     try:
         document = json.loads(body) if body.strip() else {}
     except ValueError as exc:
@@ -297,11 +357,59 @@ def _search_runs_request(body: bytes) -> _SearchRunsRequest:
         raise InvalidParameterValue("body", text, f"is not valid JSON ({exc})") from None
     if not isinstance(document, dict):
         raise InvalidParameterValue("body", document, "must be a JSON object")
-    unknown = sorted(set(document) - {"experiment_ids", "max_results"})
+    unknown = sorted(set(document) - set(allowed))
     if unknown:
         raise InvalidParameterValue(
-            unknown[0], document[unknown[0]], "unknown field; allowed: experiment_ids, max_results"
+            unknown[0], document[unknown[0]], f"unknown field; allowed: {', '.join(allowed)}"
         )
+    return document
+
+
+def _int_field(document: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
+    value = document.get(name, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise InvalidParameterValue(name, value, f"must be an integer from {low} to {high}")
+    return value
+
+
+def _choice(document: dict[str, Any], name: str, choices: Sequence[str | None]) -> Any:
+    value = document.get(name, choices[0])
+    if value not in choices:
+        shown = ", ".join("null" if c is None else f'"{c}"' for c in choices)
+        raise InvalidParameterValue(name, value, f"must be one of {shown}")
+    return value
+
+
+def _page_token(offset: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"offset": offset}).encode()).decode()
+
+
+def _page_offset(token: object) -> int:
+    if token is None or token == "":
+        return 0
+    try:
+        assert isinstance(token, str)
+        offset = json.loads(base64.urlsafe_b64decode(token.encode()))["offset"]
+        assert isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0
+        return offset
+    except (AssertionError, ValueError, KeyError, TypeError, binascii.Error):
+        raise InvalidParameterValue(
+            "page_token", token, "is not a page token from a previous search"
+        ) from None
+
+
+def _search_runs_request(body: bytes) -> _SearchRunsRequest:
+    document = _json_object(
+        body,
+        (
+            "experiment_ids",
+            "max_results",
+            "filter_string",
+            "order_by",
+            "page_token",
+            "run_view_type",
+        ),
+    )
     experiment_ids = document.get("experiment_ids")
     if experiment_ids is not None and (
         not isinstance(experiment_ids, list)
@@ -310,16 +418,75 @@ def _search_runs_request(body: bytes) -> _SearchRunsRequest:
         raise InvalidParameterValue(
             "experiment_ids", experiment_ids, "must be a list of experiment id strings or null"
         )
-    max_results = document.get("max_results", DEFAULT_MAX_RESULTS)
-    if (
-        not isinstance(max_results, int)
-        or isinstance(max_results, bool)
-        or not 1 <= max_results <= MAX_MAX_RESULTS
-    ):
+    max_results = _int_field(document, "max_results", DEFAULT_MAX_RESULTS, 1, MAX_MAX_RESULTS)
+    filter_string = document.get("filter_string")
+    if filter_string is not None and not isinstance(filter_string, str):
+        raise InvalidParameterValue("filter_string", filter_string, "must be a string or null")
+    order_by = document.get("order_by")
+    if order_by is not None and not isinstance(order_by, list):
+        raise InvalidParameterValue("order_by", order_by, "must be a list of strings or null")
+    view_type = _choice(document, "run_view_type", ["ALL", "ACTIVE_ONLY", "DELETED_ONLY"])
+    return _SearchRunsRequest(
+        experiment_ids,
+        max_results,
+        filters=parse_filter(filter_string),
+        order_by=parse_order_by(order_by),
+        lifecycle_stages=VIEW_TYPES[view_type],
+        offset=_page_offset(document.get("page_token")),
+        paged="page_token" in document,
+    )
+
+
+def _sql_request(body: bytes) -> _SqlRequest:
+    document = _json_object(body, ("query", "format", "max_rows"))
+    query = document.get("query")
+    if not isinstance(query, str) or not query.strip():
+        raise InvalidParameterValue("query", query, "must be a non-empty SQL string")
+    fmt = _choice(document, "format", ["json", "arrow"])
+    max_rows = _int_field(document, "max_rows", DEFAULT_MAX_ROWS, 1, MAX_MAX_ROWS)
+    return _SqlRequest(query, fmt, max_rows)
+
+
+def _bound(document: dict[str, Any], name: str) -> int | float | None:
+    value = document.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidParameterValue(name, value, "must be a finite number or null")
+    return value
+
+
+def _multi_series_request(body: bytes) -> _MultiSeriesRequest:
+    document = _json_object(body, ("series", "buckets", "x_min", "x_max", "x", "aggregate"))
+    raw = document.get("series")
+    if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_SERIES:
         raise InvalidParameterValue(
-            "max_results", max_results, f"must be an integer from 1 to {MAX_MAX_RESULTS}"
+            "series", raw, f'must be a list of 1 to {MAX_SERIES} {{"run_id", "key"}} objects'
         )
-    return _SearchRunsRequest(experiment_ids, max_results)
+    series: list[SeriesKey] = []
+    seen: dict[SeriesKey, int] = {}
+    for index, item in enumerate(raw):
+        name = f"series[{index}]"
+        if not isinstance(item, dict) or set(item) != {"run_id", "key"}:
+            raise InvalidParameterValue(name, item, 'must be an object {"run_id", "key"}')
+        for part in ("run_id", "key"):
+            if not isinstance(item[part], str) or item[part] == "":
+                raise InvalidParameterValue(f"{name}.{part}", item[part], "must be a string")
+        key = SeriesKey(item["run_id"], item["key"])
+        if key in seen:
+            raise InvalidParameterValue(name, item, f"repeats series[{seen[key]}]")
+        seen[key] = index
+        series.append(key)
+    buckets = _int_field(document, "buckets", DEFAULT_BUCKETS, 1, MAX_BUCKETS)
+    x = _choice(document, "x", list(X_AXES))
+    aggregate = _choice(document, "aggregate", [None, *AGGREGATES])
+    x_min, x_max = _bound(document, "x_min"), _bound(document, "x_max")
+    if x_min is not None and x_max is not None and x_min > x_max:
+        raise InvalidParameterValue("x_min", x_min, f"must not be greater than x_max ({x_max})")
+    # x is int64 (steps or ms): a fractional bound (a zoomed chart) rounds inwards.
+    low = None if x_min is None else max(_INT64_MIN, min(_INT64_MAX, math.ceil(x_min)))
+    high = None if x_max is None else max(_INT64_MIN, min(_INT64_MAX, math.floor(x_max)))
+    return _MultiSeriesRequest(series, buckets, x, low, high, aggregate)
 
 
 # documents -------------------------------------------------------------------------------
@@ -373,9 +540,37 @@ def _run_json(run: RunRecord, metrics: Mapping[str, MetricSummary]) -> dict[str,
     }
 
 
-def _runs_document(reader: Reader, snapshot: Snapshot, runs: Sequence[RunRecord]) -> bytes:
+def _runs_json(reader: Reader, snapshot: Snapshot, runs: Sequence[RunRecord]) -> list[object]:
     metrics = reader.latest_metrics(snapshot, [run.run_id for run in runs])
-    return dumps({"runs": [_run_json(run, metrics.get(run.run_id, {})) for run in runs]})
+    return [_run_json(run, metrics.get(run.run_id, {})) for run in runs]
+
+
+def _runs_document(reader: Reader, snapshot: Snapshot, runs: Sequence[RunRecord]) -> bytes:
+    return dumps({"runs": _runs_json(reader, snapshot, runs)})
+
+
+def _series_json(data: SeriesData) -> dict[str, object]:
+    table = data.table
+    out: dict[str, object] = {
+        "run_id": None if data.series is None else data.series.run_id,
+        "key": None if data.series is None else data.series.key,
+        "bucketed": data.bucketed,
+        "x": table.column("x").to_pylist(),
+    }
+    names = ("min", "max", "first", "last", "mean") if data.bucketed else ("value",)
+    for name in names:
+        out[name] = float_list(table.column(name))
+    if "count" in table.column_names:
+        out["count"] = table.column("count").to_pylist()
+    return out
+
+
+def _arrow_stream(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    body: bytes = sink.getvalue().to_pybytes()
+    return body
 
 
 def _require_run(catalog: Catalog, run_id: str) -> None:
@@ -430,14 +625,39 @@ async def _experiment_runs(request: web.Request) -> web.Response:
 
 async def _search_runs(request: web.Request) -> web.Response:
     def document(
-        snapshot: Snapshot, catalog: Catalog, reader: Reader, search: _SearchRunsRequest
+        snapshot: Snapshot, tables: CatalogTables, reader: Reader, ask: _SearchRunsRequest
     ) -> bytes:
-        runs = catalog.list_runs(search.experiment_ids)[: search.max_results]
-        return _runs_document(reader, snapshot, runs)
+        view = tables.current()
+        search = RunSearch(
+            experiment_ids=None if ask.experiment_ids is None else tuple(ask.experiment_ids),
+            filters=ask.filters,
+            order_by=ask.order_by,
+            lifecycle_stages=ask.lifecycle_stages,
+            limit=ask.max_results + 1,  # one more tells whether another page exists
+            offset=ask.offset,
+        )
+        sql, params = compile_search(search)
+        found = reader.query(
+            snapshot,
+            sql,
+            params,
+            {
+                "runs": view.runs,
+                "params": view.params,
+                "tags": view.tags,
+                "latest_metrics": snapshot.latest,
+            },
+        )
+        run_ids = found.column("run_id").to_pylist()
+        runs = [view.records[run_id] for run_id in run_ids[: ask.max_results]]
+        out: dict[str, object] = {"runs": _runs_json(reader, snapshot, runs)}
+        if ask.paged and len(run_ids) > ask.max_results:
+            out["next_page_token"] = _page_token(ask.offset + ask.max_results)
+        return dumps(out)
 
-    search = _search_runs_request(await request.read())
+    ask = _search_runs_request(await request.read())
     app = request.app
-    return _json(await _with_snapshot(request, document, app[CATALOG], app[READER], search))
+    return _json(await _with_snapshot(request, document, app[CATALOG_TABLES], app[READER], ask))
 
 
 async def _get_run(request: web.Request) -> web.Response:
@@ -496,6 +716,50 @@ async def _series(request: web.Request) -> web.Response:
     ask = _series_request(request.query)
     app = request.app
     return _json(await _with_snapshot(request, document, app[CATALOG], app[READER], ask))
+
+
+async def _multi_series(request: web.Request) -> web.Response:
+    def document(
+        snapshot: Snapshot, catalog: Catalog, reader: Reader, ask: _MultiSeriesRequest
+    ) -> bytes:
+        for run_id in dict.fromkeys(s.run_id for s in ask.series):
+            _require_run(catalog, run_id)
+        result: MultiSeries = multi_series(
+            reader,
+            snapshot,
+            ask.series,
+            ask.buckets,
+            x=ask.x,
+            x_min=ask.x_min,
+            x_max=ask.x_max,
+            aggregate=ask.aggregate,
+        )
+        return dumps(
+            {
+                "x": result.x,
+                "aggregate": result.aggregate,
+                "series": [_series_json(data) for data in result.series],
+            }
+        )
+
+    ask = _multi_series_request(await request.read())
+    app = request.app
+    return _json(await _with_snapshot(request, document, app[CATALOG], app[READER], ask))
+
+
+async def _sql(request: web.Request) -> web.Response:
+    def document(
+        snapshot: Snapshot, tables: CatalogTables, sandbox: SqlSandbox, ask: _SqlRequest
+    ) -> web.Response:
+        table = sandbox.run(snapshot, tables.current(), ask.query, ask.max_rows)
+        if ask.format == "arrow":
+            return web.Response(body=_arrow_stream(table), content_type=ARROW_STREAM)
+        columns = [{"name": f.name, "type": str(f.type)} for f in table.schema]
+        return _json(dumps({"columns": columns, "rows": table_rows(table)}))
+
+    ask = _sql_request(await request.read())
+    app = request.app
+    return await _with_snapshot(request, document, app[CATALOG_TABLES], app[SQL_SANDBOX], ask)
 
 
 def _static_file(root: Path, relative: str) -> Path | None:

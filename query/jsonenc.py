@@ -6,13 +6,16 @@ nothing of HTTP or DuckDB and never emits the non-standard NaN/Infinity literals
 
 from __future__ import annotations
 
+import base64
+import datetime
+import decimal
 import json
 import math
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["dumps", "float_list", "float_value"]
+__all__ = ["column_values", "dumps", "float_list", "float_value", "json_value", "table_rows"]
 
 JsonFloat = float | str | None
 
@@ -28,6 +31,10 @@ def float_value(value: float | None) -> JsonFloat:
 
 def float_list(column: pa.Array | pa.ChunkedArray) -> list[JsonFloat]:
     """A float column as a JSON-ready list; only the non-finite entries are visited in Python."""
+    if isinstance(column, pa.ChunkedArray):
+        # One contiguous array: pyarrow 25's chunked indices_nonzero crashes (SIGSEGV) on
+        # some chunk layouts that DuckDB results have.
+        column = column.combine_chunks()
     values: list[JsonFloat] = column.to_pylist()
     not_finite = pc.fill_null(pc.invert(pc.is_finite(column)), False)
     for index in pc.indices_nonzero(not_finite).to_pylist():
@@ -39,3 +46,48 @@ def dumps(document: object) -> bytes:
     """Compact UTF-8 JSON. Raises ValueError on a non-finite float that was not converted,
     rather than sending invalid JSON."""
     return json.dumps(document, allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def json_value(value: object) -> object:
+    """Any value Arrow's ``to_pylist`` gives, as JSON: non-finite floats as above, decimals
+    as numbers, times as ISO 8601 strings, bytes as base64, nested values recursively."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return float_value(value)
+    if isinstance(value, decimal.Decimal):
+        if not value.is_finite():
+            return str(value)
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, dict):
+        return {str(k): json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_value(v) for v in value]
+    return str(value)  # timedelta, intervals, UUIDs, ...: their readable text
+
+
+def column_values(column: pa.Array | pa.ChunkedArray) -> list[object]:
+    """One column as JSON-ready values; plain ints, strings and bools skip the Python pass."""
+    kind = column.type
+    if pa.types.is_floating(kind):
+        return list(float_list(column))
+    values: list[object] = column.to_pylist()
+    if (
+        pa.types.is_integer(kind)
+        or pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or pa.types.is_boolean(kind)
+        or pa.types.is_null(kind)
+    ):
+        return values
+    return [json_value(v) for v in values]
+
+
+def table_rows(table: pa.Table) -> list[list[object]]:
+    """A table as a list of rows (lists, so duplicate column names survive)."""
+    columns = [column_values(column) for column in table.columns]
+    return [list(row) for row in zip(*columns, strict=True)] if columns else []

@@ -7,7 +7,7 @@ ask it for a snapshot (snapshots are taken on the loop thread by the caller).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,9 +169,25 @@ class Reader:
             cursor.close()
 
     def _query(self, snapshot: Snapshot, sql: str, params: dict[str, object]) -> pa.Table:
-        if snapshot.files:
-            params = {**params, "files": [str(path) for path in snapshot.files]}
+        return self.query(snapshot, sql, params)
+
+    def query(
+        self,
+        snapshot: Snapshot,
+        sql: str,
+        params: Mapping[str, object],
+        tables: Mapping[str, pa.Table] | None = None,
+    ) -> pa.Table:
+        """Run steppe's own ``sql`` (never user SQL: see steppe.query.sql) on a cursor where
+        the snapshot's tail is ``tail``, ``$files`` lists its files (bound only when the
+        snapshot has files and ``sql`` uses it) and each of ``tables`` is registered under
+        its name."""
+        params = dict(params)
+        if snapshot.files and "$files" in sql:
+            params["files"] = [str(path) for path in snapshot.files]
         with self._cursor(snapshot) as cursor:
+            for name, extra in (tables or {}).items():
+                cursor.register(name, extra)
             relation = cursor.sql(sql, params=params)
             assert relation is not None  # a SELECT always gives a relation
             table: pa.Table = relation.to_arrow_table()

@@ -1,0 +1,221 @@
+"""The public SQL schema: the catalog as Arrow tables and the views over one snapshot.
+
+``experiments``, ``runs``, ``params`` and ``tags`` come from the catalog (rebuilt only when
+``catalog.version`` moves); ``metrics`` and ``latest_metrics`` from a ``Snapshot``. Read-only:
+nothing here writes to the catalog or the data dir.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from steppe.ingest.catalog import Catalog, ExperimentRecord, RunRecord
+from steppe.ingest.layout import Snapshot
+from steppe.ingest.sqlite_catalog import SqliteCatalog
+
+__all__ = [
+    "EXPERIMENTS_SCHEMA",
+    "LATEST_METRICS_COLUMNS",
+    "METRICS_COLUMNS",
+    "PARAMS_SCHEMA",
+    "PUBLIC_VIEWS",
+    "RUNS_SCHEMA",
+    "TAGS_SCHEMA",
+    "CatalogTables",
+    "CatalogView",
+    "open_catalog_read_only",
+    "register_views",
+]
+
+#: The views user SQL may read, in the order README.md documents them.
+PUBLIC_VIEWS = ("experiments", "runs", "params", "tags", "metrics", "latest_metrics")
+
+#: Times are milliseconds since the Unix epoch, as everywhere in steppe (``epoch_ms(t)`` in SQL
+#: turns one into a TIMESTAMP).
+EXPERIMENTS_SCHEMA = pa.schema(
+    [
+        ("experiment_id", pa.string()),
+        ("name", pa.string()),
+        ("artifact_location", pa.string()),
+        ("lifecycle_stage", pa.string()),
+        ("creation_time", pa.int64()),
+        ("last_update_time", pa.int64()),
+    ]
+)
+RUNS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("experiment_id", pa.string()),
+        ("run_name", pa.string()),
+        ("status", pa.string()),
+        ("start_time", pa.int64()),
+        ("end_time", pa.int64()),
+        ("lifecycle_stage", pa.string()),
+        ("artifact_uri", pa.string()),
+        ("user_id", pa.string()),
+    ]
+)
+PARAMS_SCHEMA = pa.schema([("run_id", pa.string()), ("key", pa.string()), ("value", pa.string())])
+TAGS_SCHEMA = PARAMS_SCHEMA
+#: Column order of the ``metrics`` view (the files' order is METRICS_SCHEMA's).
+METRICS_COLUMNS = ("run_id", "key", "step", "value", "timestamp")
+LATEST_METRICS_COLUMNS = ("run_id", "key", "value", "step", "timestamp", "min", "max", "count")
+
+#: Internal names on a connection; user SQL cannot name them (steppe.query.sql checks).
+_TAIL = "__steppe_tail"
+_LATEST = "__steppe_latest"
+
+
+@dataclass(frozen=True)
+class CatalogView:
+    """The catalog at one version: Arrow tables for SQL and the records they came from."""
+
+    version: int
+    experiments: pa.Table
+    runs: pa.Table
+    params: pa.Table
+    tags: pa.Table
+    records: Mapping[str, RunRecord]
+
+    @classmethod
+    def empty(cls) -> CatalogView:
+        """No experiments and no runs (a data dir without a catalog file yet)."""
+        return cls(
+            version=-1,
+            experiments=EXPERIMENTS_SCHEMA.empty_table(),
+            runs=RUNS_SCHEMA.empty_table(),
+            params=PARAMS_SCHEMA.empty_table(),
+            tags=TAGS_SCHEMA.empty_table(),
+            records={},
+        )
+
+    def tables(self) -> dict[str, pa.Table]:
+        return {
+            "experiments": self.experiments,
+            "runs": self.runs,
+            "params": self.params,
+            "tags": self.tags,
+        }
+
+
+def _experiments_table(experiments: list[ExperimentRecord]) -> pa.Table:
+    return pa.Table.from_pylist(
+        [
+            {
+                "experiment_id": e.experiment_id,
+                "name": e.name,
+                "artifact_location": e.artifact_location,
+                "lifecycle_stage": e.lifecycle_stage,
+                "creation_time": e.creation_time,
+                "last_update_time": e.last_update_time,
+            }
+            for e in experiments
+        ],
+        schema=EXPERIMENTS_SCHEMA,
+    )
+
+
+def _runs_tables(runs: list[RunRecord]) -> tuple[pa.Table, pa.Table, pa.Table]:
+    columns: dict[str, list[object]] = {name: [] for name in RUNS_SCHEMA.names}
+    for run in runs:
+        for name in RUNS_SCHEMA.names:
+            columns[name].append(getattr(run, name))
+    runs_table = pa.table(columns, schema=RUNS_SCHEMA)
+
+    def pairs(field: str) -> pa.Table:
+        rows = [
+            (run.run_id, key, value)
+            for run in runs
+            for key, value in sorted(getattr(run, field).items())
+        ]
+        return pa.table(
+            [pa.array([r[i] for r in rows], pa.string()) for i in range(3)],
+            schema=PARAMS_SCHEMA,
+        )
+
+    return runs_table, pairs("params"), pairs("tags")
+
+
+class CatalogTables:
+    """The catalog as Arrow tables, rebuilt when ``catalog.version`` changes.
+
+    Thread-safe; callers share one per catalog:
+
+        tables = CatalogTables(catalog)
+        view = tables.current()
+        view.runs.num_rows
+    """
+
+    def __init__(self, catalog: Catalog) -> None:
+        self._catalog = catalog
+        self._lock = threading.Lock()
+        self._cached: CatalogView | None = None
+
+    def current(self) -> CatalogView:
+        with self._lock:
+            # Read the version first: a write racing the rebuild leaves a stale version on
+            # newer data, so the next call rebuilds again; never the other way round.
+            version = self._catalog.version
+            if self._cached is None or self._cached.version != version:
+                runs = self._catalog.list_runs()
+                runs_table, params, tags = _runs_tables(runs)
+                self._cached = CatalogView(
+                    version=version,
+                    experiments=_experiments_table(self._catalog.list_experiments()),
+                    runs=runs_table,
+                    params=params,
+                    tags=tags,
+                    records={run.run_id: run for run in runs},
+                )
+            return self._cached
+
+
+def register_views(
+    conn: duckdb.DuckDBPyConnection, snapshot: Snapshot, catalog: CatalogView
+) -> None:
+    """Create the six public views on ``conn`` (a fresh database of its own: the views are
+    database-wide). ``metrics`` reads the snapshot's files (read_parquet of the explicit
+    list, never a glob) UNION ALL its in-memory tail."""
+    for name, table in catalog.tables().items():
+        conn.register(name, table)
+    conn.register(_TAIL, snapshot.tail)
+    conn.register(_LATEST, snapshot.latest)
+    columns = ", ".join(f'"{name}"' for name in METRICS_COLUMNS)
+    tail = conn.table(_TAIL)
+    points = (
+        conn.read_parquet([str(path) for path in snapshot.files]).union(tail)
+        if snapshot.files
+        else tail
+    )
+    points.select(columns).create_view("metrics")
+    latest_columns = ", ".join(f'"{name}"' for name in LATEST_METRICS_COLUMNS)
+    conn.table(_LATEST).select(latest_columns).create_view("latest_metrics")
+
+
+class _ReadOnlySqliteCatalog(SqliteCatalog):
+    """SqliteCatalog's read methods over a connection opened with ``mode=ro``.
+
+    SqliteCatalog's constructor creates the schema and the default experiment (a write), so
+    this one skips it and sets the attributes its read methods use. Replace with a read-only
+    open in steppe.ingest once it offers one.
+    """
+
+    def __init__(self, path: Path) -> None:  # deliberately not calling super().__init__
+        self._path = path
+        self._artifact_root = ""
+        uri = path.resolve().as_uri() + "?mode=ro"
+        self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        self._lock = threading.RLock()
+        self._version = 0
+
+
+def open_catalog_read_only(path: Path) -> Catalog:
+    """The catalog file at ``path``, opened without any write (no server owns it)."""
+    return _ReadOnlySqliteCatalog(path)
