@@ -1,0 +1,26 @@
+"""Each benchmark runs at a smoke size: it completes and its counts add up (never its speed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import clean_env
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_throughput_benchmark_smoke() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--smoke", "--json",
+         "--only", "w1-call,w1-dict,w1-bulk,w2"],
+        capture_output=True, text=True, timeout=110, env=clean_env(),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [r["workload"] for r in rows] == ["w1-call", "w1-dict", "w1-bulk", "w2"]
+    for row in rows:
+        assert row["stored"] == row["points"] > 0
+        assert row["points_per_s"] > 0 and row["bytes_per_point"] > 0
