@@ -398,6 +398,8 @@ def flush(timeout_s: float | None = None) -> None:
 def _at_exit() -> None:
     """End runs left open (FINISHED, like MLflow) and wait for every point's ack."""
     timeout_s = config.flush_timeout_s()
+    # A forked child leaves its parent's runs open: the parent ends them.
+    _stack[:] = [run for run in _stack if run.info.run_id not in _inherited]
     while _stack:
         run = _stack[-1]
         try:
@@ -417,7 +419,10 @@ def _rebind_after_fork() -> None:
     _state_lock = threading.RLock()
     for run in _stack:
         run._unbind()
+        _inherited.add(run.info.run_id)
 
 
+#: Runs a forked child got from its parent: the child logs to them but never ends them.
+_inherited: set[str] = set()
 os.register_at_fork(after_in_child=_rebind_after_fork)
 atexit.register(_at_exit)
