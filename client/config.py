@@ -77,6 +77,14 @@ def max_inflight_bytes() -> int:
     return _int("STEPPE_MAX_INFLIGHT_BYTES", 64 << 20)
 
 
+def offline() -> bool:
+    """STEPPE_MODE=offline: log to the local spool only; `steppe sync` sends it later."""
+    mode = (os.environ.get("STEPPE_MODE") or "online").strip().lower()
+    if mode not in ("online", "offline"):
+        raise ValueError(f"STEPPE_MODE={mode!r}: must be 'online' or 'offline'")
+    return mode == "offline"
+
+
 def spool_dir() -> Path:
     """STEPPE_SPOOL_DIR, else $XDG_CACHE_HOME/steppe/spool (~/.cache/steppe/spool)."""
     raw = os.environ.get("STEPPE_SPOOL_DIR")
@@ -103,4 +111,4 @@ def idle_timeout_s() -> float:
 
 def connect_timeout_s() -> float:
     """How long a run-lifecycle call (start_run, log_param, ...) retries an unreachable server."""
-    return _float("STEPPE_CONNECT_TIMEOUT_S", 30.0)
+    return _float("STEPPE_CONNECT_TIMEOUT_S", 10.0)

@@ -7,6 +7,7 @@ fork); the child opens its own on first use and never resends the parent's point
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import urllib.error
@@ -17,34 +18,52 @@ from typing import Any
 import grpc
 
 from steppe import config, errors, wire
-from steppe.discovery import Endpoint, resolve
+from steppe.discovery import Endpoint, local_data_dir, resolve
+from steppe.journal import ResilientUnary, run_op
 from steppe.sender import Sender
 from steppe.spool import Spool
 from steppe.sync import sync_in_background
 
 _MAX_MESSAGE_BYTES = 64 << 20
 
+log = logging.getLogger("steppe.connection")
+
 
 class Connection:
-    def __init__(self, endpoint: Endpoint, tracking_uri: str | None = None) -> None:
+    """``endpoint.grpc_target`` is empty while the server is unknown (offline mode, or
+    down at start): lifecycle calls are journaled and points spooled until it is found."""
+
+    def __init__(
+        self, endpoint: Endpoint, tracking_uri: str | None = None, offline: bool = False
+    ) -> None:
         self.endpoint = endpoint
         self._tracking_uri = tracking_uri
         self._channel_lock = threading.Lock()
+        self.channel: grpc.Channel | None = None
+        self.stub: wire.IngestStub | None = None
+        self._wire_unary: wire.Unary | None = None
         # What `steppe sync` reconnects to: the URI, or the local data dir it meant.
-        spool_uri = tracking_uri or str(endpoint.data_dir or endpoint.http_url)
+        spool_uri = tracking_uri or str(endpoint.data_dir or config.data_dir())
         spool_root = config.spool_dir()
-        self._open_channel(endpoint)
+        if endpoint.grpc_target:
+            self._open_channel(endpoint)
         self.sender = Sender(
             self.stub_for_stream,
+            run_op=lambda op: run_op(self._direct(), op),
+            offline=offline,
             buffer_points=config.buffer_points(),
             batch_points=config.batch_points(),
             send_interval_s=config.send_interval_s(),
             spool=lambda stream_id: Spool(spool_root, stream_id, spool_uri),
             max_inflight_bytes=config.max_inflight_bytes(),
             window=config.send_window_batches(),
-            describe_server=lambda: f"the steppe server at {endpoint.http_url}",
+            describe_server=lambda: f"the steppe server at {self.endpoint.http_url or spool_uri}",
         )
-        sync_in_background(spool_uri)
+        self.unary = ResilientUnary(
+            self._direct, self.sender.journal, self.sender.ops_pending, offline
+        )
+        if not offline:
+            sync_in_background(spool_uri)
 
     def _open_channel(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
@@ -57,34 +76,57 @@ class Connection:
             ],
         )
         self.stub = wire.IngestStub(self.channel)  # type: ignore[no-untyped-call]
-        self.unary = wire.Unary(self.stub, timeout_s=config.connect_timeout_s())
+        self._wire_unary = wire.Unary(self.stub, timeout_s=config.connect_timeout_s())
+
+    def _relocate(self) -> None:
+        """Look again where the server is (a restarted local server listens on new ports).
+        Never starts a server; raises ServerUnavailable if none is found."""
+        endpoint = resolve(self._tracking_uri, start=False)
+        with self._channel_lock:
+            if endpoint.grpc_target != self.endpoint.grpc_target or self.channel is None:
+                old = self.channel
+                self._open_channel(endpoint)
+                if old is not None:
+                    old.close()
+
+    def _base_url(self) -> str:
+        if not self.endpoint.http_url or not self.endpoint.grpc_target:
+            if self.sender._offline:
+                raise errors.ServerUnavailable(
+                    "offline mode (STEPPE_MODE=offline): reads need a server; send the "
+                    "spooled runs with `steppe sync`, then read them"
+                )
+            self._relocate()
+        return self.endpoint.http_url
+
+    def _direct(self) -> wire.Unary:
+        if self._wire_unary is None:
+            self._relocate()
+        assert self._wire_unary is not None
+        return self._wire_unary
 
     def stub_for_stream(self, after_failure: bool) -> wire.IngestStub:
-        """The stub for the next stream; after a failure, look again where the server is
-        (a restarted local server listens on new ports). Never starts a server."""
-        if after_failure:
+        """The stub for the next stream, looking the server up again after a failure."""
+        if after_failure or self.stub is None:
             try:
-                endpoint = resolve(self._tracking_uri, start=False)
+                self._relocate()
             except errors.SteppeError:
-                return self.stub  # still down: keep retrying the old address
-            with self._channel_lock:
-                if endpoint.grpc_target != self.endpoint.grpc_target:
-                    old = self.channel
-                    self._open_channel(endpoint)
-                    old.close()
+                if self.stub is None:
+                    raise
+        assert self.stub is not None
         return self.stub
 
     # --- HTTP reads (steppe's JSON API, query/API.md) -----------------------------------
 
     def get_json(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]:
-        url = self.endpoint.http_url + path
+        url = self._base_url() + path
         if params:
             url += "?" + urllib.parse.urlencode(params)
         return self._request(urllib.request.Request(url))
 
     def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         request = urllib.request.Request(
-            self.endpoint.http_url + path,
+            self._base_url() + path,
             data=json.dumps(body).encode(),
             headers={"Content-Type": "application/json"},
             method="POST",
@@ -93,7 +135,7 @@ class Connection:
 
     def post_bytes(self, path: str, body: dict[str, Any], timeout_s: float | None = None) -> bytes:
         """POST a JSON body; the raw answer (e.g. an Arrow IPC stream)."""
-        return post(self.endpoint.http_url + path, body, timeout_s)
+        return post(self._base_url() + path, body, timeout_s)
 
     def _request(self, request: urllib.request.Request) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(_fetch(request, None))
@@ -103,7 +145,8 @@ class Connection:
         try:
             self.sender.shutdown(timeout_s)
         finally:
-            self.channel.close()
+            if self.channel is not None:
+                self.channel.close()
 
 
 def post(url: str, body: dict[str, Any], timeout_s: float | None = None) -> bytes:
@@ -137,6 +180,18 @@ def _fetch(request: urllib.request.Request, timeout_s: float | None) -> bytes:
         ) from None
 
 
+def _open(tracking_uri: str | None) -> Connection:
+    if config.offline():
+        return Connection(Endpoint("", "", local_data_dir(tracking_uri)), tracking_uri, True)
+    try:
+        endpoint = resolve(tracking_uri)
+    except errors.ServerUnavailable as exc:
+        # Keep the training job running: spool now, deliver when the server is back.
+        log.warning("steppe: %s; logging locally until the server is reachable", exc)
+        endpoint = Endpoint(tracking_uri or "", "", local_data_dir(tracking_uri))
+    return Connection(endpoint, tracking_uri)
+
+
 _lock = threading.Lock()
 _connections: dict[str | None, Connection] = {}
 
@@ -149,7 +204,7 @@ def connect(tracking_uri: str | None) -> Connection:
     with _lock:
         conn = _connections.get(tracking_uri)
         if conn is None:
-            conn = Connection(resolve(tracking_uri), tracking_uri)
+            conn = _open(tracking_uri)
             _connections[tracking_uri] = conn
         return conn
 

@@ -22,7 +22,7 @@ from steppe.buffer import FIELDS
 from steppe.connection import close_all, connect
 from steppe.entities import Experiment, Run, RunData, RunInfo
 from steppe.sender import Sender
-from steppe.tracking import Client
+from steppe.tracking import Client, now_ms
 
 _INT64_MIN, _INT64_MAX = validation.INT64_MIN, validation.INT64_MAX
 _time_ns = time.time_ns
@@ -211,7 +211,10 @@ def start_run(
         conn = connect(client.tracking_uri)
         if run_id is not None:
             validation.check_run_id("run_id", run_id)
-            run = conn.unary.update_run(run_id, "RUNNING", None, run_name)
+            resumed = conn.unary.update_run(run_id, "RUNNING", None, run_name)
+            run = resumed or Run(
+                RunInfo(run_id, "", run_name or "", "RUNNING", now_ms(), None), RunData()
+            )
         else:
             all_tags = dict(tags or {})
             parent = parent_run_id or (_stack[-1].info.run_id if nested and _stack else None)

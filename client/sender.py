@@ -57,6 +57,8 @@ class Sender:
         batch_points: int,
         send_interval_s: float,
         spool: Callable[[str], Spool] | None = None,
+        run_op: Callable[[dict[str, Any]], None] | None = None,
+        offline: bool = False,
         max_inflight_bytes: int = 64 << 20,
         window: int = 32,
         describe_server: Callable[[], str] = lambda: "the steppe server",
@@ -78,6 +80,9 @@ class Sender:
         self._max_inflight_bytes = max_inflight_bytes
         self._window = window
         self._make_spool = spool
+        self._run_op = run_op
+        self._offline = offline
+        self._ops: list[dict[str, Any]] = []  # journaled lifecycle calls not yet replayed
         self._spool: Spool | None = None
         self._spool_error = ""
         self._unacked_points = 0
@@ -156,15 +161,63 @@ class Sender:
                     self._add(batch)
         self._wake.set()
 
+    def journal(self, op: dict[str, Any]) -> None:
+        """Queue a lifecycle call to replay before any later batch (see steppe.journal)."""
+        with self.buffer.drain_lock:
+            # Points logged before this call go first, so order is kept on replay.
+            self.encode_pending_locked()
+            with self._state:
+                spool = self._ensure_spool()
+                if spool is not None:
+                    try:
+                        spool.append_op(op)
+                    except SpoolFailed as exc:
+                        self._spool_error = str(exc)
+                        log.error("steppe: journaling failed (%s); kept in memory", exc)
+                self._ops.append({"before_seq": self._seq + 1, **op})
+        self.start()
+        self._wake.set()
+
+    def ops_pending(self) -> bool:
+        return bool(self._ops)
+
+    def _ensure_spool(self) -> Spool | None:
+        if self._make_spool is not None and not self._spool_error and self._spool is None:
+            try:
+                self._spool = self._make_spool(self.stream_id)
+            except OSError as exc:  # keep going in memory; say so once
+                self._spool_error = str(exc)
+                log.error("steppe: cannot create the spool (%s); keeping points in memory", exc)
+        return self._spool
+
+    def _replay_ops(self) -> bool:
+        """Send journaled calls; False if the server is still unreachable."""
+        while self._ops:
+            op = self._ops[0]
+            call = {k: v for k, v in op.items() if k != "before_seq"}
+            try:
+                assert self._run_op is not None
+                self._run_op(call)
+            except errors.ServerUnavailable as exc:
+                self._note_error(str(exc))
+                return False
+            except errors.SteppeError as exc:  # e.g. a param conflict: report at flush
+                with self._state:
+                    self._rejections.append(f"{call['op']}: {exc}")
+                log.error("steppe: journaled %s was rejected: %s", call["op"], exc)
+            with self._state:
+                self._ops.pop(0)
+                self._state.notify_all()
+        return True
+
     def _add(self, batch: wire.MetricBatch) -> None:
         """Record a new batch (hold ``_state``): spool it, keep it in memory if there's room."""
         payload = batch.SerializeToString()
         where = None
-        if self._make_spool is not None and not self._spool_error:
+        spool = self._ensure_spool()
+        if spool is not None:
             try:
-                if self._spool is None:
-                    self._spool = self._make_spool(self.stream_id)
-                where = self._spool.append(self._seq, payload)
+                where = spool.append(self._seq, payload)
             except (SpoolFailed, OSError) as exc:  # keep going in memory; say so once
                 self._spool_error = str(exc)
                 log.error("steppe: spooling to disk failed (%s); keeping points in memory", exc)
@@ -198,6 +251,8 @@ class Sender:
                 backoff_s = min(backoff_s * 2, 2.0)
             if self._closed and (stream is None or not self._outbox):
                 break
+            if self._offline:
+                continue  # everything stays in the spool for `steppe sync`
             if stream is None and time.monotonic() >= retry_at:
                 stream = self._connect()
                 if stream is None:
@@ -205,6 +260,8 @@ class Sender:
                     backoff_s = min(backoff_s * 2, 2.0)
                     continue
             if stream is not None:
+                if self._ops:
+                    self._replay_ops()
                 for batch in self._due():
                     stream.requests.put(batch)
                 if self._acked_seq > 0:
@@ -224,9 +281,14 @@ class Sender:
                 yield item
 
         try:
-            responses = self._stub(self._failures > 0).StreamMetrics(gen())
-        except grpc.RpcError as exc:  # channel already closed, bad target: retry later
+            stub = self._stub(self._failures > 0)
+            if self._ops and not self._replay_ops():
+                self._failures += 1
+                return None
+            responses = stub.StreamMetrics(gen())
+        except (grpc.RpcError, errors.ServerUnavailable) as exc:  # retried with backoff
             self._note_error(str(exc))
+            self._failures += 1
             return None
         stream.responses = responses
         with self._state:
@@ -242,6 +304,8 @@ class Sender:
         out = []
         with self._state:
             limit = min(self._seq, self._acked_seq + self._window)
+            if self._ops:  # batches logged after a pending call wait for its replay
+                limit = min(limit, self._ops[0]["before_seq"] - 1)
             while self._next_send <= limit:
                 entry = self._outbox.get(self._next_send)
                 self._next_send += 1
@@ -302,10 +366,12 @@ class Sender:
         deadline = time.monotonic() + timeout_s
         self.start()
         self.encode_pending()
+        if self._offline:
+            return  # offline: logged means spooled; `steppe sync` sends it
         self._wake.set()
         with self._state:
             target = self._seq
-            while self._acked_seq < target:
+            while self._acked_seq < target or self._ops:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise errors.FlushTimeout(
@@ -341,5 +407,5 @@ class Sender:
                 thread.join(timeout=1.0)
             with self._state:
                 if self._spool is not None:
-                    self._spool.close(all_acked=not self._outbox)
+                    self._spool.close(all_acked=not self._outbox and not self._ops)
                     self._spool = None

@@ -27,6 +27,7 @@ from pathlib import Path
 _HEADER = struct.Struct("<4sIIQ")  # magic, payload length, crc32 of payload, seq
 _MAGIC = b"SPL1"
 _META = "meta.json"
+_OPS = "ops.jsonl"
 _OWNER = "owner.lock"
 
 
@@ -94,6 +95,17 @@ class Spool:
         self._max_seq = seq
         return location
 
+    def append_op(self, op: dict[str, object]) -> None:
+        """Journal a run-lifecycle call (see steppe.journal), one JSON line."""
+        line = (json.dumps(op, separators=(",", ":")) + "\n").encode()
+        try:
+            with open(self.dir / _OPS, "ab") as f:
+                f.write(line)
+        except OSError as exc:
+            raise SpoolFailed(
+                exc.errno or errno.EIO, f"cannot journal in {self.dir}: {exc}"
+            ) from exc
+
     def read(self, location: Location) -> bytes:
         path = self._path(location.segment)
         with open(path, "rb") as f:
@@ -138,6 +150,19 @@ class Orphan:
                     if magic != _MAGIC or len(payload) != length or zlib.crc32(payload) != crc:
                         return
                     yield seq, payload
+
+    def ops(self) -> list[dict[str, object]]:
+        """Journaled lifecycle calls in order (a torn last line is skipped)."""
+        path = self.dir / _OPS
+        if not path.exists():
+            return []
+        out = []
+        for line in path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                break  # the process died mid-line: nothing after it exists
+        return out
 
     def claim(self) -> int | None:
         """Take ownership (flock) so two replays never run at once; None if it's taken."""

@@ -16,6 +16,7 @@ import grpc
 
 from steppe import config, errors, wire
 from steppe.discovery import resolve
+from steppe.journal import run_op
 from steppe.spool import Orphan, orphans
 
 log = logging.getLogger("steppe.sync")
@@ -40,12 +41,13 @@ def replay(orphan: Orphan, timeout_s: float) -> Delivery | None:
         return None
     try:
         records = [wire.MetricBatch.FromString(payload) for _, payload in orphan.records()]
-        if not records:
+        ops = orphan.ops()
+        if not records and not ops:
             orphan.remove(claim)
             claim = -1
             return Delivery(orphan.dir, orphan.tracking_uri, 0, 0)
         endpoint = resolve(orphan.tracking_uri)
-        last_seq = records[-1].seq
+        last_seq = records[-1].seq if records else 0
         with grpc.insecure_channel(
             endpoint.grpc_target,
             options=[
@@ -54,13 +56,22 @@ def replay(orphan: Orphan, timeout_s: float) -> Delivery | None:
             ],
         ) as channel:
             stub = wire.IngestStub(channel)  # type: ignore[no-untyped-call]
+            unary = wire.Unary(stub, timeout_s=timeout_s)
+            for op in ops:  # runs must exist before their points arrive
+                call = {k: v for k, v in op.items() if k != "before_seq"}
+                try:
+                    run_op(unary, call)
+                except errors.ServerUnavailable:
+                    raise
+                except errors.SteppeError as exc:  # e.g. a param conflict: say it, go on
+                    log.error("steppe sync: %s from %s rejected: %s", call["op"], orphan.dir, exc)
 
             def batches() -> Iterator[wire.MetricBatch]:
                 yield from records
 
             acked = 0
             try:
-                for ack in stub.StreamMetrics(batches(), timeout=timeout_s):
+                for ack in stub.StreamMetrics(batches(), timeout=timeout_s) if records else ():
                     for rej in ack.rejected:
                         log.error("steppe sync: batch %d rejected: %s", rej.seq, rej.message)
                     acked = max(acked, ack.acked_seq)

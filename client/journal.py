@@ -1,0 +1,157 @@
+"""Run-lifecycle calls (create run, params, tags, end of run) that did not reach the server.
+
+In offline mode (STEPPE_MODE=offline), or once a call found the server unreachable, calls
+are journaled in the sender's spool instead, answered locally, and replayed in order, before
+any metric batch, when the sender connects or `steppe sync` runs. Every journaled call is
+idempotent on the server (runs have client-chosen ids), so replaying twice is harmless.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from steppe import errors, wire
+from steppe.entities import Experiment, Run, RunData, RunInfo
+
+log = logging.getLogger("steppe.journal")
+
+#: Experiment ids that stand for "the experiment called <name>", resolved at replay.
+NAME_PREFIX = "name:"
+
+Op = dict[str, Any]
+
+
+def run_op(unary: wire.Unary, op: Op) -> None:
+    """Replay one journaled call against a server (raises steppe.errors)."""
+    kind, args = op["op"], dict(op["args"])
+    if kind == "create_run":
+        experiment_id = args["experiment_id"]
+        if experiment_id.startswith(NAME_PREFIX):
+            args["experiment_id"] = unary.set_experiment(
+                experiment_id[len(NAME_PREFIX) :]
+            ).experiment_id
+        unary.create_run(**args)
+    elif kind == "update_run":
+        unary.update_run(**args)
+    elif kind == "log_params":
+        unary.log_params(args["run_id"], [tuple(p) for p in args["params"]])
+    elif kind == "set_tags":
+        unary.set_tags(args["run_id"], [tuple(t) for t in args["tags"]])
+    elif kind == "delete_tag":
+        with contextlib.suppress(errors.ResourceDoesNotExist):  # an earlier replay did it
+            unary.delete_tag(**args)
+    else:
+        raise errors.SteppeError(f"unknown journaled call {kind!r}")
+
+
+class ResilientUnary:
+    """The lifecycle calls the fluent API and Client use, with the journal as fallback.
+
+    ``direct()`` gives the live ``wire.Unary`` (raises ServerUnavailable when there is
+    none); ``journal(op)`` hands a call to the sender, which reports whether calls are
+    still pending (then later calls queue behind them, to keep their order).
+    """
+
+    def __init__(
+        self,
+        direct: Callable[[], wire.Unary],
+        journal: Callable[[Op], None],
+        pending: Callable[[], bool],
+        offline: bool,
+    ) -> None:
+        self._direct = direct
+        self._journal = journal
+        self._pending = pending
+        self._offline = offline
+        self._warned = False
+
+    def _call(self, op: Op) -> bool:
+        """True if the call went to the server; False if it was journaled."""
+        if self._offline or self._pending():
+            self._journal(op)
+            return False
+        try:
+            run_op(self._direct(), op)
+            return True
+        except errors.ServerUnavailable as exc:
+            if not self._warned:
+                log.warning(
+                    "steppe: %s; logging continues locally and is sent when the server is back", exc
+                )
+                self._warned = True
+            self._journal(op)
+            return False
+
+    # calls that need the server's answer ---------------------------------------------------
+
+    def create_experiment(
+        self, name: str, artifact_location: str, tags: Mapping[str, str] | None
+    ) -> Experiment:
+        return self._direct().create_experiment(name, artifact_location, tags)
+
+    def set_experiment(self, name: str) -> Experiment:
+        if not self._offline:
+            try:
+                return self._direct().set_experiment(name)
+            except errors.ServerUnavailable:
+                pass  # resolved by name when the journal is replayed
+        return Experiment(NAME_PREFIX + name, name, "", "active")
+
+    def get_run(self, run_id: str) -> Run:
+        return self._direct().get_run(run_id)
+
+    # calls that can wait -------------------------------------------------------------------
+
+    def create_run(
+        self,
+        run_id: str,
+        experiment_id: str,
+        run_name: str,
+        start_time: int,
+        tags: Mapping[str, str] | None,
+        user_id: str,
+    ) -> Run:
+        args = {
+            "run_id": run_id,
+            "experiment_id": experiment_id,
+            "run_name": run_name,
+            "start_time": start_time,
+            "tags": dict(tags or {}),
+            "user_id": user_id,
+        }
+        if self._offline or self._pending():
+            self._journal({"op": "create_run", "args": args})
+        else:
+            try:
+                return self._direct().create_run(**args)
+            except errors.ServerUnavailable:
+                self._call({"op": "create_run", "args": args})  # warns, journals
+        info = RunInfo(
+            run_id, experiment_id, run_name, "RUNNING", start_time, None, "active", "", user_id
+        )
+        return Run(info, RunData(tags={"mlflow.runName": run_name, **(tags or {})}))
+
+    def update_run(
+        self, run_id: str, status: str | None, end_time: int | None, run_name: str | None
+    ) -> Run | None:
+        args = {"run_id": run_id, "status": status, "end_time": end_time, "run_name": run_name}
+        if self._offline or self._pending():
+            self._journal({"op": "update_run", "args": args})
+            return None
+        try:
+            return self._direct().update_run(**args)
+        except errors.ServerUnavailable:
+            self._call({"op": "update_run", "args": args})
+            return None
+
+    def log_params(self, run_id: str, params: Sequence[tuple[str, str]]) -> None:
+        self._call({"op": "log_params", "args": {"run_id": run_id, "params": list(params)}})
+
+    def set_tags(self, run_id: str, tags: Sequence[tuple[str, str]]) -> None:
+        self._call({"op": "set_tags", "args": {"run_id": run_id, "tags": list(tags)}})
+
+    def delete_tag(self, run_id: str, key: str) -> None:
+        self._call({"op": "delete_tag", "args": {"run_id": run_id, "key": key}})

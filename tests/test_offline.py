@@ -1,0 +1,116 @@
+"""Offline mode and a server that is down when the run starts: the training loop goes on,
+everything is spooled, and it all arrives once the server is reachable."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import steppe
+from steppe.lock import live_owner
+from tests.conftest import clean_env, start_server
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import steppe
+
+    steppe.set_experiment("far-away")
+    with steppe.start_run(run_name="offline-run") as run:
+        steppe.log_params({"lr": 0.1, "layers": 3})
+        steppe.set_tag("where", "plane")
+        for step in range(20_000):
+            steppe.log_metric("loss", 1.0 / (step + 1), step=step)
+        print(run.info.run_id, flush=True)
+        if len(sys.argv) > 1:
+            sys.stdin.readline()  # the test brings the server up now
+    print("done", flush=True)
+    """
+)
+
+
+def _check(http_url: str, run_id: str) -> None:
+    client = steppe.Client(http_url)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "offline-run"
+    assert run.data.params == {"lr": "0.1", "layers": "3"}
+    assert run.data.tags["where"] == "plane"
+    assert client.get_experiment(run.info.experiment_id).name == "far-away"
+    history = client.get_metric_history(run_id, "loss")
+    assert [m.step for m in history] == list(range(20_000))
+
+
+def test_offline_run_is_sent_by_sync(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    env = clean_env(
+        STEPPE_MODE="offline",
+        STEPPE_TRACKING_URI=str(data_dir),
+        STEPPE_SPOOL_DIR=str(tmp_path / "spool"),
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    run_id = done.stdout.split()[0]
+    assert not (data_dir / "server.lock").exists(), "offline mode must not start a server"
+
+    del env["STEPPE_MODE"]
+    synced = subprocess.run(
+        [sys.executable, "-m", "steppe", "sync"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert synced.returncode == 0, synced.stderr
+    assert "sent 20000 points" in synced.stdout
+    _, owner = live_owner(data_dir)  # sync started a server for the data dir
+    assert owner is not None
+    try:
+        _check(owner.http_url, run_id)
+    finally:
+        os.kill(owner.pid, signal.SIGTERM)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_server_down_when_the_run_starts(tmp_path: Path) -> None:
+    http_port, grpc_port = _free_port(), _free_port()
+    env = clean_env(
+        STEPPE_TRACKING_URI=f"http://127.0.0.1:{http_port}",
+        STEPPE_SPOOL_DIR=str(tmp_path / "spool"),
+        STEPPE_CONNECT_TIMEOUT_S="1",
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, "wait"],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdin and child.stdout
+    run_id = child.stdout.readline().strip()  # logged everything with no server at all
+    assert len(run_id) == 32, child.stderr.read() if child.stderr else ""
+    # The server comes up at the address the client was told (flags given last win).
+    server = start_server(
+        tmp_path / "data", "--http-port", str(http_port), "--grpc-port", str(grpc_port)
+    )
+    try:
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        out, err = child.communicate(timeout=90)
+        assert child.returncode == 0, err
+        assert "done" in out
+        _check(server.http_url, run_id)
+    finally:
+        assert server.stop() == 0
