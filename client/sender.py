@@ -333,6 +333,7 @@ class Sender:
                             self._memory_bytes -= entry.size
                     self._acked_seq = max(self._acked_seq, ack.acked_seq)
                     self._failures = 0
+                    self._last_error = ""
                     if self._spool is not None:
                         self._spool.release(self._acked_seq)
                     self._state.notify_all()

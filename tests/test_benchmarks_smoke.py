@@ -14,9 +14,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_throughput_benchmark_smoke() -> None:
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--smoke", "--json",
-         "--only", "w1-call,w1-dict,w1-bulk,w2"],
-        capture_output=True, text=True, timeout=110, env=clean_env(),
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "throughput.py"),
+            "--smoke",
+            "--json",
+            "--only",
+            "w1-call,w1-dict,w1-bulk,w2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        env=clean_env(),
     )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
@@ -24,3 +33,30 @@ def test_throughput_benchmark_smoke() -> None:
     for row in rows:
         assert row["stored"] == row["points"] > 0
         assert row["points_per_s"] > 0 and row["bytes_per_point"] > 0
+
+
+def test_soak_benchmark_smoke() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "soak.py"),
+            "--duration-s",
+            "8",
+            "--clients",
+            "2",
+            "--kill-every-s",
+            "3",
+            "--points-per-s",
+            "20000",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        env=clean_env(),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    header, values = done.stdout.strip().splitlines()[-2:]
+    row = dict(zip(header.split(), values.split(), strict=True))
+    assert int(row["kills"]) >= 2
+    assert int(row["sent"]) == int(row["stored"]) > 0
+    assert row["lost"] == "0" and row["duplicated"] == "0"
