@@ -60,3 +60,24 @@ def test_soak_benchmark_smoke() -> None:
     assert int(row["kills"]) >= 2
     assert int(row["sent"]) == int(row["stored"]) > 0
     assert row["lost"] == "0" and row["duplicated"] == "0"
+
+
+def test_query_benchmark_smoke() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "query.py"),
+            "--smoke",
+            "--json",
+            "--repeats",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        env=clean_env(),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(rows) == 4
+    assert all(r["steppe_ms"] > 0 for r in rows)
