@@ -52,6 +52,16 @@ class RunTag:
 
 
 @dataclass(frozen=True)
+class FileInfo:
+    """One artifact of a run (MLflow's FileInfo): ``path`` relative to the run's artifact
+    root, ``file_size`` in bytes (None for folders)."""
+
+    path: str
+    is_dir: bool
+    file_size: int | None = None
+
+
+@dataclass(frozen=True)
 class Experiment:
     experiment_id: str
     name: str

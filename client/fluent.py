@@ -20,7 +20,7 @@ from steppe import config, errors, validation
 from steppe.arrays import is_array
 from steppe.buffer import FIELDS
 from steppe.connection import close_all, connect
-from steppe.entities import Experiment, Run, RunData, RunInfo
+from steppe.entities import Experiment, FileInfo, Run, RunData, RunInfo
 from steppe.sender import Sender
 from steppe.tracking import Client, now_ms
 
@@ -393,6 +393,110 @@ def flush(timeout_s: float | None = None) -> None:
     ``timeout_s`` (default STEPPE_FLUSH_TIMEOUT_S).
     """
     Client().flush(timeout_s)
+
+
+# --- artifacts -----------------------------------------------------------------------
+
+
+def _artifact_run(run_id: str | None) -> tuple[Client, str]:
+    if run_id is not None:
+        return Client(), validation.check_run_id("run_id", run_id)
+    run = _get_or_start_run()
+    return Client(run._tracking_uri), run.info.run_id
+
+
+def log_artifact(
+    local_path: str | os.PathLike[str], artifact_path: str | None = None, run_id: str | None = None
+) -> None:
+    """Upload a local file into the active run's artifacts (streamed; any size).
+
+    Example::
+
+        steppe.log_artifact("confusion.csv", artifact_path="eval")
+    """
+    client, rid = _artifact_run(run_id)
+    client.log_artifact(rid, local_path, artifact_path)
+
+
+def log_artifacts(
+    local_dir: str | os.PathLike[str], artifact_path: str | None = None, run_id: str | None = None
+) -> None:
+    """Upload every file below ``local_dir`` (keeping its layout) into the active run."""
+    client, rid = _artifact_run(run_id)
+    client.log_artifacts(rid, local_dir, artifact_path)
+
+
+def log_text(text: str, artifact_file: str, run_id: str | None = None) -> None:
+    """Save ``text`` as the artifact ``artifact_file`` of the active run."""
+    client, rid = _artifact_run(run_id)
+    client.log_text(rid, text, artifact_file)
+
+
+def log_dict(dictionary: Any, artifact_file: str, run_id: str | None = None) -> None:
+    """Save ``dictionary`` as JSON (or YAML for .yaml/.yml) in the active run's artifacts."""
+    client, rid = _artifact_run(run_id)
+    client.log_dict(rid, dictionary, artifact_file)
+
+
+def log_figure(
+    figure: Any,
+    artifact_file: str,
+    *,
+    save_kwargs: Mapping[str, Any] | None = None,
+    run_id: str | None = None,
+) -> None:
+    """Save a matplotlib or plotly figure (e.g. "plots/loss.png") in the active run."""
+    client, rid = _artifact_run(run_id)
+    client.log_figure(rid, figure, artifact_file, save_kwargs=save_kwargs)
+
+
+def _artifact_target(
+    artifact_uri: str | None, run_id: str | None, artifact_path: str | None
+) -> tuple[Client, str, str]:
+    if artifact_uri is not None:
+        if run_id is not None or artifact_path is not None:
+            raise errors.InvalidParameterValue(
+                "artifact_uri", artifact_uri, "give artifact_uri, or run_id and artifact_path"
+            )
+        if not artifact_uri.startswith("runs:/"):
+            raise errors.InvalidParameterValue(
+                "artifact_uri", artifact_uri, "steppe resolves runs:/<run_id>/<path> URIs"
+            )
+        rid, _, path = artifact_uri[len("runs:/") :].strip("/").partition("/")
+        return Client(), validation.check_run_id("artifact_uri", rid), path
+    if run_id is None:
+        run = _stack[-1] if _stack else None
+        if run is None:
+            raise errors.InvalidParameterValue(
+                "run_id", None, "no active run: give run_id or artifact_uri"
+            )
+        return Client(run._tracking_uri), run.info.run_id, artifact_path or ""
+    return Client(), validation.check_run_id("run_id", run_id), artifact_path or ""
+
+
+def list_artifacts(
+    artifact_uri: str | None = None, run_id: str | None = None, artifact_path: str | None = None
+) -> list[FileInfo]:
+    """The artifacts directly inside a folder of a run (``runs:/<run_id>/<path>``, or
+    ``run_id`` and ``artifact_path``; the active run by default)."""
+    client, rid, path = _artifact_target(artifact_uri, run_id, artifact_path)
+    return client.list_artifacts(rid, path)
+
+
+def download_artifacts(
+    artifact_uri: str | None = None,
+    run_id: str | None = None,
+    artifact_path: str | None = None,
+    dst_path: str | os.PathLike[str] | None = None,
+) -> str:
+    """Download a run's artifact file or folder (all of them by default); the local path.
+
+    Example::
+
+        local = steppe.download_artifacts(f"runs:/{run_id}/plots", dst_path="out")
+    """
+    client, rid, path = _artifact_target(artifact_uri, run_id, artifact_path)
+    return client.download_artifacts(rid, path, dst_path)
 
 
 # --- interpreter exit ----------------------------------------------------------------

@@ -23,6 +23,7 @@ from steppe.ingest.layout import DataDir
 from steppe.ingest.service import Ingestor
 from steppe.lock import Owner, OwnerLock
 from steppe.query.app import make_app
+from steppe.query.artifacts import ArtifactStore
 
 log = logging.getLogger("steppe.server")
 
@@ -81,7 +82,14 @@ async def _serve_locked(
         "pid": os.getpid(),
     }
     runner = web.AppRunner(
-        make_app(ingestor.catalog, ingestor.store, server_info, on_activity=touch),
+        make_app(
+            ingestor.catalog,
+            ingestor.store,
+            server_info,
+            on_activity=touch,
+            metric_writer=ingestor,
+            artifacts=ArtifactStore.local(ingestor.data_dir.artifacts_dir),
+        ),
         access_log=None,
         handle_signals=False,
     )

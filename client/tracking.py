@@ -7,15 +7,19 @@ own unacked points, so what you logged is what you read.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from steppe import config, validation
 from steppe.buffer import FIELDS
 from steppe.connection import Connection, connect
-from steppe.entities import Experiment, Metric, Param, Run, RunTag, number
+from steppe.entities import Experiment, FileInfo, Metric, Param, Run, RunTag, number
+from steppe.errors import InvalidParameterValue
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -256,6 +260,119 @@ class Client:
             for s, v, t in zip(raw["step"], raw["value"], raw["timestamp"], strict=True)
         ]
 
+    # --- artifacts -----------------------------------------------------------------------
+
+    def log_artifact(
+        self, run_id: str, local_path: str | os.PathLike[str], artifact_path: str | None = None
+    ) -> None:
+        """Upload one local file into the run's artifacts (under ``artifact_path``), streamed.
+
+        Example::
+
+            client.log_artifact(run_id, "model.pt", artifact_path="checkpoints")
+        """
+        from steppe import artifacts
+
+        source = Path(local_path)
+        if not source.is_file():
+            raise InvalidParameterValue("local_path", str(local_path), "is not a file")
+        path = artifacts.artifact_path_for(artifact_path, source.name)
+        artifacts.upload_file(self._http_url, _run(run_id), source, path)
+
+    def log_artifacts(
+        self, run_id: str, local_dir: str | os.PathLike[str], artifact_path: str | None = None
+    ) -> None:
+        """Upload every file below ``local_dir``, keeping its layout, under ``artifact_path``."""
+        from steppe import artifacts
+
+        root = Path(local_dir)
+        if not root.is_dir():
+            raise InvalidParameterValue("local_dir", str(local_dir), "is not a directory")
+        for file in sorted(p for p in root.rglob("*") if p.is_file()):
+            relative = file.relative_to(root).as_posix()
+            path = artifacts.artifact_path_for(artifact_path, relative)
+            artifacts.upload_file(self._http_url, _run(run_id), file, path)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        """Save ``text`` (UTF-8) as the artifact ``artifact_file``, e.g. "notes/summary.txt"."""
+        self._log_bytes(run_id, text.encode(), artifact_file)
+
+    def log_dict(self, run_id: str, dictionary: Any, artifact_file: str) -> None:
+        """Save ``dictionary`` as JSON (indented, as MLflow), or as YAML when
+        ``artifact_file`` ends in .yaml/.yml (needs PyYAML)."""
+        if artifact_file.lower().endswith((".yaml", ".yml")):
+            import yaml  # type: ignore[import-untyped,unused-ignore]  # optional, for YAML
+
+            data = yaml.safe_dump(dictionary, default_flow_style=False).encode()
+        else:
+            data = json.dumps(dictionary, indent=2).encode()
+        self._log_bytes(run_id, data, artifact_file)
+
+    def log_figure(
+        self,
+        run_id: str,
+        figure: Any,
+        artifact_file: str,
+        *,
+        save_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Save a matplotlib or plotly figure as ``artifact_file`` (format from its
+        extension, e.g. "plots/loss.png"; plotly writes .html itself and images via kaleido).
+        Neither library is imported by steppe: the figure's own methods do the work."""
+        import tempfile
+
+        kind = type(figure).__module__.split(".")[0]
+        name = PurePosixPath(artifact_file).name
+        with tempfile.TemporaryDirectory(prefix="steppe-figure-") as folder:
+            target = Path(folder) / name
+            if kind == "matplotlib":
+                figure.savefig(target, **(save_kwargs or {}))
+            elif kind == "plotly":
+                if name.lower().endswith(".html"):
+                    figure.write_html(target, **(save_kwargs or {}))
+                else:
+                    figure.write_image(target, **(save_kwargs or {}))
+            else:
+                raise InvalidParameterValue(
+                    "figure", type(figure).__name__, "must be a matplotlib or plotly figure"
+                )
+            self._log_file_as(run_id, target, artifact_file)
+
+    def list_artifacts(self, run_id: str, path: str | None = None) -> list[FileInfo]:
+        """The files and folders directly inside the run's artifact folder ``path``."""
+        from steppe import artifacts
+
+        return artifacts.list_files(self._http_url, _run(run_id), path)
+
+    def download_artifacts(
+        self, run_id: str, path: str = "", dst_path: str | os.PathLike[str] | None = None
+    ) -> str:
+        """Download a file or folder of the run's artifacts ("" for all of them) into
+        ``dst_path`` (a new temporary folder when None); returns the local path.
+
+        Example::
+
+            local = client.download_artifacts(run_id, "checkpoints", "/tmp/ckpt")
+        """
+        from steppe import artifacts
+
+        return artifacts.download(self._http_url, _run(run_id), path or "", dst_path)
+
+    @property
+    def _http_url(self) -> str:
+        return self._conn.endpoint.http_url
+
+    def _log_bytes(self, run_id: str, data: bytes, artifact_file: str) -> None:
+        from steppe import artifacts
+
+        path = _artifact_file(artifact_file)
+        artifacts.upload(self._http_url, _run(run_id), path, data, len(data))
+
+    def _log_file_as(self, run_id: str, local: Path, artifact_file: str) -> None:
+        from steppe import artifacts
+
+        artifacts.upload_file(self._http_url, _run(run_id), local, _artifact_file(artifact_file))
+
     def flush(self, timeout_s: float | None = None) -> None:
         """Wait until every point this process logged to this server is acked."""
         self._conn.sender.flush(config.flush_timeout_s() if timeout_s is None else timeout_s)
@@ -271,6 +388,19 @@ def _tags(tags: Mapping[str, Any] | None) -> list[tuple[str, str]]:
         (validation.check_name(f"tags[{k!r}]", k, "tag key"), validation.check_tag_value("tags", v))
         for k, v in (tags or {}).items()
     ]
+
+
+def _run(run_id: str) -> str:
+    return validation.check_run_id("run_id", run_id)
+
+
+def _artifact_file(artifact_file: str) -> str:
+    path = PurePosixPath(artifact_file)
+    if not artifact_file or path.is_absolute() or ".." in path.parts or path.name in ("", "."):
+        raise InvalidParameterValue(
+            "artifact_file", artifact_file, "must be a relative file path such as 'plots/a.png'"
+        )
+    return path.as_posix()
 
 
 def _path_id(experiment_id: str) -> str:

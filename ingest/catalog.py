@@ -41,6 +41,20 @@ class RunRecord:
     tags: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class DatasetInputRecord:
+    """A dataset a run used (MLflow's DatasetInput): the dataset's fields and the input's tags
+    (e.g. ``mlflow.data.context``). ``schema`` and ``profile`` are JSON text, as MLflow sends."""
+
+    name: str
+    digest: str
+    source_type: str
+    source: str
+    schema: str = ""
+    profile: str = ""
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
 class Catalog(Protocol):
     """Durable metadata store. Every write is committed before the method returns.
 
@@ -59,6 +73,25 @@ class Catalog(Protocol):
     def get_experiment_by_name(self, name: str) -> ExperimentRecord | None: ...
 
     def list_experiments(self) -> list[ExperimentRecord]: ...
+
+    def rename_experiment(self, experiment_id: str, new_name: str) -> ExperimentRecord:
+        """Only an active experiment; the new name must be free."""
+        ...
+
+    def delete_experiment(self, experiment_id: str) -> list[str]:
+        """Mark an active experiment and all its runs deleted (MLflow); returns the ids of the
+        runs this deleted."""
+        ...
+
+    def restore_experiment(self, experiment_id: str) -> None:
+        """Mark a deleted experiment and all its runs active again (MLflow)."""
+        ...
+
+    def set_experiment_tag(self, experiment_id: str, key: str, value: str) -> None:
+        """Only on an active experiment."""
+        ...
+
+    def delete_experiment_tag(self, experiment_id: str, key: str) -> None: ...
 
     def create_run(
         self,
@@ -95,6 +128,20 @@ class Catalog(Protocol):
     def set_tags(self, run_id: str, tags: Sequence[tuple[str, str]]) -> None: ...
 
     def delete_tag(self, run_id: str, key: str) -> None: ...
+
+    def delete_run(self, run_id: str) -> None:
+        """Mark the run deleted (its data stays; restore_run brings it back)."""
+        ...
+
+    def restore_run(self, run_id: str) -> None: ...
+
+    def log_inputs(self, run_id: str, inputs: Sequence[DatasetInputRecord]) -> None:
+        """Record datasets the run used; a dataset (name, digest) already recorded is kept."""
+        ...
+
+    def run_inputs(self, run_ids: Sequence[str]) -> dict[str, list[DatasetInputRecord]]:
+        """run_id -> its dataset inputs in logging order (runs without any are absent)."""
+        ...
 
     def stream_watermarks(self) -> dict[str, int]:
         """stream_id -> highest seq durably in Parquet (see ingest.store)."""

@@ -11,17 +11,23 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+import pyarrow as pa
 
-from steppe.errors import InvalidParameterValue, ResourceDoesNotExist, SteppeError
+from steppe.errors import (
+    InvalidParameterValue,
+    ResourceDoesNotExist,
+    ServerUnavailable,
+    SteppeError,
+)
 from steppe.ingest import wire
 from steppe.ingest.catalog import DEFAULT_EXPERIMENT_ID, Catalog
 from steppe.ingest.compactor import Compactor
-from steppe.ingest.layout import DataDir
+from steppe.ingest.layout import METRICS_SCHEMA, DataDir
 from steppe.ingest.sqlite_catalog import SqliteCatalog
 from steppe.ingest.store import MetricStore, StoreClosed
 from steppe.ingest.wal import WalFailed
@@ -36,13 +42,17 @@ from steppe.validation import (
     check_timestamp,
 )
 
-__all__ = ["MAX_INFLIGHT_BATCHES", "IngestServicer", "Ingestor"]
+__all__ = ["HTTP_STREAM_ID", "MAX_INFLIGHT_BATCHES", "IngestServicer", "Ingestor"]
 
 logger = logging.getLogger("steppe.ingest.service")
 
 #: Batches of one stream read ahead while earlier ones wait for their fsync (bounded memory).
 MAX_INFLIGHT_BATCHES = 64
 _MAX_CACHED_KEYS = 100_000
+#: The server-internal stream that carries points written through the HTTP (MLflow REST) API.
+#: Its seq continues from the stored watermark after a restart, so no batch is ever dropped
+#: as a duplicate of an older one.
+HTTP_STREAM_ID = "steppe-server-http"
 
 _Request = TypeVar("_Request")
 _Response = TypeVar("_Response")
@@ -408,6 +418,7 @@ class Ingestor:
         self._stopping: asyncio.Task[None] | None = None
         self._active_runs: set[str] = set()
         self._valid_keys: set[str] = set()
+        self._http_seq = 0
 
     def touch(self) -> None:
         self.last_activity_monotonic = time.monotonic()
@@ -463,6 +474,65 @@ class Ingestor:
         await self.store.close()
         self.catalog.close()
 
+    # points that arrive over HTTP -----------------------------------------------------
+
+    async def log_points(
+        self,
+        run_ids: Sequence[str],
+        keys: Sequence[str],
+        steps: Sequence[int],
+        timestamps: Sequence[int],
+        values: Sequence[float],
+    ) -> None:
+        """Log points given as parallel columns, with a gRPC batch's guarantees: validated
+        whole (names, runs, ranges) or rejected whole, and durable (in the WAL, fsynced)
+        and visible to queries when this returns. Call on the server's event loop.
+
+            await ingestor.log_points([run_id], ["loss"], [0], [now_ms], [0.5])
+        """
+        self.touch()
+        count = len(run_ids)
+        if not count == len(keys) == len(steps) == len(timestamps) == len(values):
+            raise InvalidParameterValue(
+                "points",
+                [len(run_ids), len(keys), len(steps), len(timestamps), len(values)],
+                "run_ids, keys, steps, timestamps and values must have the same length",
+            )
+        if count > wire.MAX_POINTS_PER_BATCH:
+            raise InvalidParameterValue(
+                "points", count, f"at most {wire.MAX_POINTS_PER_BATCH} points per call"
+            )
+        if count == 0:
+            return
+        table = _points_table(run_ids, keys, steps, timestamps, values)
+        self.check_keys(dict.fromkeys(keys))
+        await self.check_runs(dict.fromkeys(run_ids))
+        if self.closing:
+            raise ServerUnavailable("steppe server is shutting down; retry after it restarts")
+        store = self.store
+        await store.wait_for_room()
+        # No await from here to append(): seqs enter the WAL in the order they are taken.
+        seq = max(self._http_seq, store.watermark(HTTP_STREAM_ID)) + 1
+        # Encoded and decoded like any gRPC batch: the WAL record and the tail's table are
+        # exactly what a client's batch would have produced (and recovery will replay).
+        batch = wire.encode_metric_batch(HTTP_STREAM_ID, seq, table)
+        decoded = wire.decode_metric_batch(batch)
+        try:
+            durable = store.append(HTTP_STREAM_ID, seq, decoded.table, batch.SerializeToString())
+        except (WalFailed, StoreClosed) as exc:
+            raise ServerUnavailable(f"cannot log points now: {exc}") from exc
+        self._http_seq = seq
+        try:
+            await durable
+        except (WalFailed, StoreClosed) as exc:
+            raise ServerUnavailable(f"cannot log points now: {exc}") from exc
+
+    def forget_runs(self, run_ids: Iterable[str]) -> None:
+        """Drop runs from the active-run cache (they were deleted): the next point logged to
+        one of them is checked against the catalog again."""
+        for run_id in run_ids:
+            self._active_runs.discard(run_id)
+
     # validation shared by the stream sessions -------------------------------------------
 
     def note_active_run(self, run_id: str) -> None:
@@ -501,3 +571,47 @@ class Ingestor:
             return self.catalog.get_run(run_id).lifecycle_stage
         except ResourceDoesNotExist:
             return None
+
+
+def _points_table(
+    run_ids: Sequence[str],
+    keys: Sequence[str],
+    steps: Sequence[int],
+    timestamps: Sequence[int],
+    values: Sequence[float],
+) -> pa.Table:
+    """The METRICS_SCHEMA table of parallel columns; InvalidParameterValue names the first bad
+    point (a non-string name, a step or timestamp outside int64, a negative timestamp)."""
+    for field, column in (("run_ids", run_ids), ("keys", keys)):
+        for i, item in enumerate(column):
+            if not isinstance(item, str):
+                raise InvalidParameterValue(f"{field}[{i}]", item, "must be a string")
+    for i, step in enumerate(steps):
+        if isinstance(step, bool) or not isinstance(step, int) or not -(2**63) <= step < 2**63:
+            raise InvalidParameterValue(f"steps[{i}]", step, "step must be a 64-bit signed integer")
+    for i, timestamp in enumerate(timestamps):
+        if (
+            isinstance(timestamp, bool)
+            or not isinstance(timestamp, int)
+            or not 0 <= timestamp < 2**63
+        ):
+            raise InvalidParameterValue(
+                f"timestamps[{i}]",
+                timestamp,
+                "timestamp must be a non-negative 64-bit integer (ms since the epoch)",
+            )
+    for i, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InvalidParameterValue(
+                f"values[{i}]", value, "metric value must be a number (64-bit float)"
+            )
+    return pa.Table.from_arrays(
+        [
+            pa.array(run_ids, pa.string()),
+            pa.array(keys, pa.string()),
+            pa.array(steps, pa.int64()),
+            pa.array(timestamps, pa.int64()),
+            pa.array([float(v) for v in values], pa.float64()),
+        ],
+        schema=METRICS_SCHEMA,
+    )

@@ -6,6 +6,7 @@ time (the server's event loop); WAL journal mode so outside readers never block 
 
 from __future__ import annotations
 
+import json
 import secrets
 import sqlite3
 import threading
@@ -20,6 +21,7 @@ from steppe.ingest.catalog import (
     DEFAULT_EXPERIMENT_ID,
     DEFAULT_EXPERIMENT_NAME,
     RUN_STATUSES,
+    DatasetInputRecord,
     ExperimentRecord,
     RunRecord,
 )
@@ -62,6 +64,18 @@ CREATE TABLE IF NOT EXISTS tags (
     key    TEXT NOT NULL,
     value  TEXT NOT NULL,
     PRIMARY KEY (run_id, key)
+);
+CREATE TABLE IF NOT EXISTS run_inputs (
+    run_id      TEXT NOT NULL REFERENCES runs(run_id),
+    name        TEXT NOT NULL,
+    digest      TEXT NOT NULL,
+    source_type TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    schema      TEXT NOT NULL,
+    profile     TEXT NOT NULL,
+    tags        TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    PRIMARY KEY (run_id, name, digest)
 );
 CREATE TABLE IF NOT EXISTS stream_watermarks (
     stream_id TEXT PRIMARY KEY,
@@ -244,6 +258,90 @@ class SqliteCatalog:
         )
         return ExperimentRecord(*row, tags=tags)
 
+    def _experiment_stage(self, db: sqlite3.Connection, experiment_id: str) -> str:
+        row = db.execute(
+            "SELECT lifecycle_stage FROM experiments WHERE experiment_id = ?", (experiment_id,)
+        ).fetchone()
+        if row is None:
+            raise ResourceDoesNotExist(f"No experiment with id={experiment_id!r} exists.")
+        return str(row[0])
+
+    def _require_active_experiment(self, db: sqlite3.Connection, experiment_id: str) -> None:
+        stage = self._experiment_stage(db, experiment_id)
+        if stage != "active":
+            raise InvalidParameterValue(
+                "experiment_id",
+                experiment_id,
+                f"the experiment must be in the 'active' state; it is {stage}",
+            )
+
+    def rename_experiment(self, experiment_id: str, new_name: str) -> ExperimentRecord:
+        with self._tx() as db:
+            self._require_active_experiment(db, experiment_id)
+            taken = db.execute(
+                "SELECT experiment_id FROM experiments WHERE name = ?", (new_name,)
+            ).fetchone()
+            if taken is not None and taken[0] != experiment_id:
+                raise ResourceAlreadyExists(f"Experiment '{new_name}' already exists.")
+            db.execute(
+                "UPDATE experiments SET name = ?, last_update_time = ? WHERE experiment_id = ?",
+                (new_name, _now_ms(), experiment_id),
+            )
+        return self.get_experiment(experiment_id)
+
+    def delete_experiment(self, experiment_id: str) -> list[str]:
+        with self._tx() as db:
+            if self._experiment_stage(db, experiment_id) != "active":
+                raise ResourceDoesNotExist(f"No active experiment with id={experiment_id!r}.")
+            db.execute(
+                "UPDATE experiments SET lifecycle_stage = 'deleted', last_update_time = ? "
+                "WHERE experiment_id = ?",
+                (_now_ms(), experiment_id),
+            )
+            rows = db.execute(
+                "SELECT run_id FROM runs WHERE experiment_id = ? AND lifecycle_stage = 'active'",
+                (experiment_id,),
+            ).fetchall()
+            db.execute(
+                "UPDATE runs SET lifecycle_stage = 'deleted' WHERE experiment_id = ?",
+                (experiment_id,),
+            )
+        return [row[0] for row in rows]
+
+    def restore_experiment(self, experiment_id: str) -> None:
+        with self._tx() as db:
+            if self._experiment_stage(db, experiment_id) != "deleted":
+                raise ResourceDoesNotExist(f"No deleted experiment with id={experiment_id!r}.")
+            db.execute(
+                "UPDATE experiments SET lifecycle_stage = 'active', last_update_time = ? "
+                "WHERE experiment_id = ?",
+                (_now_ms(), experiment_id),
+            )
+            db.execute(
+                "UPDATE runs SET lifecycle_stage = 'active' WHERE experiment_id = ?",
+                (experiment_id,),
+            )
+
+    def set_experiment_tag(self, experiment_id: str, key: str, value: str) -> None:
+        with self._tx() as db:
+            self._require_active_experiment(db, experiment_id)
+            db.execute(
+                "INSERT OR REPLACE INTO experiment_tags VALUES (?, ?, ?)",
+                (experiment_id, key, value),
+            )
+
+    def delete_experiment_tag(self, experiment_id: str, key: str) -> None:
+        with self._tx() as db:
+            self._require_active_experiment(db, experiment_id)
+            cur = db.execute(
+                "DELETE FROM experiment_tags WHERE experiment_id = ? AND key = ?",
+                (experiment_id, key),
+            )
+            if cur.rowcount == 0:
+                raise ResourceDoesNotExist(
+                    f"No tag with name: {key} in experiment with id {experiment_id}"
+                )
+
     # runs --------------------------------------------------------------------------
 
     def create_run(
@@ -266,7 +364,8 @@ class SqliteCatalog:
                     )
             else:
                 exp = db.execute(
-                    "SELECT lifecycle_stage FROM experiments WHERE experiment_id = ?",
+                    "SELECT lifecycle_stage, artifact_location FROM experiments "
+                    "WHERE experiment_id = ?",
                     (experiment_id,),
                 ).fetchone()
                 if exp is None:
@@ -275,7 +374,7 @@ class SqliteCatalog:
                     raise InvalidParameterValue(
                         "experiment_id", experiment_id, "the experiment is deleted"
                     )
-                name = run_name or readable_run_name()
+                name = run_name or (tags or {}).get("mlflow.runName") or readable_run_name()
                 db.execute(
                     "INSERT INTO runs VALUES (?, ?, ?, 'RUNNING', ?, NULL, 'active', ?, ?)",
                     (
@@ -283,7 +382,7 @@ class SqliteCatalog:
                         experiment_id,
                         name,
                         start_time,
-                        f"{self._artifact_root}/{experiment_id}/{run_id}/artifacts",
+                        f"{exp[1].rstrip('/')}/{run_id}/artifacts",
                         user_id,
                     ),
                 )
@@ -422,6 +521,66 @@ class SqliteCatalog:
             cur = db.execute("DELETE FROM tags WHERE run_id = ? AND key = ?", (run_id, key))
             if cur.rowcount == 0:
                 raise ResourceDoesNotExist(f"No tag with name: {key} in run with id {run_id}")
+
+    def delete_run(self, run_id: str) -> None:
+        self._set_run_stage(run_id, "deleted")
+
+    def restore_run(self, run_id: str) -> None:
+        self._set_run_stage(run_id, "active")
+
+    def _set_run_stage(self, run_id: str, stage: str) -> None:
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE runs SET lifecycle_stage = ? WHERE run_id = ?", (stage, run_id)
+            )
+            if cur.rowcount == 0:
+                raise ResourceDoesNotExist(f"Run with id={run_id!r} not found")
+
+    def log_inputs(self, run_id: str, inputs: Sequence[DatasetInputRecord]) -> None:
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
+                raise ResourceDoesNotExist(f"Run with id={run_id!r} not found")
+            row = db.execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM run_inputs WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            seq = int(row[0])
+            for item in inputs:
+                seq += 1
+                db.execute(
+                    "INSERT OR IGNORE INTO run_inputs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        run_id,
+                        item.name,
+                        item.digest,
+                        item.source_type,
+                        item.source,
+                        item.schema,
+                        item.profile,
+                        json.dumps(dict(item.tags)),
+                        seq,
+                    ),
+                )
+
+    def run_inputs(self, run_ids: Sequence[str]) -> dict[str, list[DatasetInputRecord]]:
+        out: dict[str, list[DatasetInputRecord]] = {}
+        if not run_ids:
+            return out
+        with self._lock:
+            for start in range(0, len(run_ids), 500):  # SQLite's bound-parameter limit
+                chunk = list(run_ids[start : start + 500])
+                marks = ",".join("?" * len(chunk))
+                rows = self._db.execute(
+                    "SELECT run_id, name, digest, source_type, source, schema, profile, tags "
+                    f"FROM run_inputs WHERE run_id IN ({marks}) ORDER BY run_id, seq",
+                    chunk,
+                ).fetchall()
+                for run_id, name, digest, source_type, source, schema, profile, tags in rows:
+                    out.setdefault(run_id, []).append(
+                        DatasetInputRecord(
+                            name, digest, source_type, source, schema, profile, json.loads(tags)
+                        )
+                    )
+        return out
 
     # stream watermarks -------------------------------------------------------------
 

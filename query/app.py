@@ -1,7 +1,8 @@
 """The read side's aiohttp app: steppe's JSON API (query/API.md) and the web UI's files.
 
 Handlers take snapshots on the loop thread and run every blocking read (catalog, DuckDB, JSON
-encoding) in the query executor. Nothing here writes to the catalog or the data dir.
+encoding) in the query executor. Nothing here writes to the catalog or the data dir; the routes
+of steppe.query.mlflow_api and steppe.query.artifacts, registered by make_app, do.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -28,6 +29,7 @@ from multidict import MultiMapping
 from steppe.errors import InvalidParameterValue, ResourceDoesNotExist, SteppeError
 from steppe.ingest.catalog import Catalog, ExperimentRecord, RunRecord
 from steppe.ingest.layout import Snapshot, SnapshotSource
+from steppe.query.artifacts import ArtifactStore, add_artifact_routes
 from steppe.query.jsonenc import dumps, float_list, float_value, table_rows
 from steppe.query.reader import MetricSummary, Reader
 from steppe.query.search import (
@@ -52,9 +54,13 @@ from steppe.query.series import (
 from steppe.query.sql import DEFAULT_MAX_ROWS, DEFAULT_TIME_LIMIT_S, MAX_MAX_ROWS, SqlSandbox
 from steppe.query.views import CatalogTables
 
+if TYPE_CHECKING:
+    from steppe.query.mlflow_api import MetricWriter
+
 __all__ = [
     "API_PREFIX",
     "CATALOG",
+    "CATALOG_TABLES",
     "DEFAULT_STATIC_DIR",
     "READER",
     "SERVER_INFO",
@@ -121,11 +127,15 @@ def make_app(
     static_dir: Path | None = None,
     on_activity: Callable[[], None] | None = None,
     sql_time_limit_s: float = DEFAULT_TIME_LIMIT_S,
+    metric_writer: MetricWriter | None = None,
+    artifacts: ArtifactStore | None = None,
 ) -> web.Application:
     """The read side's HTTP app. ``server_info`` is read on every ``/server-info`` request
     (so ports may be filled in after binding); ``on_activity`` is called at the start of
     every request (an idle-shutdown hook). The DuckDB reader, the SQL sandbox and the worker
     threads live from app startup to cleanup; ``sql_time_limit_s`` bounds each user query.
+    MLflow's REST API is read-only unless ``metric_writer`` (ingest) is given; artifacts are
+    served from ``artifacts`` when given.
 
         app = make_app(catalog, store, {"version": "0.1.0", "grpc_port": 5001, ...})
         web.run_app(app, host="127.0.0.1", port=5000)
@@ -155,7 +165,16 @@ def make_app(
     app.router.add_get("/", _index)
     app.router.add_get("/experiments/{experiment_id}", _index)
     app.router.add_get("/runs/{run_id}", _index)
+    app.router.add_get("/compare", _index)
+    app.router.add_get("/sql", _index)
     app.router.add_get("/static/{path:.*}", _static)
+
+    if artifacts is not None:
+        add_artifact_routes(app, artifacts, catalog)
+    # Imported here, not at the top: mlflow_api uses this module's app keys.
+    from steppe.query.mlflow_api import add_mlflow_routes
+
+    add_mlflow_routes(app, metric_writer)
     return app
 
 

@@ -221,3 +221,73 @@ def test_unknown_run_shows_the_api_error_inline(ui: UI) -> None:
     ui.screenshot("run-not-found")
     # The 404 itself shows in the console as a failed resource; nothing may throw.
     assert not ui.page_errors, ui.page_errors
+
+
+def _png(width: int, height: int) -> bytes:
+    """A small valid RGB PNG (a gradient), built with the standard library."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    rows = b"".join(
+        b"\x00" + bytes(v for x in range(width) for v in (x * 8 % 256, y * 8 % 256, 128))
+        for y in range(height)
+    )
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_run_page_lists_artifacts_and_previews_text_json_and_images(
+    ui: UI, tracking: str, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    import steppe
+
+    (tmp_path / "curve.png").write_bytes(_png(32, 24))
+    with steppe.start_run(run_name="with-artifacts") as run:
+        steppe.log_text("first line\nsecond <b>line</b>", "notes/readme.txt")
+        steppe.log_dict({"lr": 0.1, "layers": [64, 64]}, "config.json")
+        steppe.log_artifact(tmp_path / "curve.png", artifact_path="plots")
+    ui.goto(f"/runs/{_q(run.info.run_id)}")
+    page = ui.page
+
+    section = page.get_by_test_id("artifacts")
+    expect(section.get_by_role("heading", name="Artifacts")).to_be_visible()
+    top = section.get_by_test_id("artifacts-list").locator(":scope > li")
+    expect(top).to_have_count(3)  # folders first, then files
+    expect(top.nth(0)).to_have_attribute("data-path", "notes")
+    expect(top.nth(1)).to_have_attribute("data-path", "plots")
+    expect(top.nth(2)).to_have_attribute("data-path", "config.json")
+
+    section.locator("li[data-path=notes] > button").click()
+    readme = section.locator("li[data-path='notes/readme.txt']")
+    readme.get_by_role("button", name="readme.txt").click()
+    # Shown as text: the markup in the file stays characters, never elements.
+    expect(page.get_by_test_id("artifact-text")).to_have_text("first line\nsecond <b>line</b>")
+    expect(page.get_by_test_id("artifact-preview").locator("b")).to_have_count(0)
+    expect(page.get_by_test_id("artifact-preview-path")).to_have_text("notes/readme.txt")
+
+    section.locator("li[data-path='config.json'] > button").click()
+    expect(page.get_by_test_id("artifact-text")).to_have_text(
+        json.dumps({"lr": 0.1, "layers": [64, 64]}, indent=2)
+    )
+
+    section.locator("li[data-path=plots] > button").click()
+    section.locator("li[data-path='plots/curve.png'] > button").click()
+    image = page.get_by_test_id("artifact-image")
+    expect(image).to_be_visible()
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=artifact-image]')?.naturalWidth === 32"
+    )
+    section.scroll_into_view_if_needed()
+    ui.screenshot("run-artifacts")
+    ui.assert_no_console_errors()

@@ -1,15 +1,13 @@
 /* steppe web UI: one page routed on location.pathname, data from /api/steppe/v1 (query/API.md).
-   Plain browser JS with no build step; uPlot (vendor/uplot) draws the charts. Server data reaches
-   the DOM only through textContent and attributes, never innerHTML. */
+   Plain browser JS with no build step: this file holds the frame, the experiments and run pages;
+   charts.js (uPlot), runs.js, compare.js and sql.js the rest. Server data reaches the DOM only
+   through textContent and attributes, never innerHTML. */
 (() => {
   "use strict";
 
   const API = "/api/steppe/v1";
   const POLL_MS = 1000;          // contract 5: an acked point is visible within one second
   const FINAL_REFRESH_MS = 1500; // one more look after a run ends, for points acked just before
-  const CHART_HEIGHT = 220;
-  const Y_AXIS_PX = 56;          // rough width of the y axis, to ask for one bucket per plot pixel
-  const MAX_BUCKETS = 10000;     // the series endpoint's limit
   const SYSTEM_TAG = /^mlflow\./;
 
   const main = document.getElementById("app");
@@ -54,12 +52,6 @@
     if (NON_FINITE.has(v)) return NON_FINITE.get(v);
     const n = Number(v);
     return Number.isNaN(n) ? NaN : n;
-  }
-
-  /** A value uPlot can draw: non-finite values become null, which uPlot draws as a gap. */
-  function plotValue(v) {
-    const n = toNumber(v);
-    return Number.isFinite(n) ? n : null;
   }
 
   function fmtValue(v) {
@@ -189,7 +181,7 @@
   let page = null;
 
   function isAppPath(path) {
-    return path === "/" || /^\/(experiments|runs)(\/|$)/.test(path);
+    return path === "/" || /^\/(experiments|runs|compare|sql)(\/|$)/.test(path);
   }
 
   function route() {
@@ -200,8 +192,10 @@
     let m;
     try {
       if (path === "/" || path === "/experiments") return experimentsView(page);
-      if ((m = /^\/experiments\/([^/]+)$/.exec(path))) return runsView(page, decodeURIComponent(m[1]));
+      if ((m = /^\/experiments\/([^/]+)$/.exec(path))) return steppe.runsView(page, decodeURIComponent(m[1]));
       if ((m = /^\/runs\/([^/]+)$/.exec(path))) return runView(page, decodeURIComponent(m[1]));
+      if (path === "/compare") return steppe.compareView(page);
+      if (path === "/sql") return steppe.sqlView(page);
     } catch (e) {
       if (!(e instanceof URIError)) throw e; // a malformed %-escape: nothing lives there either
     }
@@ -380,98 +374,6 @@
     });
   }
 
-  // ---------------------------------------------------------------- runs of one experiment
-
-  function runsView(page, expId) {
-    setTitle(`Experiment ${expId}`);
-    const crumbName = h("span", null, expId);
-    const title = h("h1", null, `Experiment ${expId}`);
-    const q0 = new URLSearchParams(location.search).get("q") || "";
-    const search = h("input", {
-      type: "search", class: "search", placeholder: "Filter runs", value: q0,
-      "aria-label": "Filter runs by name or id", "data-testid": "runs-search",
-    });
-    const count = h("span", { class: "muted" });
-    const holder = h("div", { class: "table-wrap" }, loading());
-    main.append(h("section", { class: "page" },
-      crumbs(crumbName),
-      h("div", { class: "page-head" }, title, count, h("span", { class: "spacer" }), search),
-      holder));
-
-    Promise.all([page.api(`/experiments/${enc(expId)}`), page.api(`/experiments/${enc(expId)}/runs`)]).then(([e, r]) => {
-      const exp = e.experiment;
-      setTitle(exp.name);
-      title.textContent = exp.name;
-      crumbName.textContent = exp.name;
-      const runs = r.runs || [];
-      count.textContent = `${runs.length} run${runs.length === 1 ? "" : "s"}`;
-
-      const paramKeys = new Set();
-      const metricKeys = new Set();
-      for (const run of runs) {
-        Object.keys(run.data?.params || {}).forEach((k) => paramKeys.add(k));
-        Object.keys(run.data?.metrics || {}).forEach((k) => metricKeys.add(k));
-      }
-      const pKeys = [...paramKeys].sort(collator.compare);
-      const mKeys = [...metricKeys].sort(collator.compare);
-
-      const columns = [
-        { id: "name", label: "Run", get: (r) => r.info.run_name || r.info.run_id,
-          cell: (r) => h("a", { href: `/runs/${enc(r.info.run_id)}`, "data-testid": "run-link", "data-run-id": r.info.run_id },
-            r.info.run_name || r.info.run_id) },
-        { id: "status", label: "Status", get: (r) => r.info.status, cell: (r) => statusBadge(r.info.status) },
-        { id: "start", label: "Started", get: (r) => r.info.start_time,
-          cell: (r) => (r.info.start_time == null ? "—"
-            : h("time", { datetime: new Date(r.info.start_time).toISOString() }, fmtTime(r.info.start_time))) },
-        { id: "duration", label: "Duration", num: true,
-          get: (r) => runDurationMs(r.info), cell: (r) => fmtDuration(runDurationMs(r.info)) },
-        ...pKeys.map((k, i) => ({
-          id: `p:${k}`, label: k, title: `param ${k}`, cls: i === 0 ? "param first-of-group" : "param",
-          get: (r) => r.data?.params?.[k], cell: (r) => r.data?.params?.[k] ?? "",
-        })),
-        ...mKeys.map((k, i) => ({
-          id: `m:${k}`, label: k, title: `metric ${k}: latest value`, num: true,
-          cls: i === 0 ? "metric first-of-group" : "metric",
-          get: (r) => { const m = r.data?.metrics?.[k]; return m ? toNumber(m.value) : null; },
-          cell: (r) => {
-            const m = r.data?.metrics?.[k];
-            return m ? h("span", { title: `step ${m.step}` }, fmtValue(m.value)) : "";
-          },
-        })),
-      ];
-      const groups = pKeys.length || mKeys.length ? [
-        { label: "", span: 4 },
-        pKeys.length ? { label: "Params", span: pKeys.length, cls: "first-of-group" } : null,
-        mKeys.length ? { label: "Metrics", span: mKeys.length, cls: "first-of-group" } : null,
-      ].filter(Boolean) : null;
-
-      let sort = sortFromQuery({ id: "start", dir: -1 });
-      const render = () => {
-        const needle = search.value.trim().toLowerCase();
-        const rows = needle ? runs.filter((r) => String(r.info.run_name || "").toLowerCase().includes(needle) ||
-          r.info.run_id.toLowerCase().includes(needle)) : runs;
-        holder.replaceChildren(sortableTable({
-          testid: "runs-table", columns, groups, rows, sort,
-          onSort: (id) => {
-            sort = nextSort(sort, id, id === "start" || id === "duration");
-            setQuery({ sort: sort.id, dir: sort.dir > 0 ? "asc" : "desc" });
-            render();
-            refocusSortButton(holder, id);
-          },
-          empty: runs.length ? "No run matches the filter." : "No runs in this experiment yet.",
-          rowAttrs: (r) => ({ "data-run-id": r.info.run_id }),
-        }));
-      };
-      search.addEventListener("input", () => {
-        setQuery({ q: search.value.trim() });
-        render();
-      });
-      render();
-    }, (err) => {
-      if (page.alive) holder.replaceChildren(errorBox(err, "Experiment"));
-    });
-  }
-
   // ---------------------------------------------------------------- run page
 
   function runView(page, runId) {
@@ -540,26 +442,13 @@
           h("div", { class: "section-head" },
             h("h2", null, "Metrics"), this.metricCount, h("span", { class: "spacer" }), this.filter),
           this.noMetrics,
-          this.grid));
+          this.grid),
+        steppe.artifactsSection ? steppe.artifactsSection(page, this.runId) : null); // artifacts.js
 
-      // Charts load when they come near the viewport: a run can log hundreds of keys.
-      this.io = new IntersectionObserver((entries) => {
-        for (const e of entries) {
-          const chart = this.charts.get(e.target.dataset.key);
-          if (chart) chart.setVisible(e.isIntersecting);
-        }
-      }, { rootMargin: "300px 0px" });
-      page.onDispose(() => {
-        this.io.disconnect();
-        for (const c of this.charts.values()) c.destroy();
-      });
-
-      let resizeFrame = 0;
-      page.listen(window, "resize", () => {
-        cancelAnimationFrame(resizeFrame);
-        resizeFrame = requestAnimationFrame(() => this.charts.forEach((c) => c.resize()));
-      });
-      page.onDispose(() => cancelAnimationFrame(resizeFrame));
+      // The charts (charts.js) load when they come near the viewport (a run can log hundreds of
+      // keys), follow the window's width, and share the toolbar's smoothing, log y, x and zoom.
+      this.chartGroup = new steppe.ChartGroup(page, { syncKey: this.syncKey });
+      this.grid.before(this.chartGroup.toolbar);
 
       this.filter.addEventListener("input", () => this.applyFilter());
 
@@ -624,7 +513,7 @@
       for (const key of keys) {
         let chart = this.charts.get(key);
         if (!chart) {
-          chart = new MetricChart(this, key);
+          chart = this.chartGroup.chart({ title: key, series: [{ run_id: this.runId, key }] });
           this.charts.set(key, chart);
           added = true;
         }
@@ -633,7 +522,6 @@
       if (added) {
         // Keep cards in key order when new keys appear mid-run.
         for (const key of keys) this.grid.append(this.charts.get(key).el);
-        for (const key of keys) this.io.observe(this.charts.get(key).el);
         this.applyFilter();
       }
     }
@@ -671,245 +559,14 @@
     }
   }
 
-  // ---------------------------------------------------------------- one metric chart
+  // ---------------------------------------------------------------- shared with the other scripts
 
-  function cssVar(name, fallback) {
-    return getComputedStyle(document.documentElement).getPropertyValue(name).trim() || fallback;
-  }
-
-  function chartTheme() {
-    return {
-      line: cssVar("--chart-line", "#2f6fdb"),
-      edge: cssVar("--chart-band-edge", "rgba(47,111,219,.35)"),
-      band: cssVar("--chart-band", "rgba(47,111,219,.14)"),
-      axis: cssVar("--chart-axis", "#5b6470"),
-      grid: cssVar("--chart-grid", "rgba(0,0,0,.07)"),
-      font: `11px ${cssVar("--font-sans", "system-ui, sans-serif")}`,
-    };
-  }
-
-  // Steps are integers: x ticks at 1, 2, 5 x 10^k only, never 2.5.
-  const STEP_INCRS = [];
-  for (let e = 0; e <= 15; e++) for (const m of [1, 2, 5]) STEP_INCRS.push(m * 10 ** e);
-
-  function axisSize(u, values, axisIdx, cycleNum) {
-    if (!values || cycleNum > 1) return Y_AXIS_PX;
-    const longest = values.reduce((m, v) => Math.max(m, String(v).length), 0);
-    return Math.max(40, Math.ceil(longest * 6.5) + 18);
-  }
-
-  class MetricChart {
-    constructor(view, key) {
-      this.view = view;
-      this.key = key;
-      this.u = null;
-      this.bucketed = null;  // shape of the drawn chart: mean+band, or exact points
-      this.zoom = null;      // {min, max} in steps, or null for the full range
-      this.visible = false;
-      this.stale = true;     // needs a load the next time it is visible
-      this.seq = 0;          // answers to older requests are dropped
-      this.inflight = null;
-      this.count = null;
-      this.loadedBuckets = 0;
-
-      this.latest = h("span", { class: "chart-latest", "data-testid": "chart-latest" });
-      this.meta = h("span", { class: "chart-meta", "data-testid": "chart-meta" });
-      this.resetBtn = h("button", { type: "button", class: "btn-small", hidden: true, onclick: () => this.resetZoom() },
-        "Reset zoom");
-      this.plot = h("div", { class: "chart-plot" });
-      this.msg = h("div", { class: "chart-msg", role: "status" }, "Loading…");
-      this.el = h("section", {
-        class: "chart-card", "data-testid": `chart-${key}`, "data-key": key, "aria-label": `Metric ${key}`,
-      },
-        h("header", { class: "chart-head" },
-          h("h3", { class: "chart-title", title: key }, key),
-          this.latest, h("span", { class: "spacer" }), this.meta, this.resetBtn),
-        this.plot, this.msg);
-    }
-
-    setSummary(m) {
-      this.count = m.count ?? null;
-      this.latest.textContent = `${fmtValue(m.value)} @ ${m.step}`;
-      this.latest.title = `latest value, at step ${m.step}` +
-        (m.min !== undefined ? `; min ${fmtValue(m.min)}, max ${fmtValue(m.max)}` : "") +
-        (m.count != null ? `; ${m.count} points` : "");
-    }
-
-    setVisible(v) {
-      this.visible = v;
-      if (v && this.stale) this.load(true).catch(() => {});
-    }
-
-    width() {
-      return Math.max(160, Math.floor(this.plot.clientWidth));
-    }
-
-    buckets() {
-      return Math.min(MAX_BUCKETS, Math.max(10, this.width() - Y_AXIS_PX));
-    }
-
-    /** force: a new request even when one is in flight (zoom, resize); polls share the one in flight. */
-    load(force) {
-      if (!this.visible) {
-        this.stale = true;
-        return Promise.resolve();
-      }
-      if (this.inflight && !force) return this.inflight;
-      this.stale = false;
-      const seq = ++this.seq;
-      const buckets = this.buckets();
-      const q = new URLSearchParams({ run_id: this.view.runId, key: this.key, buckets: String(buckets) });
-      if (this.zoom) {
-        q.set("x_min", String(Math.floor(this.zoom.min)));
-        q.set("x_max", String(Math.ceil(this.zoom.max)));
-      }
-      const p = this.view.page.api(`/series?${q}`).then((r) => {
-        if (seq !== this.seq || !this.view.page.alive) return;
-        this.loadedBuckets = buckets;
-        this.draw(r);
-      }, (err) => {
-        if (seq !== this.seq || !this.view.page.alive) return;
-        this.stale = true;
-        this.showMessage(`${err.message}${err.code ? ` (${err.code})` : ""}`, true);
-      }).finally(() => {
-        if (this.inflight === p) this.inflight = null;
-      });
-      this.inflight = p;
-      return p;
-    }
-
-    showMessage(text, isError) {
-      this.msg.hidden = !text;
-      this.msg.textContent = text || "";
-      this.msg.classList.toggle("chart-error", !!isError);
-      if (isError) this.msg.setAttribute("data-testid", "chart-error");
-      else this.msg.removeAttribute("data-testid");
-    }
-
-    draw(r) {
-      const bucketed = !!r.bucketed;
-      const xs = (r.step || []).map(Number);
-      let gaps = 0;
-      const ys = (arr, count) => (arr || []).map((v) => {
-        const n = plotValue(v);
-        if (count && n === null) gaps++;
-        return n;
-      });
-      const data = bucketed
-        ? [xs, ys(r.max), ys(r.min), ys(r.mean, true)]
-        : [xs, ys(r.value, true)];
-
-      if (!this.u || this.bucketed !== bucketed) this.create(bucketed, data);
-      else this.u.setData(data);
-      this.bucketed = bucketed;
-      this.el.dataset.mode = bucketed ? "bucketed" : "exact";
-
-      const total = this.count != null && !this.zoom ? ` of ${this.count.toLocaleString("en-US")}` : "";
-      this.meta.textContent = (bucketed ? `mean, min–max · ${xs.length} buckets${total}` : `${xs.length} points`) +
-        (gaps ? ` · ${gaps} NaN/∞ not drawn` : "");
-      this.meta.title = bucketed
-        ? "Too many points for one per pixel: the line is each bucket's mean, the band its exact min and max."
-        : "Every logged point.";
-      this.showMessage(xs.length ? "" : (this.zoom ? "No points in this range." : "No points yet."), false);
-    }
-
-    xRange(min, max) {
-      if (this.zoom) return [this.zoom.min, this.zoom.max];
-      if (min == null || max == null || !Number.isFinite(min) || !Number.isFinite(max)) return [0, 1];
-      if (min === max) return [min - 1, max + 1];
-      return [min, max];
-    }
-
-    create(bucketed, data) {
-      if (this.u) this.u.destroy();
-      const t = chartTheme();
-      const fmt = (u, v) => (v == null ? "—" : fmtValue(v));
-      const series = [{ label: "step", value: (u, v) => (v == null ? "—" : String(Math.round(v))) }];
-      if (bucketed) {
-        series.push(
-          { label: "max", stroke: t.edge, width: 1, value: fmt, points: { show: false } },
-          { label: "min", stroke: t.edge, width: 1, value: fmt, points: { show: false } },
-          { label: "mean", stroke: t.line, width: 1.5, value: fmt, points: { show: false } });
-      } else {
-        // Markers once points are at least 6 px apart; isolated points between NaN gaps stay visible.
-        series.push({ label: "value", stroke: t.line, width: 1.5, value: fmt, points: { size: 5, space: 6, fill: t.line } });
-      }
-      const axis = {
-        stroke: t.axis, font: t.font, grid: { stroke: t.grid, width: 1 }, ticks: { stroke: t.grid, width: 1, size: 4 },
-      };
-      const opts = {
-        width: this.width(),
-        height: CHART_HEIGHT,
-        series,
-        // bands fill between series 1 (max) and series 2 (min): spikes stay visible when bucketed.
-        bands: bucketed ? [{ series: [1, 2], fill: t.band }] : [],
-        scales: { x: { time: false, range: (u, min, max) => this.xRange(min, max) } },
-        axes: [
-          { ...axis, size: 32, incrs: STEP_INCRS },
-          { ...axis, size: axisSize, values: (u, splits) => splits.map((v) => fmtValue(v)) },
-        ],
-        cursor: {
-          // Hover is shared across the run's charts; drags and double-clicks zoom only their own chart.
-          // Match x by step value; y by relative position, since each chart has its own y scale.
-          sync: {
-            key: this.view.syncKey,
-            setSeries: false,
-            scales: ["x", null],
-            filters: { pub: (type) => type === "mousemove" || type === "mouseleave" || type === "mouseenter" },
-          },
-          drag: { x: true, y: false, setScale: false },
-          bind: {
-            dblclick: () => (e) => {
-              if (e.button === 0) this.resetZoom();
-              return null;
-            },
-          },
-        },
-        legend: { live: true },
-        hooks: { setSelect: [(u) => this.onSelect(u)] },
-      };
-      this.u = new uPlot(opts, data, this.plot);
-    }
-
-    onSelect(u) {
-      const s = u.select;
-      if (s.width < 3) return; // a click, not a drag
-      const min = u.posToVal(s.left, "x");
-      const max = u.posToVal(s.left + s.width, "x");
-      u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false);
-      if (!(max > min)) return;
-      this.zoom = { min, max };
-      this.resetBtn.hidden = false;
-      u.setScale("x", { min, max }); // at once, with the data we have; finer buckets follow
-      this.load(true).catch(() => {});
-    }
-
-    resetZoom() {
-      if (!this.zoom) return;
-      this.zoom = null;
-      this.resetBtn.hidden = true;
-      this.load(true).catch(() => {});
-    }
-
-    resize() {
-      if (!this.u) return;
-      const w = this.width();
-      if (w === this.u.width) return;
-      this.u.setSize({ width: w, height: CHART_HEIGHT });
-      // Ask again only when the bucket count would change noticeably.
-      const b = this.buckets();
-      if (Math.abs(b - this.loadedBuckets) > this.loadedBuckets * 0.15) {
-        clearTimeout(this.resizeTimer);
-        this.resizeTimer = setTimeout(() => this.view.page.alive && this.load(true).catch(() => {}), 250);
-      }
-    }
-
-    destroy() {
-      clearTimeout(this.resizeTimer);
-      if (this.u) this.u.destroy();
-      this.u = null;
-    }
-  }
+  // charts.js, runs.js, compare.js and sql.js load after this file (index.html) and build on these;
+  // they add their views (steppe.runsView, ...) to the same object.
+  const steppe = window.steppe = {
+    main, h, setTitle, loading, enc, toNumber, fmtValue, fmtTime, fmtAgo, fmtDuration, runDurationMs,
+    ApiError, api, errorBox, navigate, collator, statusBadge, timeCell, crumbs,
+  };
 
   // ---------------------------------------------------------------- start
 
@@ -918,5 +575,6 @@
     if (el && info?.version) el.textContent = `v${info.version}`;
   }, () => { /* decorative; pages report their own errors */ });
 
-  route();
+  // After every deferred script has run, so the views of the other files exist.
+  document.addEventListener("DOMContentLoaded", route);
 })();

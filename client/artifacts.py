@@ -1,0 +1,130 @@
+"""Run artifacts for ``steppe.Client``: files to and from a server's artifact API (query/API.md,
+"Artifacts") over plain HTTP, streamed in chunks both ways (a large file never sits in memory).
+
+Standard library only (urllib); imported on first use, not by ``import steppe``.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import os
+import posixpath
+import shutil
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from steppe import config, errors
+from steppe.entities import FileInfo
+
+ARTIFACTS_PATH = "/api/steppe/v1/artifacts"
+_CHUNK_BYTES = 1 << 20
+#: Per socket operation, not for the whole transfer: large files may take longer.
+_TRANSFER_TIMEOUT_S = 300.0
+
+
+def _url(http_url: str, route: str, **query: str) -> str:
+    return f"{http_url.rstrip('/')}{route}?{urllib.parse.urlencode(query)}"
+
+
+def _open(request: urllib.request.Request, timeout_s: float) -> Any:
+    """urlopen with steppe's error mapping: the server's error_code becomes its steppe error;
+    an unreachable server is ServerUnavailable."""
+    try:
+        return urllib.request.urlopen(request, timeout=timeout_s)
+    except urllib.error.HTTPError as exc:
+        try:
+            body = json.loads(exc.read())
+            raise errors.from_code(body["error_code"], body["message"]) from None
+        except (ValueError, KeyError, TypeError):
+            raise errors.SteppeError(f"HTTP {exc.code} from {request.full_url}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        base = urllib.parse.urlsplit(request.full_url)
+        raise errors.ServerUnavailable(
+            f"cannot reach the steppe server at {base.scheme}://{base.netloc}: {exc}"
+        ) from None
+
+
+def artifact_path_for(artifact_path: str | None, name: str) -> str:
+    """The run-relative path of a file called ``name`` logged under ``artifact_path``."""
+    folder = (artifact_path or "").strip("/")
+    return posixpath.join(folder, name) if folder else name
+
+
+def upload(http_url: str, run_id: str, path: str, source: IO[bytes] | bytes, size: int) -> None:
+    """PUT ``size`` bytes from ``source`` as the run's artifact ``path`` (replacing it)."""
+    content_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
+    request = urllib.request.Request(
+        _url(http_url, f"{ARTIFACTS_PATH}/raw", run_id=run_id, path=path),
+        data=source,
+        method="PUT",
+        headers={"Content-Type": content_type, "Content-Length": str(size)},
+    )
+    with _open(request, _TRANSFER_TIMEOUT_S) as response:
+        response.read()
+
+
+def upload_file(http_url: str, run_id: str, local_path: Path, path: str) -> None:
+    with open(local_path, "rb") as source:
+        upload(http_url, run_id, path, source, os.fstat(source.fileno()).st_size)
+
+
+def list_files(http_url: str, run_id: str, path: str | None = None) -> list[FileInfo]:
+    """The entries directly inside the run's artifact folder ``path`` (the root when None)."""
+    request = urllib.request.Request(
+        _url(http_url, ARTIFACTS_PATH, run_id=run_id, path=(path or "").strip("/"))
+    )
+    with _open(request, config.connect_timeout_s()) as response:
+        body = json.loads(response.read())
+    files = [FileInfo(f["path"], bool(f["is_dir"]), f.get("file_size")) for f in body["files"]]
+    for item in files:
+        # These become local paths on download: never outside the destination folder.
+        if item.path.startswith("/") or ".." in item.path.split("/") or "\\" in item.path:
+            raise errors.SteppeError(f"the server listed an unsafe artifact path {item.path!r}")
+    return files
+
+
+def _walk(http_url: str, run_id: str, path: str) -> Iterator[FileInfo]:
+    for entry in list_files(http_url, run_id, path):
+        if entry.is_dir:
+            yield from _walk(http_url, run_id, entry.path)
+        else:
+            yield entry
+
+
+def _download_file(http_url: str, run_id: str, path: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    request = urllib.request.Request(
+        _url(http_url, f"{ARTIFACTS_PATH}/raw", run_id=run_id, path=path)
+    )
+    partial = target.with_name(f".{target.name}.part")
+    with _open(request, _TRANSFER_TIMEOUT_S) as response, open(partial, "wb") as out:
+        shutil.copyfileobj(response, out, _CHUNK_BYTES)
+    os.replace(partial, target)
+
+
+def download(http_url: str, run_id: str, path: str, dst_path: str | os.PathLike[str] | None) -> str:
+    """Download the run's artifact ``path`` (a file, a folder, or "" for everything) into
+    ``dst_path`` (a new temporary folder when None); the local path of what was downloaded."""
+    path = path.strip("/")
+    root = Path(dst_path) if dst_path is not None else Path(tempfile.mkdtemp(prefix="steppe-"))
+    root.mkdir(parents=True, exist_ok=True)
+    parent = posixpath.dirname(path)
+    siblings = list_files(http_url, run_id, parent) if path else []
+    entry = next((e for e in siblings if e.path == path), None)
+    if path and entry is None:
+        raise errors.ResourceDoesNotExist(f"No artifact at {path!r} in run {run_id}")
+    if entry is not None and not entry.is_dir:
+        target = root / path
+        _download_file(http_url, run_id, path, target)
+        return str(target)
+    for item in _walk(http_url, run_id, path):
+        _download_file(http_url, run_id, item.path, root / item.path)
+    folder = root / path if path else root
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder)

@@ -1,0 +1,165 @@
+/* steppe web UI: the run page's Artifacts section. Lists a run's folders and files (GET
+   /api/steppe/v1/artifacts, one folder at a time) and previews text, JSON and images (GET
+   /api/steppe/v1/artifacts/raw). Loaded after app.js, whose helpers it takes from window.steppe;
+   server data reaches the DOM only through textContent and attributes. */
+(() => {
+  "use strict";
+
+  const S = window.steppe;
+  const { h, enc } = S;
+
+  const PREVIEW_BYTES = 256 * 1024; // text and JSON previews read at most this much
+  const TEXT_FILE = /\.(txt|log|md|csv|tsv|yaml|yml|py|cfg|ini|toml|sh|out|err)$/i;
+  const JSON_FILE = /\.json$/i;
+  const IMAGE_FILE = /\.(png|jpe?g|gif|webp|bmp)$/i;
+
+  const rawUrl = (runId, path) =>
+    `/api/steppe/v1/artifacts/raw?run_id=${enc(runId)}&path=${enc(path)}`;
+  const baseName = (path) => path.slice(path.lastIndexOf("/") + 1);
+
+  function fmtSize(bytes) {
+    if (bytes == null) return "";
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let v = bytes;
+    let i = 0;
+    while (v >= 1024 && i < units.length - 1) { v /= 1024; i += 1; }
+    return `${i === 0 ? v : v.toFixed(v < 10 ? 1 : 0)} ${units[i]}`;
+  }
+
+  /** The first `limit` bytes of a response body as text; `cut` says whether there was more. */
+  async function readHead(res, limit) {
+    const reader = res.body.getReader();
+    const parts = [];
+    let size = 0;
+    let cut = false;
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      parts.push(value);
+      size += value.length;
+      if (size >= limit) { cut = true; await reader.cancel(); break; }
+    }
+    const bytes = new Uint8Array(Math.min(size, limit));
+    let at = 0;
+    for (const p of parts) {
+      const take = Math.min(p.length, bytes.length - at);
+      bytes.set(p.subarray(0, take), at);
+      at += take;
+      if (at === bytes.length) break;
+    }
+    return { text: new TextDecoder("utf-8", { fatal: false }).decode(bytes), cut };
+  }
+
+  class ArtifactsSection {
+    constructor(page, runId) {
+      this.page = page;
+      this.runId = runId;
+      this.selected = null;
+      this.list = h("ul", { class: "artifact-tree", "data-testid": "artifacts-list" });
+      this.preview = h("div", { class: "artifact-preview", "data-testid": "artifact-preview" },
+        h("p", { class: "muted" }, "Select a file to preview it."));
+      const refresh = h("button", {
+        type: "button", class: "btn-small", "data-testid": "artifacts-refresh",
+        onclick: () => this.load(this.list, "").catch(() => {}),
+      }, "Refresh");
+      this.el = h("section", { class: "artifacts", "data-testid": "artifacts" },
+        h("div", { class: "section-head" },
+          h("h2", null, "Artifacts"), h("span", { class: "spacer" }), refresh),
+        h("div", { class: "artifact-panes" },
+          h("div", { class: "artifact-list-wrap" }, this.list),
+          this.preview));
+      this.load(this.list, "").catch(() => {});
+    }
+
+    async load(ul, path) {
+      ul.replaceChildren(h("li", { class: "muted" }, "Loading…"));
+      let data;
+      try {
+        data = await this.page.api(`/artifacts?run_id=${enc(this.runId)}&path=${enc(path)}`);
+      } catch (err) {
+        if (!this.page.alive || err.name === "AbortError") return;
+        ul.replaceChildren(h("li", null, S.errorBox(err, "Artifacts")));
+        return;
+      }
+      if (!this.page.alive) return;
+      const files = [...data.files].sort((a, b) =>
+        (b.is_dir - a.is_dir) || S.collator.compare(a.path, b.path));
+      ul.replaceChildren(...(files.length
+        ? files.map((f) => this.entry(f))
+        : [h("li", { class: "muted" }, path ? "Empty folder." : "No artifacts.")]));
+    }
+
+    entry(file) {
+      const name = baseName(file.path);
+      if (file.is_dir) {
+        const children = h("ul", { class: "artifact-tree", hidden: true });
+        const toggle = h("button", {
+          type: "button", class: "artifact-name artifact-dir", "aria-expanded": "false",
+          onclick: () => {
+            const open = children.hidden;
+            children.hidden = !open;
+            toggle.setAttribute("aria-expanded", String(open));
+            if (open && !children.dataset.loaded) {
+              children.dataset.loaded = "1";
+              this.load(children, file.path).catch(() => {});
+            }
+          },
+        }, `${name}/`);
+        return h("li", { "data-testid": "artifact-entry", "data-path": file.path, "data-dir": "true" },
+          toggle, children);
+      }
+      const button = h("button", {
+        type: "button", class: "artifact-name", onclick: () => this.show(file, button),
+      }, name);
+      return h("li", { "data-testid": "artifact-entry", "data-path": file.path },
+        button,
+        h("span", { class: "artifact-size muted" }, fmtSize(file.file_size)),
+        h("a", {
+          class: "artifact-download", href: rawUrl(this.runId, file.path), download: name,
+          "aria-label": `Download ${file.path}`,
+        }, "download"));
+    }
+
+    async show(file, button) {
+      if (this.selected) this.selected.removeAttribute("aria-current");
+      this.selected = button;
+      button.setAttribute("aria-current", "true");
+      const url = rawUrl(this.runId, file.path);
+      const head = h("div", { class: "artifact-preview-head" },
+        h("code", { "data-testid": "artifact-preview-path" }, file.path),
+        h("span", { class: "muted" }, fmtSize(file.file_size)),
+        h("a", { href: url, download: baseName(file.path) }, "download"));
+      const body = h("div", { class: "artifact-preview-body" });
+      this.preview.replaceChildren(head, body);
+      if (IMAGE_FILE.test(file.path)) {
+        body.append(h("img", { src: url, alt: file.path, "data-testid": "artifact-image" }));
+        return;
+      }
+      if (!TEXT_FILE.test(file.path) && !JSON_FILE.test(file.path)) {
+        body.append(h("p", { class: "muted" }, "No preview for this type of file."));
+        return;
+      }
+      body.append(h("p", { class: "muted" }, "Loading…"));
+      let res;
+      try {
+        res = await fetch(url, { signal: this.page.ctrl.signal });
+        if (!res.ok) throw new S.ApiError(res.status, `HTTP_${res.status}`, res.statusText);
+      } catch (err) {
+        if (err.name === "AbortError" || !this.page.alive) return;
+        body.replaceChildren(S.errorBox(err, "Artifact"));
+        return;
+      }
+      const { text, cut } = await readHead(res, PREVIEW_BYTES);
+      if (!this.page.alive || this.selected !== button) return;
+      let shown = text;
+      if (JSON_FILE.test(file.path) && !cut) {
+        try { shown = JSON.stringify(JSON.parse(text), null, 2); } catch { /* not JSON after all: as text */ }
+      }
+      body.replaceChildren(
+        h("pre", { class: "artifact-text", "data-testid": "artifact-text" }, shown),
+        cut ? h("p", { class: "muted" }, `Showing the first ${fmtSize(PREVIEW_BYTES)}; download for the rest.`) : null);
+    }
+  }
+
+  S.artifactsSection = (page, runId) => new ArtifactsSection(page, runId).el;
+})();

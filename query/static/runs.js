@@ -1,0 +1,479 @@
+/* steppe web UI: the runs table of one experiment. Filtering, sorting and paging happen on the
+   server (POST /runs/search with MLflow's filter grammar, order_by and page tokens), so a page
+   of 100 runs is as fast at 10,000 runs as at 10. The URL holds the filter, sort, columns,
+   selection and page. Loaded after app.js, whose helpers it takes from window.steppe. */
+(() => {
+  "use strict";
+
+  const S = window.steppe;
+  const { h, enc } = S;
+
+  const PAGE_SIZES = [50, 100, 250];
+  const DEFAULT_PAGE_SIZE = 100;
+  const DEFAULT_COLUMNS_PER_KIND = 8;
+  const FILTER_EXAMPLE = "metrics.loss < 0.5 and params.optimizer = 'adam'";
+
+  const sqlString = (s) => `'${String(s).replace(/'/g, "''")}'`;
+  const quoted = (name) => `\`${name}\``; // MLflow's quoting for names with special characters
+
+  /** Column id -> the order_by identifier, for the columns the server can sort by. */
+  function orderKey(id) {
+    if (id === "name") return "attributes.run_name";
+    if (id === "status") return "attributes.status";
+    if (id === "start") return "attributes.start_time";
+    if (id === "end") return "attributes.end_time";
+    if (id.startsWith("p:")) return `params.${quoted(id.slice(2))}`;
+    if (id.startsWith("m:")) return `metrics.${quoted(id.slice(2))}`;
+    return null;
+  }
+
+  function readState() {
+    const q = new URLSearchParams(location.search);
+    const size = Number(q.get("size"));
+    return {
+      filter: q.get("filter") || "",
+      sort: q.get("sort") ? { id: q.get("sort"), dir: q.get("dir") === "asc" ? 1 : -1 } : { id: "start", dir: -1 },
+      cols: q.has("cols") ? S.listParam("cols") : null,
+      sel: new Set(S.listParam("sel")),
+      token: q.get("after") || null,
+      pageNo: q.get("after") ? Math.max(2, Number(q.get("page")) || 2) : 1,
+      size: PAGE_SIZES.includes(size) ? size : DEFAULT_PAGE_SIZE,
+    };
+  }
+
+  function runsView(page, expId) {
+    S.setTitle(`Experiment ${expId}`);
+    const st = readState();
+    const tokens = []; // page tokens of the pages before this one, for "Previous"
+
+    const crumbName = h("span", null, expId);
+    const title = h("h1", null, `Experiment ${expId}`);
+    const count = h("span", { class: "muted", "data-testid": "runs-count" });
+
+    // --- filter box
+    const filterInput = h("input", {
+      type: "search", class: "search filter-input mono", value: st.filter, spellcheck: "false",
+      placeholder: FILTER_EXAMPLE, "aria-label": "Filter runs (MLflow search syntax)", "data-testid": "runs-filter",
+      autocomplete: "off",
+    });
+    const filterError = h("div", { class: "error filter-error", role: "alert", "data-testid": "filter-error", hidden: true });
+    const filterForm = h("form", { class: "filter-bar", role: "search", "data-testid": "runs-filter-form" },
+      filterInput,
+      h("button", { type: "submit", class: "btn" }, "Search"),
+      h("button", {
+        type: "button", class: "btn btn-quiet", onclick: () => {
+          filterInput.value = "";
+          applyFilter();
+        },
+      }, "Clear"),
+      h("details", { class: "filter-help" },
+        h("summary", null, "Syntax"),
+        h("div", { class: "popover-body" },
+          h("p", null, "Comparisons joined by ", h("code", null, "and"), ":"),
+          h("ul", null,
+            h("li", null, h("code", null, "metrics.loss < 0.1"), " — latest value; ", h("code", null, "= != < <= > >=")),
+            h("li", null, h("code", null, "params.optimizer = 'adam'"), ", ", h("code", null, "tags.team LIKE 'vis%'")),
+            h("li", null, h("code", null, "attributes.status = 'RUNNING'"), ", ", h("code", null, "run_name ILIKE '%sweep%'")),
+            h("li", null, "names with special characters in backquotes: ", h("code", null, "metrics.`val/loss` > 0.5"))))));
+    filterForm.addEventListener("submit", (e) => {
+      e.preventDefault();
+      applyFilter();
+    });
+
+    // --- columns chooser
+    const columnsBody = h("div", { class: "popover-body columns-body" }, S.loading("Loading keys…"));
+    const columnsSummary = h("summary", { class: "btn", "data-testid": "columns-button" }, "Columns");
+    const columnsMenu = h("details", { class: "popover columns-menu" }, columnsSummary, columnsBody);
+
+    // --- selection
+    const selCount = h("span", { "data-testid": "selection-count" });
+    const compareBtn = h("button", {
+      type: "button", class: "btn btn-primary", "data-testid": "compare-button",
+      onclick: () => S.navigate(`/compare?runs=${[...st.sel].join(",")}`),
+    }, "Compare");
+    const clearSel = h("button", {
+      type: "button", class: "btn btn-quiet", onclick: () => {
+        st.sel.clear();
+        selectionChanged();
+        renderTable();
+      },
+    }, "Clear selection");
+    const selBar = h("div", { class: "selection-bar", "data-testid": "selection-bar" }, selCount, compareBtn, clearSel);
+
+    // --- table and pager
+    const holder = h("div", { class: "table-wrap runs-wrap" }, S.loading());
+    const pageInfo = h("span", { class: "muted", "data-testid": "page-info" });
+    const firstBtn = h("button", { type: "button", class: "btn", onclick: () => goFirst() }, "« First");
+    const prevBtn = h("button", { type: "button", class: "btn", "data-testid": "prev-page", onclick: () => goPrev() }, "‹ Previous");
+    const nextBtn = h("button", { type: "button", class: "btn", "data-testid": "next-page", onclick: () => goNext() }, "Next ›");
+    const sizeSelect = h("select", { class: "select", "aria-label": "Runs per page", "data-testid": "page-size" },
+      PAGE_SIZES.map((n) => h("option", { value: String(n), selected: n === st.size }, `${n} per page`)));
+    sizeSelect.addEventListener("change", () => {
+      st.size = Number(sizeSelect.value);
+      goFirst();
+    });
+    const pager = h("nav", { class: "pager", "aria-label": "Pages" }, pageInfo, h("span", { class: "spacer" }),
+      sizeSelect, firstBtn, prevBtn, nextBtn);
+
+    S.main.append(h("section", { class: "page runs-page" },
+      S.crumbs(crumbName),
+      h("div", { class: "page-head" }, title, count, h("span", { class: "spacer" }), columnsMenu),
+      filterForm, filterError, selBar, holder, pager));
+
+    let experiment = null;
+    let keys = null;        // {params: [...], metrics: [...]} across the experiment, or null until known
+    let runs = [];
+    let nextToken = null;
+    let loadSeq = 0;
+    let searched = false;
+
+    page.listen(document, "click", (e) => {
+      for (const d of [columnsMenu, filterForm.querySelector(".filter-help")]) {
+        if (d.open && !d.contains(e.target)) d.open = false;
+      }
+    });
+    page.listen(document, "keydown", (e) => {
+      if (e.key !== "Escape") return;
+      for (const d of [columnsMenu, filterForm.querySelector(".filter-help")]) {
+        if (d.open) {
+          d.open = false;
+          d.querySelector("summary").focus();
+        }
+      }
+    });
+
+    function writeUrl() {
+      S.setParams({
+        filter: st.filter,
+        sort: st.sort.id === "start" && st.sort.dir < 0 ? null : st.sort.id,
+        dir: st.sort.id === "start" && st.sort.dir < 0 ? null : (st.sort.dir > 0 ? "asc" : "desc"),
+        cols: st.cols ? st.cols.join(",") || "-" : null,
+        sel: [...st.sel].join(","),
+        after: st.token,
+        page: st.pageNo > 1 ? st.pageNo : null,
+        size: st.size === DEFAULT_PAGE_SIZE ? null : st.size,
+      });
+    }
+
+    function columnsShown() {
+      if (st.cols) return st.cols.filter((c) => c.startsWith("p:") || c.startsWith("m:"));
+      const k = keys || keysOf(runs);
+      return [...k.params.slice(0, DEFAULT_COLUMNS_PER_KIND).map((x) => `p:${x}`),
+        ...k.metrics.slice(0, DEFAULT_COLUMNS_PER_KIND).map((x) => `m:${x}`)];
+    }
+
+    function keysOf(list) {
+      const p = new Set();
+      const m = new Set();
+      for (const r of list) {
+        Object.keys(r.data?.params || {}).forEach((k) => p.add(k));
+        Object.keys(r.data?.metrics || {}).forEach((k) => m.add(k));
+      }
+      return { params: [...p].sort(S.collator.compare), metrics: [...m].sort(S.collator.compare) };
+    }
+
+    function selectionChanged() {
+      const n = st.sel.size;
+      selCount.textContent = n ? `${n} run${n === 1 ? "" : "s"} selected` : "Select runs to compare them";
+      compareBtn.disabled = n < 2;
+      compareBtn.textContent = n >= 2 ? `Compare ${n} runs` : "Compare";
+      compareBtn.title = n < 2 ? "Select at least two runs" : "";
+      clearSel.hidden = n === 0;
+      writeUrl();
+    }
+
+    // --- loading
+
+    function search() {
+      const seq = ++loadSeq;
+      holder.classList.add("busy");
+      const body = {
+        experiment_ids: [expId],
+        max_results: st.size,
+        page_token: st.token,
+        order_by: orderKey(st.sort.id) ? [`${orderKey(st.sort.id)} ${st.sort.dir > 0 ? "ASC" : "DESC"}`] : [],
+      };
+      if (st.filter) body.filter_string = st.filter;
+      const started = performance.now();
+      return S.postJson(page, "/runs/search", body).then((r) => {
+        if (seq !== loadSeq || !page.alive) return;
+        runs = r.runs || [];
+        searched = true;
+        nextToken = r.next_page_token || null;
+        filterError.hidden = true;
+        filterInput.removeAttribute("aria-invalid");
+        holder.classList.remove("busy", "stale");
+        holder.dataset.loadMs = String(Math.round(performance.now() - started));
+        renderTable();
+        renderPager();
+        if (keys || !columnsMenu.dataset.loading) renderColumnsMenu();
+      }, (err) => {
+        if (seq !== loadSeq || !page.alive || err.name === "AbortError") return;
+        holder.classList.remove("busy");
+        if (err.status === 400) {
+          // A bad filter or order: say where, keep the last good table (dimmed).
+          filterError.replaceChildren(...[
+            h("strong", null, "Invalid filter"),
+            h("span", { class: "error-message" }, err.message),
+            err.code ? h("code", { class: "error-code" }, err.code) : null].filter(Boolean));
+          filterError.hidden = false;
+          filterInput.setAttribute("aria-invalid", "true");
+          if (searched) holder.classList.add("stale");
+          else holder.replaceChildren(h("p", { class: "muted loading" }, "Fix the filter to see runs."));
+        } else {
+          holder.replaceChildren(S.errorBox(err, "Runs"));
+        }
+      });
+    }
+
+    function applyFilter() {
+      const f = filterInput.value.trim();
+      st.filter = f;
+      st.token = null;
+      st.pageNo = 1;
+      tokens.length = 0;
+      writeUrl();
+      search();
+    }
+
+    function goFirst() {
+      st.token = null;
+      st.pageNo = 1;
+      tokens.length = 0;
+      writeUrl();
+      search();
+    }
+
+    function goNext() {
+      if (!nextToken) return;
+      tokens.push(st.token);
+      st.token = nextToken;
+      st.pageNo++;
+      writeUrl();
+      search().then(() => nextBtn.disabled ? prevBtn.focus() : null);
+    }
+
+    function goPrev() {
+      if (st.pageNo <= 1) return;
+      // Opened on a deep link, the earlier tokens are unknown: back to the first page then.
+      if (tokens.length) {
+        st.token = tokens.pop();
+        st.pageNo--;
+      } else {
+        st.token = null;
+        st.pageNo = 1;
+      }
+      writeUrl();
+      search();
+    }
+
+    function renderPager() {
+      const from = (st.pageNo - 1) * st.size + 1;
+      const to = from + runs.length - 1;
+      const total = experiment && !st.filter ? ` of ${experiment.run_count.toLocaleString("en-US")}` : "";
+      pageInfo.textContent = runs.length
+        ? `Runs ${from.toLocaleString("en-US")}–${to.toLocaleString("en-US")}${total}${st.filter ? " matching" : ""}`
+        : "";
+      firstBtn.disabled = prevBtn.disabled = st.pageNo <= 1;
+      nextBtn.disabled = !nextToken;
+      pager.hidden = st.pageNo === 1 && !nextToken && runs.length <= PAGE_SIZES[0] && !st.filter;
+    }
+
+    // --- table
+
+    function sortBy(id) {
+      const numericDesc = id === "start" || id === "end" || id.startsWith("m:");
+      st.sort = st.sort.id === id ? { id, dir: -st.sort.dir } : { id, dir: numericDesc ? -1 : 1 };
+      st.token = null;
+      st.pageNo = 1;
+      tokens.length = 0;
+      writeUrl();
+      search().then(() => {
+        const btn = holder.querySelector(`th[data-col="${CSS.escape(id)}"] button`);
+        if (btn) btn.focus();
+      });
+    }
+
+    function header(col) {
+      const active = st.sort.id === col.id;
+      const label = h("span", { class: "label" }, col.label);
+      return h("th", {
+        scope: "col", "data-col": col.id, title: col.title || null,
+        class: [col.num ? "num" : "", col.cls || ""].join(" ").trim() || null,
+        "aria-sort": active ? (st.sort.dir > 0 ? "ascending" : "descending") : null,
+      }, orderKey(col.id)
+        ? h("button", { type: "button", class: "sort", onclick: () => sortBy(col.id) }, label,
+          h("span", { class: "arrow", "aria-hidden": "true" }, active ? (st.sort.dir > 0 ? "▲" : "▼") : ""))
+        : label);
+    }
+
+    function renderTable() {
+      const shown = columnsShown();
+      const pKeys = shown.filter((c) => c.startsWith("p:")).map((c) => c.slice(2));
+      const mKeys = shown.filter((c) => c.startsWith("m:")).map((c) => c.slice(2));
+      const columns = [
+        { id: "name", label: "Run", cell: (r) => h("a", { href: `/runs/${enc(r.info.run_id)}`, "data-testid": "run-link", "data-run-id": r.info.run_id },
+          r.info.run_name || r.info.run_id) },
+        { id: "status", label: "Status", cell: (r) => S.statusBadge(r.info.status) },
+        { id: "start", label: "Started", cell: (r) => (r.info.start_time == null ? "—"
+          : h("time", { datetime: new Date(r.info.start_time).toISOString() }, S.fmtTime(r.info.start_time))) },
+        { id: "duration", label: "Duration", num: true, title: "Not sortable on the server; sort by Started instead",
+          cell: (r) => S.fmtDuration(S.runDurationMs(r.info)) },
+        ...pKeys.map((k, i) => ({
+          id: `p:${k}`, label: k, title: `param ${k}`, cls: i === 0 ? "param first-of-group" : "param",
+          cell: (r) => r.data?.params?.[k] ?? "",
+        })),
+        ...mKeys.map((k, i) => ({
+          id: `m:${k}`, label: k, title: `metric ${k}: latest value`, num: true,
+          cls: i === 0 ? "metric first-of-group" : "metric",
+          cell: (r) => {
+            const m = r.data?.metrics?.[k];
+            return m ? h("span", { title: `step ${m.step}` }, S.fmtValue(m.value)) : "";
+          },
+        })),
+      ];
+
+      const ids = runs.map((r) => r.info.run_id);
+      const onPage = ids.filter((id) => st.sel.has(id)).length;
+      const all = h("input", {
+        type: "checkbox", "aria-label": "Select all runs on this page", "data-testid": "select-page",
+        checked: runs.length > 0 && onPage === runs.length,
+      });
+      all.indeterminate = onPage > 0 && onPage < runs.length;
+      all.addEventListener("change", () => {
+        for (const id of ids) {
+          if (all.checked) st.sel.add(id);
+          else st.sel.delete(id);
+        }
+        selectionChanged();
+        renderTable();
+        holder.querySelector("[data-testid=select-page]")?.focus();
+      });
+
+      const groups = pKeys.length || mKeys.length ? h("tr", { class: "groups" },
+        h("th", { colspan: 5, scope: "colgroup" }),
+        pKeys.length ? h("th", { colspan: pKeys.length, scope: "colgroup", class: "first-of-group" }, "Params") : null,
+        mKeys.length ? h("th", { colspan: mKeys.length, scope: "colgroup", class: "first-of-group" }, "Metrics") : null) : null;
+
+      const rows = runs.map((r) => {
+        const id = r.info.run_id;
+        const box = h("input", {
+          type: "checkbox", checked: st.sel.has(id), "data-testid": "select-run",
+          "aria-label": `Select run ${r.info.run_name || id}`,
+        });
+        const tr = h("tr", { "data-run-id": id, class: st.sel.has(id) ? "selected" : null },
+          h("td", { class: "check" }, box),
+          columns.map((c) => h("td", { class: [c.num ? "num" : "", c.cls || ""].join(" ").trim() || null }, c.cell(r))));
+        box.addEventListener("change", () => {
+          if (box.checked) st.sel.add(id);
+          else st.sel.delete(id);
+          tr.classList.toggle("selected", box.checked);
+          const n = ids.filter((x) => st.sel.has(x)).length;
+          all.checked = n === ids.length;
+          all.indeterminate = n > 0 && n < ids.length;
+          selectionChanged();
+        });
+        return tr;
+      });
+
+      let empty = null;
+      if (!rows.length) {
+        empty = st.filter ? "No run matches the filter." : st.pageNo > 1 ? "No more runs." : "No runs in this experiment yet.";
+      }
+      holder.replaceChildren(h("table", { class: "grid runs-grid", "data-testid": "runs-table" },
+        h("thead", null, groups,
+          h("tr", null, h("th", { scope: "col", class: "check" }, all), columns.map(header))),
+        h("tbody", null, rows.length ? rows
+          : h("tr", { class: "empty" }, h("td", { colspan: columns.length + 1 }, empty)))));
+    }
+
+    // --- columns menu
+
+    function renderColumnsMenu() {
+      const k = keys || keysOf(runs);
+      const shown = new Set(columnsShown());
+      const needle = h("input", {
+        type: "search", class: "search", placeholder: "Find a key", "aria-label": "Find a column key",
+      });
+      const toggle = (id, on) => {
+        const list = columnsShown().filter((c) => c !== id);
+        if (on) list.push(id);
+        // Params first, then metrics, each in key order.
+        const order = (c) => (c.startsWith("p:") ? 0 : 1);
+        st.cols = list.sort((a, b) => order(a) - order(b) || S.collator.compare(a.slice(2), b.slice(2)));
+        writeUrl();
+        renderTable();
+        columnsSummary.textContent = `Columns (${st.cols.length})`;
+      };
+      const group = (label, kind, list) => h("fieldset", { class: "columns-group" },
+        h("legend", null, `${label} (${list.length})`),
+        list.length ? list.map((key) => {
+          const id = `${kind}:${key}`;
+          const box = h("input", { type: "checkbox", checked: shown.has(id), "data-col": id });
+          box.addEventListener("change", () => toggle(id, box.checked));
+          return h("label", { class: "check-row", "data-key": key }, box, h("span", { class: "mono" }, key));
+        }) : h("p", { class: "muted" }, "None."));
+      const lists = h("div", { class: "columns-lists" },
+        group("Params", "p", k.params), group("Metrics", "m", k.metrics));
+      needle.addEventListener("input", () => {
+        const n = needle.value.trim().toLowerCase();
+        for (const row of lists.querySelectorAll(".check-row")) row.hidden = n !== "" && !row.dataset.key.toLowerCase().includes(n);
+      });
+      const reset = h("button", {
+        type: "button", class: "btn-small", onclick: () => {
+          st.cols = null;
+          writeUrl();
+          renderTable();
+          renderColumnsMenu();
+        },
+      }, "Default columns");
+      columnsSummary.textContent = `Columns (${shown.size})`;
+      columnsBody.replaceChildren(h("div", { class: "columns-head" }, needle, reset), lists);
+      if (!keys) columnsBody.append(h("p", { class: "muted small" }, "Keys of this page's runs."));
+    }
+
+    // Every param and metric key of the experiment, for the chooser (one SQL query on the views).
+    function loadKeys() {
+      columnsMenu.dataset.loading = "1";
+      const inExp = `run_id IN (SELECT run_id FROM runs WHERE experiment_id = ${sqlString(expId)})`;
+      return S.postJson(page, "/sql", {
+        query: `SELECT 'p' AS kind, key FROM params WHERE ${inExp} GROUP BY key
+                UNION ALL SELECT 'm', key FROM latest_metrics WHERE ${inExp} GROUP BY key`,
+        max_rows: 20000,
+      }).then((r) => {
+        const p = [];
+        const m = [];
+        for (const [kind, key] of r.rows) (kind === "p" ? p : m).push(key);
+        keys = { params: p.sort(S.collator.compare), metrics: m.sort(S.collator.compare) };
+      }, (err) => {
+        if (err.name !== "AbortError") console.warn("steppe: could not list the experiment's keys", err);
+      }).finally(() => {
+        delete columnsMenu.dataset.loading;
+      });
+    }
+
+    selectionChanged();
+    let missing = false;
+    page.api(`/experiments/${enc(expId)}`).then((d) => {
+      experiment = d.experiment;
+      S.setTitle(experiment.name);
+      title.textContent = experiment.name;
+      crumbName.textContent = experiment.name;
+      const n = experiment.run_count;
+      count.textContent = `${n.toLocaleString("en-US")} run${n === 1 ? "" : "s"}`;
+      renderPager();
+    }, (err) => {
+      if (!page.alive || err.name === "AbortError") return;
+      missing = true;
+      loadSeq++; // a search answer must not cover the error
+      filterForm.hidden = selBar.hidden = pager.hidden = columnsMenu.hidden = true;
+      holder.replaceChildren(S.errorBox(err, "Experiment"));
+    });
+    // The table waits for the key list only to pick default columns; with ?cols= it need not.
+    const keysLoaded = loadKeys();
+    keysLoaded.then(() => page.alive && !missing && (keys || searched) && renderColumnsMenu());
+    (st.cols ? Promise.resolve() : keysLoaded).then(() => page.alive && !missing && search());
+  }
+
+  S.runsView = runsView;
+})();
