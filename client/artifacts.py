@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from steppe import config, errors
+from steppe import config, errors, http
 from steppe.entities import FileInfo
 
 ARTIFACTS_PATH = "/api/steppe/v1/artifacts"
@@ -36,7 +36,7 @@ def _open(request: urllib.request.Request, timeout_s: float) -> Any:
     """urlopen with steppe's error mapping: the server's error_code becomes its steppe error;
     an unreachable server is ServerUnavailable."""
     try:
-        return urllib.request.urlopen(request, timeout=timeout_s)
+        return http.urlopen(request, timeout_s)
     except urllib.error.HTTPError as exc:
         try:
             body = json.loads(exc.read())

@@ -13,8 +13,12 @@ import select
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from steppe import __version__, config
+
+if TYPE_CHECKING:
+    from steppe.server import ServerOptions
 
 EXIT_LOCKED = 3
 
@@ -61,6 +65,19 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="stop after this many seconds with no clients (default: never)",
     )
+    server.add_argument(
+        "--token",
+        default=None,
+        help="require this bearer token from every client (default: $STEPPE_TOKEN; "
+        "clients set STEPPE_TOKEN or MLFLOW_TRACKING_TOKEN)",
+    )
+    server.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=None,
+        help="PEM certificate chain: serve HTTPS and gRPC over TLS",
+    )
+    server.add_argument("--tls-key", type=Path, default=None, help="PEM private key for --tls-cert")
     server.add_argument(
         "--background",
         action="store_true",
@@ -132,18 +149,10 @@ def _setup_logging() -> None:
     )
 
 
-def _run_server(
-    data_dir: Path,
-    host: str,
-    http_port: int,
-    grpc_port: int,
-    idle_timeout_s: float | None,
-    on_ready: object = None,
-) -> int:
+def _run_server(options: ServerOptions, on_ready: object = None) -> int:
     from steppe.lock import DataDirLocked
-    from steppe.server import ServerOptions, serve
+    from steppe.server import serve
 
-    options = ServerOptions(data_dir, host, http_port, grpc_port, idle_timeout_s)
     try:
         asyncio.run(serve(options, on_ready))  # type: ignore[arg-type]
     except DataDirLocked as exc:
@@ -167,8 +176,23 @@ def _server(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    return _run_server(
-        data_dir, args.host, args.http_port, args.grpc_port, args.idle_timeout_s, ready
+    return _run_server(_server_options(data_dir, args), ready)
+
+
+def _server_options(data_dir: Path, args: argparse.Namespace) -> ServerOptions:
+    from steppe.server import ServerOptions
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise SystemExit("steppe: --tls-cert and --tls-key go together")
+    return ServerOptions(
+        data_dir,
+        args.host,
+        args.http_port,
+        args.grpc_port,
+        args.idle_timeout_s,
+        token=args.token or config.token(),
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
 
 
@@ -192,9 +216,7 @@ def _background(data_dir: Path, args: argparse.Namespace) -> int:
             os.write(write_fd, b"ok")
             os.close(write_fd)
 
-        code = _run_server(
-            data_dir, args.host, args.http_port, args.grpc_port, args.idle_timeout_s, ready
-        )
+        code = _run_server(_server_options(data_dir, args), ready)
         os._exit(code)
     os.close(write_fd)
     deadline = time.monotonic() + config.server_start_timeout_s()
@@ -262,7 +284,9 @@ def _ui(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-        return _run_server(data_dir, args.host, args.port, 0, None, ready)
+        from steppe.server import ServerOptions
+
+        return _run_server(ServerOptions(data_dir, args.host, args.port, 0), ready)
     print(
         f"steppe UI: {owner.http_url}  (served by the steppe server pid {owner.pid} "
         f"that owns {data_dir}; Ctrl-C to stop)",

@@ -34,6 +34,16 @@ def _int(name: str, default: int) -> int:
         raise ValueError(f"{name}={raw!r} is not an integer") from None
 
 
+def token() -> str | None:
+    """STEPPE_TOKEN, else MLFLOW_TRACKING_TOKEN: the bearer token for a server that wants one."""
+    return os.environ.get("STEPPE_TOKEN") or os.environ.get("MLFLOW_TRACKING_TOKEN") or None
+
+
+def tls_ca_file() -> str | None:
+    """STEPPE_TLS_CA: a CA bundle (PEM) to trust for https:// servers; default: the system's."""
+    return os.environ.get("STEPPE_TLS_CA") or None
+
+
 def tracking_uri() -> str | None:
     """STEPPE_TRACKING_URI, else MLFLOW_TRACKING_URI; None means the local data dir."""
     return os.environ.get("STEPPE_TRACKING_URI") or os.environ.get("MLFLOW_TRACKING_URI") or None

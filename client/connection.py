@@ -17,7 +17,8 @@ from typing import Any
 
 import grpc
 
-from steppe import config, errors, wire
+from steppe import config, errors, http, wire
+from steppe.channel import open_channel
 from steppe.discovery import Endpoint, local_data_dir, resolve
 from steppe.journal import ResilientUnary, run_op
 from steppe.sender import Sender
@@ -67,14 +68,7 @@ class Connection:
 
     def _open_channel(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
-        self.channel = grpc.insecure_channel(
-            endpoint.grpc_target,
-            options=[
-                ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-                ("grpc.keepalive_time_ms", 30_000),
-            ],
-        )
+        self.channel = open_channel(endpoint)
         self.stub = wire.IngestStub(self.channel)  # type: ignore[no-untyped-call]
         self._wire_unary = wire.Unary(self.stub, timeout_s=config.connect_timeout_s())
 
@@ -164,7 +158,7 @@ def post(url: str, body: dict[str, Any], timeout_s: float | None = None) -> byte
 def _fetch(request: urllib.request.Request, timeout_s: float | None) -> bytes:
     timeout = config.connect_timeout_s() if timeout_s is None else timeout_s
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with http.urlopen(request, timeout) as response:
             data: bytes = response.read()
             return data
     except urllib.error.HTTPError as exc:

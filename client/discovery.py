@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from steppe import config, errors
+from steppe import config, errors, http
 from steppe.lock import live_owner
 
 SERVER_INFO_PATH = "/api/steppe/v1/server-info"
@@ -71,7 +71,7 @@ def remote(url: str) -> Endpoint:
 
 def fetch_json(url: str, timeout_s: float) -> dict[str, Any]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        with http.urlopen(url, timeout_s) as response:
             data: dict[str, Any] = json.loads(response.read())
             return data
     except urllib.error.HTTPError as exc:

@@ -4,6 +4,7 @@
     ├── InvalidParameterValue        bad input: names the field, the value and the rule (HTTP 400)
     ├── ResourceDoesNotExist         unknown experiment, run, ... (HTTP 404)
     ├── ResourceAlreadyExists        e.g. an experiment name taken (HTTP 400)
+    ├── Unauthenticated              the server wants a token we did not send (or not this one)
     ├── ServerUnavailable            the server cannot be reached or started
     └── FlushTimeout                 points not acked in time; says where they are
 
@@ -59,6 +60,11 @@ class ResourceAlreadyExists(SteppeError):
     http_status = 400
 
 
+class Unauthenticated(SteppeError):
+    error_code = "UNAUTHENTICATED"
+    http_status = 401
+
+
 class ServerUnavailable(SteppeError):
     error_code = "TEMPORARILY_UNAVAILABLE"
     http_status = 503
@@ -74,7 +80,10 @@ MlflowException = SteppeError
 #: error_code -> exception class, for errors that cross the wire.
 BY_CODE: dict[str, type[SteppeError]] = {
     cls.error_code: cls
-    for cls in (SteppeError, ResourceDoesNotExist, ResourceAlreadyExists, ServerUnavailable)
+    for cls in (
+        SteppeError, ResourceDoesNotExist, ResourceAlreadyExists, ServerUnavailable,
+        Unauthenticated,
+    )
 }
 
 

@@ -27,10 +27,12 @@ class Owner:
     host: str
     http_port: int
     grpc_port: int
+    tls: bool = False
 
     @property
     def http_url(self) -> str:
-        return f"http://{_url_host(self.host)}:{self.http_port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{_url_host(self.host)}:{self.http_port}"
 
 
 def _url_host(host: str) -> str:
@@ -55,7 +57,11 @@ def _read(path: Path) -> Owner | None:
     try:
         raw: dict[str, Any] = json.loads(path.read_text() or "{}")
         return Owner(
-            int(raw["pid"]), str(raw["host"]), int(raw["http_port"]), int(raw["grpc_port"])
+            int(raw["pid"]),
+            str(raw["host"]),
+            int(raw["http_port"]),
+            int(raw["grpc_port"]),
+            bool(raw.get("tls", False)),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None  # absent, empty or half-written: nobody is ready yet
@@ -91,6 +97,7 @@ class OwnerLock:
                 "host": owner.host,
                 "http_port": owner.http_port,
                 "grpc_port": owner.grpc_port,
+                "tls": owner.tls,
             }
         ).encode()
         os.ftruncate(self._fd, 0)

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import signal
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,9 @@ class ServerOptions:
     grpc_port: int = 5001
     idle_timeout_s: float | None = None  # None: run until signalled
     grace_s: float = 10.0
+    token: str | None = None  # required from every client when set
+    tls_cert: Path | None = None  # PEM certificate chain; with tls_key, serve TLS
+    tls_key: Path | None = None
 
 
 async def serve(options: ServerOptions, on_ready: Callable[[Owner], None] | None = None) -> None:
@@ -56,19 +60,27 @@ async def serve(options: ServerOptions, on_ready: Callable[[Owner], None] | None
 async def _serve_locked(
     options: ServerOptions, lock: OwnerLock, on_ready: Callable[[Owner], None] | None
 ) -> None:
-    if options.host not in _LOOPBACK:
+    if options.host not in _LOOPBACK and not options.token:
         log.warning(
-            "binding %s: steppe has no authentication yet, so anyone who can reach this "
-            "address can read and write your runs",
+            "binding %s without a token: anyone who can reach this address can read and "
+            "write your runs (set STEPPE_TOKEN or --token)",
             options.host,
         )
+    elif options.host not in _LOOPBACK and options.tls_cert is None:
+        log.warning("binding %s without TLS: the token travels in clear text", options.host)
+    tls = None
+    ssl_context = None
+    if options.tls_cert is not None and options.tls_key is not None:
+        tls = (options.tls_key.read_bytes(), options.tls_cert.read_bytes())
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.load_cert_chain(options.tls_cert, options.tls_key)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
     ingestor = Ingestor(DataDir.at(options.data_dir))
-    grpc_port = await ingestor.start(options.host, options.grpc_port)
+    grpc_port = await ingestor.start(options.host, options.grpc_port, token=options.token, tls=tls)
     last_http = time.monotonic()
 
     def touch() -> None:
@@ -89,17 +101,18 @@ async def _serve_locked(
             on_activity=touch,
             metric_writer=ingestor,
             artifacts=ArtifactStore.local(ingestor.data_dir.artifacts_dir),
+            token=options.token,
         ),
         access_log=None,
         handle_signals=False,
     )
     try:
         await runner.setup()
-        site = web.TCPSite(runner, options.host, options.http_port)
+        site = web.TCPSite(runner, options.host, options.http_port, ssl_context=ssl_context)
         await site.start()
         http_port = int(runner.addresses[0][1])
         server_info["http_port"] = http_port
-        owner = Owner(os.getpid(), options.host, http_port, grpc_port)
+        owner = Owner(os.getpid(), options.host, http_port, grpc_port, tls is not None)
         lock.publish(owner)
         log.info(
             "steppe server %s: data dir %s, UI and API at %s, gRPC on port %d",

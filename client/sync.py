@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 
 from steppe import config, errors, wire
+from steppe.channel import open_channel
 from steppe.discovery import resolve
 from steppe.journal import run_op
 from steppe.spool import Orphan, orphans
@@ -48,13 +49,7 @@ def replay(orphan: Orphan, timeout_s: float) -> Delivery | None:
             return Delivery(orphan.dir, orphan.tracking_uri, 0, 0)
         endpoint = resolve(orphan.tracking_uri)
         last_seq = records[-1].seq if records else 0
-        with grpc.insecure_channel(
-            endpoint.grpc_target,
-            options=[
-                ("grpc.max_send_message_length", 64 << 20),
-                ("grpc.max_receive_message_length", 64 << 20),
-            ],
-        ) as channel:
+        with open_channel(endpoint) as channel:
             stub = wire.IngestStub(channel)  # type: ignore[no-untyped-call]
             unary = wire.Unary(stub, timeout_s=timeout_s)
             for op in ops:  # runs must exist before their points arrive

@@ -219,6 +219,8 @@ def error_from_rpc(exc: grpc.RpcError) -> errors.SteppeError:
     for key, value in (exc.trailing_metadata() or ()) if hasattr(exc, "trailing_metadata") else ():
         if key == "steppe-error-code":
             error_code = value if isinstance(value, str) else value.decode()
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return errors.Unauthenticated(details or "the server wants a token (STEPPE_TOKEN)")
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return errors.ServerUnavailable(f"steppe server unavailable ({code.name}): {details}")
     return errors.from_code(

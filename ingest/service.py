@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import grpc
 import pyarrow as pa
 
+from steppe import auth
 from steppe.errors import (
     InvalidParameterValue,
     ResourceDoesNotExist,
@@ -376,6 +377,40 @@ class IngestServicer(wire.IngestServicerBase):
 # -- the owner ----------------------------------------------------------------------------
 
 
+class _TokenInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses calls without the server's bearer token (UNAUTHENTICATED), in constant time."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        presented = next(
+            (v for k, v in (details.invocation_metadata or ()) if k == auth.HEADER), None
+        )
+        if auth.matches(self._token, presented):
+            return await continuation(details)
+        handler = await continuation(details)
+        return _deny(handler)
+
+
+def _deny(handler: Any) -> Any:
+    async def abort(request: Any, context: Any) -> Any:
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "missing or wrong token: set STEPPE_TOKEN to the server's token",
+        )
+
+    if handler is None:
+        return None
+    if handler.request_streaming:
+        return grpc.stream_stream_rpc_method_handler(
+            abort, handler.request_deserializer, handler.response_serializer
+        )
+    return grpc.unary_unary_rpc_method_handler(
+        abort, handler.request_deserializer, handler.response_serializer
+    )
+
+
 class Ingestor:
     """Owns the ingest side of one data dir: catalog, metric store, compactor, gRPC server.
 
@@ -426,13 +461,25 @@ class Ingestor:
     def active_streams(self) -> int:
         return len(self.sessions)
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Recover the store, start compaction and serve gRPC; returns the bound port."""
+    async def start(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        token: str | None = None,
+        tls: tuple[bytes, bytes] | None = None,
+    ) -> int:
+        """Recover the store, start compaction and serve gRPC; returns the bound port.
+
+        ``token``: every call must carry ``authorization: Bearer <token>`` metadata.
+        ``tls``: (PEM private key, PEM certificate chain) to serve TLS instead of plaintext.
+        """
         if self._server is not None or self.closing:
             raise RuntimeError("Ingestor.start() may be called once")
         await self.store.open()
         self.compactor.start()
         server = grpc.aio.server(
+            interceptors=[_TokenInterceptor(token)] if token else None,
             options=[
                 ("grpc.max_receive_message_length", self._max_message_bytes),
                 ("grpc.max_send_message_length", self._max_message_bytes),
@@ -443,7 +490,11 @@ class Ingestor:
         wire.add_servicer(IngestServicer(self), server)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
-            bound = int(server.add_insecure_port(address))
+            if tls is not None:
+                credentials = grpc.ssl_server_credentials([tls])
+                bound = int(server.add_secure_port(address, credentials))
+            else:
+                bound = int(server.add_insecure_port(address))
             if bound == 0:
                 raise OSError(f"cannot bind the gRPC port at {address}")
             await server.start()

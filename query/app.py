@@ -26,6 +26,7 @@ import pyarrow as pa
 from aiohttp import web
 from multidict import MultiMapping
 
+from steppe import auth
 from steppe.errors import InvalidParameterValue, ResourceDoesNotExist, SteppeError
 from steppe.ingest.catalog import Catalog, ExperimentRecord, RunRecord
 from steppe.ingest.layout import Snapshot, SnapshotSource
@@ -129,18 +130,23 @@ def make_app(
     sql_time_limit_s: float = DEFAULT_TIME_LIMIT_S,
     metric_writer: MetricWriter | None = None,
     artifacts: ArtifactStore | None = None,
+    token: str | None = None,
 ) -> web.Application:
     """The read side's HTTP app. ``server_info`` is read on every ``/server-info`` request
     (so ports may be filled in after binding); ``on_activity`` is called at the start of
     every request (an idle-shutdown hook). The DuckDB reader, the SQL sandbox and the worker
     threads live from app startup to cleanup; ``sql_time_limit_s`` bounds each user query.
     MLflow's REST API is read-only unless ``metric_writer`` (ingest) is given; artifacts are
-    served from ``artifacts`` when given.
+    served from ``artifacts`` when given. With ``token``, every request but server-info must
+    carry it (``Authorization: Bearer``, or the cookie a ``?token=`` page visit sets).
 
         app = make_app(catalog, store, {"version": "0.1.0", "grpc_port": 5001, ...})
         web.run_app(app, host="127.0.0.1", port=5000)
     """
-    app = web.Application(middlewares=[_error_middleware])
+    middlewares = [_error_middleware]
+    if token:
+        middlewares.insert(0, _auth_middleware(token))
+    app = web.Application(middlewares=middlewares)
     app[CATALOG] = catalog
     app[SNAPSHOT_SOURCE] = source
     app[SERVER_INFO] = server_info
@@ -203,6 +209,40 @@ def _error(status: int, error_code: str, message: str) -> web.Response:
         body=dumps({"error_code": error_code, "message": message}),
         content_type="application/json",
     )
+
+
+_PUBLIC_PATHS = {f"{API_PREFIX}/server-info", "/api/3.0/mlflow/server-info"}
+
+
+def _auth_middleware(token: str) -> Any:
+    """Bearer token for APIs (MLflow's client sends MLFLOW_TRACKING_TOKEN this way); for a
+    browser, ``?token=`` on a page sets an HttpOnly cookie and redirects without it."""
+
+    @web.middleware
+    async def check(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.path in _PUBLIC_PATHS:
+            return await handler(request)
+        if auth.matches(token, request.headers.get("Authorization")) or auth.matches(
+            token, request.cookies.get(auth.COOKIE)
+        ):
+            return await handler(request)
+        if request.method == "GET" and auth.matches(token, request.query.get("token")):
+            query = {k: v for k, v in request.query.items() if k != "token"}
+            response = web.HTTPFound(request.rel_url.with_query(query))
+            response.set_cookie(auth.COOKIE, token, httponly=True, samesite="Strict",
+                                secure=request.secure)
+            raise response
+        return web.json_response(
+            {"error_code": "UNAUTHENTICATED",
+             "message": "this steppe server needs a token: send 'Authorization: Bearer "
+                        "<token>' (STEPPE_TOKEN / MLFLOW_TRACKING_TOKEN), or open the URL "
+                        "the server printed, which carries ?token="},
+            status=401,
+        )
+
+    return check
 
 
 @web.middleware

@@ -93,7 +93,7 @@ def start_server(data_dir: Path, *extra_args: str) -> ServerProcess:
             continue
         if line is None:
             raise AssertionError("steppe server exited:\n" + "".join(output))
-        match = re.search(r"listening on (http://\S+) \(gRPC port (\d+)\)", line)
+        match = re.search(r"listening on (https?://\S+) \(gRPC port (\d+)\)", line)
         if match:
             return ServerProcess(proc, data_dir, match.group(1), int(match.group(2)), output)
 
