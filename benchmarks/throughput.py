@@ -29,7 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import Server, cpu_seconds, disk_bytes, peak_rss_mib, percentiles_ns, table
 
-WORKLOADS = ["w1-call", "w1-dict", "w1-bulk", "w2", "mlflow"]
+WORKLOADS = ["w1-call", "w1-dict", "w1-bulk", "w2", "w1-down", "mlflow"]
 
 
 def curve(steps: int, seed: int) -> array:  # type: ignore[type-arg]
@@ -103,6 +103,54 @@ def client_w1(uri: str, mode: str, keys: int, steps: int) -> dict[str, Any]:
         **percentiles_ns(latencies[:j], overhead),
         "client_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "wall_start": time.time() - (time.perf_counter() - start),
+    }
+
+
+def client_down(spool: str, keys: int, steps: int) -> dict[str, Any]:
+    """W1 per-call with no server at all: what the training loop pays while it is down."""
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(
+        STEPPE_SPOOL_DIR=spool, STEPPE_CONNECT_TIMEOUT_S="0.5", STEPPE_FLUSH_TIMEOUT_S="0"
+    )
+    import steppe
+
+    steppe.set_tracking_uri(f"http://127.0.0.1:{port}")
+    names = [f"metric_{k}" for k in range(keys)]
+    series = [curve(steps, seed=k) for k in range(keys)]
+    (first, first_values), rest = (
+        (names[0], series[0]),
+        list(zip(names[1:], series[1:], strict=True)),
+    )
+    steppe.start_run()
+    overhead = _timer_overhead_ns()
+    pc = time.perf_counter_ns
+    log_metric = steppe.log_metric
+    latencies = array("q", bytes(8 * steps))
+    start = time.perf_counter()
+    for step in range(steps):
+        value = first_values[step]
+        t0 = pc()
+        log_metric(first, value, step)
+        latencies[step] = pc() - t0
+        for name, values in rest:
+            log_metric(name, values[step], step)
+    loop_s = time.perf_counter() - start
+    from steppe.connection import connect
+
+    sender = connect(steppe.get_tracking_uri()).sender
+    sender.encode_pending()
+    spooled = sum(p.stat().st_size for p in Path(spool).rglob("*.spool"))
+    return {
+        "points": steps * keys,
+        "loop_s": loop_s,
+        "unacked": sender.unacked_points(),
+        "spool_mib": spooled / 2**20,
+        **percentiles_ns(latencies, overhead),
+        "client_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 
@@ -246,6 +294,18 @@ def run_steppe(name: str, keys: int, steps: int, procs: int) -> dict[str, Any]:
         return row
 
 
+def run_down(keys: int, steps: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="steppe-down-") as tmp:
+        result = _child(["w1-down", tmp, str(keys), str(steps)])
+    return {
+        "workload": "w1-call, server down",
+        "points": result["points"],
+        "stored": result["points"] if result["unacked"] == result["points"] else -1,
+        "points_per_s": result["points"] / result["loop_s"],
+        **{k: result[k] for k in ("median_ns", "p99_ns", "p999_ns", "client_rss_mib")},
+    }
+
+
 def run_mlflow(keys: int, steps: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="mlflow-bench-") as tmp:
         result = _child(["mlflow", tmp, str(keys), str(steps)])
@@ -269,6 +329,10 @@ def main() -> int:
         kind, target, keys, steps = args.child
         if kind == "mlflow":
             result = client_mlflow(target, int(keys), int(steps))
+        elif kind == "w1-down":
+            result = client_down(target, int(keys), int(steps))
+            print(json.dumps(result), flush=True)
+            os._exit(0)  # skip the exit-time flush: there is no server to wait for
         elif kind == "w1-bulk":
             result = client_bulk(target, int(keys), int(steps))
         else:
@@ -282,6 +346,7 @@ def main() -> int:
         "w1-dict": (10, 2_000 if smoke else 100_000, 1),
         "w1-bulk": (10, 10_000 if smoke else 1_000_000, 1),
         "w2": (10, 1_000 if smoke else 200_000, 2 if smoke else 8),
+        "w1-down": (10, 2_000 if smoke else 100_000, 1),
         "mlflow": (10, 200 if smoke else 10_000, 1),
     }
     rows = []
@@ -292,7 +357,12 @@ def main() -> int:
             file=sys.stderr,
             flush=True,
         )
-        row = run_mlflow(keys, steps) if name == "mlflow" else run_steppe(name, keys, steps, procs)
+        if name == "mlflow":
+            row = run_mlflow(keys, steps)
+        elif name == "w1-down":
+            row = run_down(keys, steps)
+        else:
+            row = run_steppe(name, keys, steps, procs)
         rows.append(row)
         if args.json:
             print(json.dumps(row), flush=True)
