@@ -2,6 +2,8 @@
 
 Owns the WAL and the metrics files of one data dir and runs on the server's event loop; Parquet
 writing, fsyncs and recovery reads run in worker threads. It does not validate input or speak gRPC.
+Points stay dictionary-encoded (wire.DICT_METRICS_SCHEMA) from decode to Parquet: series are
+sorted and grouped by integer codes, never by comparing strings per point.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import time
 from collections import deque
@@ -42,13 +45,19 @@ from steppe.ingest.wal import (
 
 __all__ = [
     "LATEST_SEGMENT_KEY",
+    "MAX_TAIL_BYTES",
+    "TAIL_SCHEMA",
     "MetricStore",
     "Part",
     "StoreClosed",
+    "as_dictionary_table",
     "fold_latest",
     "points_as_latest",
     "read_latest_file",
+    "read_metrics_file",
+    "read_metrics_file_encoded",
     "sort_metrics",
+    "summarize_points",
     "write_latest_file",
     "write_metrics_file",
 ]
@@ -60,14 +69,31 @@ LATEST_SEGMENT_KEY = b"steppe.last_segment"
 #: Rows per Parquet row group: big enough for good compression and few footers, small
 #: enough that DuckDB parallelises over a 1M-row flush and prunes by run_id/key statistics.
 ROW_GROUP_ROWS = 256 * 1024
-_SORT_KEYS = [
-    ("run_id", "ascending"),
-    ("key", "ascending"),
-    ("step", "ascending"),
-    ("timestamp", "ascending"),
-]
+#: Rows per data page. BYTE_STREAM_SPLIT puts each byte of the values in its own stream; at
+#: the writer's default (20,000 rows) a zstd block mixes the random low bytes with the
+#: compressible sign/exponent bytes, so noisy float curves cost ~7.06 bytes/value instead
+#: of ~6.92 at 128k rows (measured on benchmarks/throughput.py's curves).
+PAGE_ROWS = 128 * 1024
+#: In-memory schema of tail chunks and of sorted flush output (see wire.DICT_METRICS_SCHEMA).
+TAIL_SCHEMA = wire.DICT_METRICS_SCHEMA
+#: A row group's dictionary page holds the whole Arrow dictionary it is given; above this
+#: many entries the writer gets only the entries that row group uses.
+_COMPACT_DICTIONARY_ABOVE = 1024
+#: Default byte bound on the tail plus in-flight batches (see MetricStore). Points cost about
+#: 32 bytes in the tail (dictionary-encoded) and 64 in flight (table + WAL payload); a
+#: flush briefly holds a sorted copy of what it writes on top.
+MAX_TAIL_BYTES = 192 << 20
+#: Unfolded latest summaries (rows) kept before folding them into the running summary, which
+#: otherwise waits for a snapshot or for them to outnumber its own rows.
+_FOLD_AFTER_ROWS = 4096
+#: Batches whose dictionaries allow at most this many series are summarised slice by slice
+#: after a sort by series; larger ones by a hash group-by.
+_FEW_SERIES = 64
+#: Per-batch series lookup tables are dense (one entry per run x key pair) up to this size.
+_DENSE_SERIES_LIMIT = 4096
 _PARQUET_OPTIONS: dict[str, object] = {
     "compression": "zstd",
+    "compression_level": 3,
     "use_dictionary": ["run_id", "key"],
     "column_encoding": {
         "step": "DELTA_BINARY_PACKED",
@@ -76,6 +102,11 @@ _PARQUET_OPTIONS: dict[str, object] = {
     },
     "write_statistics": True,
     "sorting_columns": [pq.SortingColumn(i) for i in range(4)],
+    "max_rows_per_page": PAGE_ROWS,
+    "data_page_size": 16 << 20,
+    # Plain Parquet strings on read (no Arrow schema saying "dictionary"): pandas, DuckDB
+    # and pyarrow see the same types as for a file written from string columns.
+    "store_schema": False,
 }
 
 
@@ -91,13 +122,21 @@ class Part:
     last: int
     path: Path
     size: int
+    #: Points in the file (-1: unknown, its footer was unreadable).
+    rows: int = -1
 
     @classmethod
     def at(cls, path: Path) -> Part | None:
+        """The part a committed file name describes (reads the footer: not on the loop)."""
         match = METRICS_FILE_RE.match(path.name)
         if match is None:
             return None
-        return cls(int(match.group(1)), int(match.group(2)), path, path.stat().st_size)
+        try:
+            rows = pq.read_metadata(path).num_rows
+        except Exception as exc:  # a damaged file is still a part; it is never compacted
+            logger.warning("cannot read the footer of %s: %s", path.name, exc)
+            rows = -1
+        return cls(int(match.group(1)), int(match.group(2)), path, path.stat().st_size, rows)
 
     def covers(self, other: Part) -> bool:
         return self is not other and self.first <= other.first and other.last <= self.last
@@ -128,21 +167,183 @@ def _commit_file(write: Callable[[Path], None], final: Path) -> None:
     fsync_dir(final.parent)
 
 
+def as_dictionary_table(table: pa.Table) -> pa.Table:
+    """``table`` (METRICS_SCHEMA or TAIL_SCHEMA columns) with run_id and key dictionary-encoded."""
+    if table.schema.equals(TAIL_SCHEMA):
+        return table
+    columns = []
+    for target in TAIL_SCHEMA:
+        column = table.column(target.name)
+        if pa.types.is_dictionary(target.type) and not pa.types.is_dictionary(column.type):
+            column = pc.dictionary_encode(column)
+        columns.append(column.cast(target.type))
+    return pa.Table.from_arrays(columns, schema=TAIL_SCHEMA)
+
+
+def _is_sorted(values: pa.Array) -> bool:
+    if len(values) < 2:
+        return True
+    return not pc.any(pc.less(values.slice(1), values.slice(0, len(values) - 1))).as_py()
+
+
+def _in_step_order(step: pa.Array, timestamp: pa.Array, same: pa.Array | None = None) -> bool:
+    """Whether consecutive rows never go back in (step, timestamp); with ``same``, only
+    pairs whose ``same`` is true (the same series) count."""
+    n = len(step)
+    if n < 2:
+        return True
+    s0, s1 = step.slice(0, n - 1), step.slice(1)
+    back = pc.or_(
+        pc.less(s1, s0),
+        pc.and_(pc.equal(s1, s0), pc.less(timestamp.slice(1), timestamp.slice(0, n - 1))),
+    )
+    if same is not None:
+        back = pc.and_(back, same)
+    return not pc.any(back).as_py()
+
+
+def _series_codes(
+    batches: Sequence[pa.RecordBatch],
+) -> tuple[list[pa.Array], list[tuple[str, str]]]:
+    """For each batch an int32 array of series ids (one per row) and, per id, its
+    (run_id, key): ids are shared across batches whatever their dictionaries."""
+    series: dict[tuple[str, str], int] = {}
+    ids: list[pa.Array] = []
+    for batch in batches:
+        run, key = batch.column(0), batch.column(1)
+        runs, keys = run.dictionary.to_pylist(), key.dictionary.to_pylist()
+        nr, nk = len(runs), len(keys)
+        if nr == 1 or nk == 1 or nr * nk <= _DENSE_SERIES_LIMIT:
+            # Client batches: one run, a few keys. Pairs a batch does not use get ids too,
+            # which only costs an unused entry.
+            lut = pa.array(
+                [series.setdefault((r, k), len(series)) for r in runs for k in keys], pa.int32()
+            )
+            if nr == 1:
+                code = key.indices
+            elif nk == 1:
+                code = run.indices
+            else:
+                code = pc.add(pc.multiply(run.indices, nk), key.indices)
+            ids.append(pc.take(lut, code))
+        else:
+            code = pc.add(
+                pc.multiply(run.indices.cast(pa.int64()), nk), key.indices.cast(pa.int64())
+            )
+            used = pc.unique(code)
+            lut = pa.array(
+                [
+                    series.setdefault((runs[c // nk], keys[c % nk]), len(series))
+                    for c in used.to_pylist()
+                ],
+                pa.int32(),
+            )
+            ids.append(pc.take(lut, pc.index_in(code, used)))
+    return ids, list(series)
+
+
 def sort_metrics(table: pa.Table) -> pa.Table:
-    """Sorted by (run_id, key, step, timestamp); stable, so equal points keep arrival order."""
-    return table.take(pc.sort_indices(table, sort_keys=_SORT_KEYS))
+    """Sorted by (run_id, key, step, timestamp); stable, so equal points keep arrival order.
+
+    Returns TAIL_SCHEMA columns with one sorted dictionary per column. Series are ranked
+    once (a Python sort of the distinct (run_id, key) pairs), rows are sorted by the
+    int32 rank, and the usual case (each series already in step order, as loggers send
+    it) needs no comparison of step or timestamp beyond one linear check.
+    """
+    table = as_dictionary_table(table)
+    batches = [b for b in table.to_batches() if b.num_rows]
+    if not batches:
+        return TAIL_SCHEMA.empty_table()
+    ids, names = _series_codes(batches)
+    order = sorted(range(len(names)), key=names.__getitem__)
+    rank_of_id = [0] * len(names)
+    for rank, series_id in enumerate(order):
+        rank_of_id[series_id] = rank
+    rank_lut = pa.array(rank_of_id, pa.int32())
+    rank = pa.concat_arrays([pc.take(rank_lut, i) for i in ids])
+    step = pa.chunked_array([b.column(2) for b in batches], pa.int64())
+    timestamp = pa.chunked_array([b.column(3) for b in batches], pa.int64())
+    value = pa.chunked_array([b.column(4) for b in batches], pa.float64())
+    if not _is_sorted(rank):
+        perm = pc.sort_indices(rank)  # stable
+        rank, step, timestamp = rank.take(perm), step.take(perm), timestamp.take(perm)
+        value = value.take(perm)
+    n = len(rank)
+    same = pc.equal(rank.slice(1), rank.slice(0, n - 1)) if n > 1 else None
+    if not _in_step_order(step, timestamp, same):
+        perm = pc.sort_indices(
+            pa.table({"rank": rank, "step": step, "timestamp": timestamp}),
+            sort_keys=[("rank", "ascending"), ("step", "ascending"), ("timestamp", "ascending")],
+        )
+        rank, step, timestamp = rank.take(perm), step.take(perm), timestamp.take(perm)
+        value = value.take(perm)
+    # One sorted dictionary per column; each rank points at its run's and key's entry.
+    ranked = [names[series_id] for series_id in order]
+    runs = sorted({r for r, _ in ranked})
+    keys = sorted({k for _, k in ranked})
+    run_at = {r: i for i, r in enumerate(runs)}
+    key_at = {k: i for i, k in enumerate(keys)}
+    run_lut = pa.array([run_at[r] for r, _ in ranked], pa.int32())
+    key_lut = pa.array([key_at[k] for _, k in ranked], pa.int32())
+    return pa.Table.from_arrays(
+        [
+            pa.DictionaryArray.from_arrays(pc.take(run_lut, rank), pa.array(runs, pa.string())),
+            pa.DictionaryArray.from_arrays(pc.take(key_lut, rank), pa.array(keys, pa.string())),
+            step,
+            timestamp,
+            value,
+        ],
+        schema=TAIL_SCHEMA,
+    )
+
+
+def _compact_dictionaries(table: pa.Table) -> pa.Table:
+    """``table`` with each large dictionary cut down to the entries its rows use (the
+    Parquet writer stores a row group's Arrow dictionary whole)."""
+    columns = []
+    changed = False
+    for column in table.columns:
+        if (
+            pa.types.is_dictionary(column.type)
+            and column.num_chunks == 1
+            and len(column.chunk(0).dictionary) > _COMPACT_DICTIONARY_ABOVE
+        ):
+            chunk = column.chunk(0)
+            used = pc.unique(chunk.indices)
+            used = used.take(pc.sort_indices(used))
+            column = pa.chunked_array(
+                [
+                    pa.DictionaryArray.from_arrays(
+                        pc.index_in(chunk.indices, used), chunk.dictionary.take(used)
+                    )
+                ]
+            )
+            changed = True
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=table.schema) if changed else table
 
 
 def write_metrics_file(table: pa.Table, path: Path) -> None:
-    """Durably write an already sorted METRICS_SCHEMA table as an immutable metrics file."""
-    _commit_file(
-        lambda temp: pq.write_table(table, temp, row_group_size=ROW_GROUP_ROWS, **_PARQUET_OPTIONS),
-        path,
-    )
+    """Durably write an already sorted table (METRICS_SCHEMA or TAIL_SCHEMA columns) as an
+    immutable metrics file, one row group at a time."""
+
+    def write(temp: Path) -> None:
+        with pq.ParquetWriter(temp, table.schema, **_PARQUET_OPTIONS) as writer:
+            for offset in range(0, table.num_rows, ROW_GROUP_ROWS):
+                group = _compact_dictionaries(table.slice(offset, ROW_GROUP_ROWS))
+                writer.write_table(group, row_group_size=ROW_GROUP_ROWS)
+
+    _commit_file(write, path)
 
 
 def read_metrics_file(path: Path) -> pa.Table:
     return pq.read_table(path, schema=METRICS_SCHEMA)
+
+
+def read_metrics_file_encoded(path: Path) -> pa.Table:
+    """A metrics file as TAIL_SCHEMA columns (the file's own dictionaries, no strings per row)."""
+    table = pq.read_table(path, columns=METRICS_SCHEMA.names, read_dictionary=["run_id", "key"])
+    return as_dictionary_table(table)
 
 
 # -- latest summary -----------------------------------------------------------------------
@@ -152,8 +353,158 @@ def _empty_latest() -> pa.Table:
     return LATEST_SCHEMA.empty_table()
 
 
+def _nan_to_null(values: pa.Array) -> pa.Array:
+    return pc.if_else(pc.is_nan(values), pa.scalar(None, pa.float64()), values)
+
+
+def _float_or_none(scalar: pa.Scalar) -> float | None:
+    value = scalar.as_py()
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def _summarize_batch(batch: pa.RecordBatch, series_sorted: bool) -> pa.Table:
+    run, key = batch.column(0), batch.column(1)
+    step, timestamp, value = batch.column(2), batch.column(3), batch.column(4)
+    nr, nk = len(run.dictionary), len(key.dictionary)
+    if nr == 1 and nk == 1:
+        # One series (the bulk path): no grouping at all.
+        if series_sorted or _in_step_order(step, timestamp):
+            last = len(step) - 1
+        else:
+            at = pc.equal(step, pc.max(step))
+            at = pc.and_(at, pc.equal(timestamp, pc.max(pc.filter(timestamp, at))))
+            last = pc.indices_nonzero(at)[-1].as_py()
+        low_high = pc.min_max(value)
+        return pa.Table.from_arrays(
+            [
+                pa.array([run.dictionary[0].as_py()], pa.string()),
+                pa.array([key.dictionary[0].as_py()], pa.string()),
+                pa.array([value[last].as_py()], pa.float64()),
+                pa.array([step[last].as_py()], pa.int64()),
+                pa.array([timestamp[last].as_py()], pa.int64()),
+                pa.array([_float_or_none(low_high["min"])], pa.float64()),
+                pa.array([_float_or_none(low_high["max"])], pa.float64()),
+                pa.array([len(step)], pa.int64()),
+            ],
+            schema=LATEST_SCHEMA,
+        )
+    if nr == 1:
+        code = key.indices
+    elif nk == 1:
+        code = run.indices
+    else:
+        code = pc.add(pc.multiply(run.indices.cast(pa.int64()), nk), key.indices.cast(pa.int64()))
+    in_order = series_sorted or _in_step_order(step, timestamp)
+    if in_order and nr * nk <= _FEW_SERIES:
+        return _summarize_few_in_order(run, key, code, step, timestamp, value)
+    rows = pa.table({"code": code, "step": step, "timestamp": timestamp, "value": value})
+    if not in_order:
+        rows = rows.take(
+            pc.sort_indices(rows, sort_keys=[("step", "ascending"), ("timestamp", "ascending")])
+        )
+    # Rows are in (step, timestamp, arrival) order within each series, so an ordered
+    # (single-threaded) group-by's "last" is the latest point.
+    grouped = rows.group_by(["code"], use_threads=False).aggregate(
+        [
+            ("value", "last"),
+            ("step", "last"),
+            ("timestamp", "last"),
+            ("value", "min"),
+            ("value", "max"),
+            ("step", "count"),
+        ]
+    )
+    run_index, key_index = _split_codes(grouped["code"], len(run.dictionary), len(key.dictionary))
+    return pa.Table.from_arrays(
+        [
+            run.dictionary.take(run_index),
+            key.dictionary.take(key_index),
+            grouped["value_last"],
+            grouped["step_last"],
+            grouped["timestamp_last"],
+            _nan_to_null(grouped["value_min"]),
+            _nan_to_null(grouped["value_max"]),
+            grouped["step_count"],
+        ],
+        schema=LATEST_SCHEMA,
+    )
+
+
+def _split_codes(codes: pa.Array, nr: int, nk: int) -> tuple[pa.Array, pa.Array]:
+    """(run index, key index) of series codes made as run_index * nk + key_index."""
+    codes = codes.cast(pa.int64())
+    if nr == 1:
+        return pa.repeat(pa.scalar(0, pa.int64()), len(codes)), codes
+    if nk == 1:
+        return codes, pa.repeat(pa.scalar(0, pa.int64()), len(codes))
+    run_index = pc.divide(codes, nk)
+    return run_index, pc.subtract(codes, pc.multiply(run_index, nk))
+
+
+def _summarize_few_in_order(
+    run: pa.DictionaryArray,
+    key: pa.DictionaryArray,
+    code: pa.Array,
+    step: pa.Array,
+    timestamp: pa.Array,
+    value: pa.Array,
+) -> pa.Table:
+    # Each series' rows run in (step, timestamp) order, so its latest point is its last
+    # row. A stable sort by series code (an integer radix sort) makes each series one
+    # slice: last row, count and a NaN-skipping min_max per slice. About half the cost
+    # of a hash group-by for the few series (keys) of a client batch.
+    perm = pc.sort_indices(code)
+    runs = pc.run_end_encode(code.take(perm))
+    ends = runs.run_ends.to_pylist()
+    ordered_value = value.take(perm)
+    lows: list[float | None] = []
+    highs: list[float | None] = []
+    counts: list[int] = []
+    start = 0
+    for end in ends:
+        low_high = pc.min_max(ordered_value.slice(start, end - start))
+        lows.append(_float_or_none(low_high["min"]))
+        highs.append(_float_or_none(low_high["max"]))
+        counts.append(end - start)
+        start = end
+    last = perm.take(pa.array([end - 1 for end in ends], pa.int64()))
+    run_index, key_index = _split_codes(runs.values, len(run.dictionary), len(key.dictionary))
+    return pa.Table.from_arrays(
+        [
+            run.dictionary.take(run_index),
+            key.dictionary.take(key_index),
+            value.take(last),
+            step.take(last),
+            timestamp.take(last),
+            pa.array(lows, pa.float64()),
+            pa.array(highs, pa.float64()),
+            pa.array(counts, pa.int64()),
+        ],
+        schema=LATEST_SCHEMA,
+    )
+
+
+def summarize_points(points: pa.Table, *, series_sorted: bool = False) -> pa.Table:
+    """LATEST_SCHEMA summaries of ``points`` (METRICS_SCHEMA or TAIL_SCHEMA columns, in
+    arrival order): at most one row per series per record batch, in arrival order, ready
+    for ``fold_latest``. ``series_sorted``: each series' rows already run in (step,
+    timestamp) order within every batch (a metrics file), so no check is needed.
+
+    Linear in the points, never a string comparison: a single-series batch (the bulk
+    path) takes a few vector passes; a batch of a few series in step order (a client's
+    interleaved keys) one integer sort by series code; anything else an ordered hash
+    group-by on that code (after a (step, timestamp) sort if the batch goes back in time).
+    """
+    points = as_dictionary_table(points)
+    parts = [_summarize_batch(b, series_sorted) for b in points.to_batches() if b.num_rows]
+    if not parts:
+        return _empty_latest()
+    return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+
+
 def points_as_latest(points: pa.Table) -> pa.Table:
     """Each point as a one-point summary (min/max null for NaN), in arrival order."""
+    points = points.cast(METRICS_SCHEMA)
     value = points["value"]
     not_nan = pc.if_else(pc.is_nan(value), pa.scalar(None, pa.float64()), value)
     ones = pa.repeat(pa.scalar(1, pa.int64()), points.num_rows)
@@ -236,14 +587,29 @@ def write_latest_file(table: pa.Table, path: Path, last_segment: int) -> None:
 # -- recovery -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Chunk:
-    """Acked points of one WAL segment, applied together; ``watermarks`` = highest seq per
-    stream among them."""
+    """Acked points of one WAL segment, applied together (TAIL_SCHEMA, one record batch per
+    WAL record); ``watermarks`` = highest seq per stream among them; ``summary`` = their
+    unfolded LATEST_SCHEMA summaries (see summarize_points)."""
 
     segment: int
     table: pa.Table
     watermarks: dict[str, int]
+    summary: pa.Table
+    #: METRICS_SCHEMA copy made by the first snapshot that needs it (queries see strings).
+    expanded: pa.Table | None = None
+    #: Memory held: the table, plus the expanded copy once made.
+    nbytes: int = 0
+
+    def __post_init__(self) -> None:
+        self.nbytes = self.table.nbytes
+
+    def as_metrics(self) -> pa.Table:
+        if self.expanded is None:
+            self.expanded = self.table.cast(METRICS_SCHEMA)
+            self.nbytes += self.expanded.nbytes
+        return self.expanded
 
 
 @dataclass
@@ -253,6 +619,8 @@ class _Inflight:
     seq: int
     table: pa.Table
     future: asyncio.Future[None]
+    #: The table plus the WAL payload (held until the group commit writes it).
+    nbytes: int
 
 
 @dataclass
@@ -304,7 +672,8 @@ def _recover_latest(data_dir: DataDir, parts: list[Part], max_segment: int) -> p
     if not parts and existing is None:
         return latest
     for part in newer:
-        latest = fold_latest([latest, points_as_latest(read_metrics_file(part.path))])
+        points = read_metrics_file_encoded(part.path)
+        latest = fold_latest([latest, summarize_points(points, series_sorted=True)])
     write_latest_file(latest, data_dir.latest_file, max_segment)
     logger.info("rebuilt %s from %d metrics file(s)", data_dir.latest_file.name, len(newer))
     return latest
@@ -359,10 +728,10 @@ def _recover(data_dir: DataDir, catalog: Catalog) -> _Recovered:
                 logger.error("WAL %s: skipping undecodable record: %s", path.name, exc)
                 continue
             watermarks[batch.stream_id] = held[batch.stream_id] = batch.seq
-            tables.append(decoded.table)
+            tables.append(as_dictionary_table(decoded.table))
         if held:
-            table = pa.concat_tables(tables).combine_chunks() if len(tables) > 1 else tables[0]
-            recovered.chunks.append(_Chunk(number, table, held))
+            table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+            recovered.chunks.append(_Chunk(number, table, held, summarize_points(table)))
     recovered.next_segment = max([max_segment, *(n for n, _ in segments)]) + 1
     recovered.first_unflushed = min(recovered.first_unflushed, recovered.next_segment)
     return recovered
@@ -378,6 +747,13 @@ class MetricStore:
     event loop, then ``await close()`` (flushes). ``append`` returns a future that resolves
     once the batch is fsynced in the WAL *and* applied to the tail, latest and watermarks,
     independently of whoever awaits it (a dropped stream loses no applied data).
+
+    The tail keeps each batch dictionary-encoded (TAIL_SCHEMA); a snapshot expands a chunk
+    to METRICS_SCHEMA strings the first time one needs it. Applying a batch summarises it
+    (summarize_points: a few rows, linear in its points) before its future resolves, and a
+    snapshot folds those summaries into ``latest``, so ``latest`` always covers exactly the
+    files plus the tail it is returned with. Backpressure (``wait_for_room``) bounds the
+    tail plus in-flight batches by points and by bytes.
 
     Flush protocol (each step durable before the next): rotate the WAL so the flush covers
     exactly segments [a..b]; write ``metrics/part-a-b.parquet`` (temp, fsync, rename, fsync
@@ -399,23 +775,33 @@ class MetricStore:
         flush_rows: int = 1_000_000,
         flush_interval_s: float = 10.0,
         max_tail_rows: int | None = None,
+        max_tail_bytes: int = MAX_TAIL_BYTES,
     ) -> None:
         self._dir = data_dir
         self._catalog = catalog
         self._flush_rows = flush_rows
         self._flush_interval_s = flush_interval_s
-        #: Backpressure bound on acked-but-unflushed plus in-flight points (DESIGN 8).
-        self._max_tail_rows = max_tail_rows or 4 * flush_rows
+        #: Backpressure bounds on acked-but-unflushed plus in-flight points (DESIGN 8), in
+        #: points and in bytes (tail tables, their expanded copies, unwritten WAL payloads).
+        #: A flush starts at flush_rows or at half the byte bound, whichever comes first.
+        self._max_tail_rows = max_tail_rows or 2 * flush_rows
+        self._max_tail_bytes = max_tail_bytes
         self._state = "new"
         self._wal: WriteAheadLog | None = None
         self._parts: list[Part] = []
         self._chunks: list[_Chunk] = []
         self._tail_rows = 0
+        self._tail_bytes = 0
         self._tail_cache: pa.Table | None = None
         self._inflight: deque[_Inflight] = deque()
         self._inflight_rows = 0
+        self._inflight_bytes = 0
         self._watermarks: dict[str, int] = {}
+        #: Folded summary of every applied point, plus summaries applied since the last fold
+        #: (folded on the next snapshot, or once they outnumber the folded rows).
         self._latest = _empty_latest()
+        self._unfolded: list[pa.Table] = []
+        self._unfolded_rows = 0
         self._latest_flushed = _empty_latest()
         self._latest_segment = 0
         self._first_unflushed = 1
@@ -442,9 +828,8 @@ class MetricStore:
         self._watermarks = recovered.watermarks
         self._chunks = recovered.chunks
         self._tail_rows = sum(c.table.num_rows for c in self._chunks)
-        self._latest = fold_latest(
-            [self._latest_flushed, *(points_as_latest(c.table) for c in self._chunks)]
-        )
+        self._tail_bytes = sum(c.nbytes for c in self._chunks)
+        self._latest = fold_latest([self._latest_flushed, *(c.summary for c in self._chunks)])
         self._wal = WriteAheadLog(
             self._dir.wal_dir,
             recovered.next_segment,
@@ -489,10 +874,13 @@ class MetricStore:
     ) -> asyncio.Future[None]:
         """Log a validated batch; the future resolves when it is durable and visible."""
         wal = self._open_wal()
+        table = as_dictionary_table(table)
         position = wal.append(payload)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._inflight.append(_Inflight(position, stream_id, seq, table, future))
+        nbytes = table.nbytes + len(payload)
+        self._inflight.append(_Inflight(position, stream_id, seq, table, future, nbytes))
         self._inflight_rows += table.num_rows
+        self._inflight_bytes += nbytes
         self._watermarks[stream_id] = max(self._watermarks.get(stream_id, 0), seq)
         return future
 
@@ -502,15 +890,20 @@ class MetricStore:
 
     async def wait_for_room(self) -> None:
         """Backpressure: wait while the unflushed tail is at its bound (a flush frees it)."""
-        while (
-            self._tail_rows + self._inflight_rows >= self._max_tail_rows
-            and self._state == "open"
-            and self._failed is None
-        ):
+        while self._over_bound() and self._state == "open" and self._failed is None:
             self._flush_wanted.set()
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._room_waiters.append(waiter)
             await waiter
+
+    def _over_bound(self) -> bool:
+        return (
+            self._tail_rows + self._inflight_rows >= self._max_tail_rows
+            or self._tail_bytes + self._inflight_bytes >= self._max_tail_bytes
+        )
+
+    def _flush_due(self) -> bool:
+        return self._tail_rows >= self._flush_rows or self._tail_bytes >= self._max_tail_bytes // 2
 
     def _open_wal(self) -> WriteAheadLog:
         if self._failed is not None:
@@ -541,23 +934,29 @@ class MetricStore:
             if i == len(ready) or ready[i].position.segment != ready[start].position.segment:
                 group = ready[start:i]
                 tables = [entry.table for entry in group]
-                table = tables[0] if len(tables) == 1 else pa.concat_tables(tables).combine_chunks()
+                # Zero-copy: the chunk keeps each record's batch (and its dictionaries).
+                table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
                 watermarks: dict[str, int] = {}
                 for entry in group:
                     watermarks[entry.stream_id] = max(watermarks.get(entry.stream_id, 0), entry.seq)
-                self._chunks.append(_Chunk(group[0].position.segment, table, watermarks))
+                summary = summarize_points(table)
+                chunk = _Chunk(group[0].position.segment, table, watermarks, summary)
+                self._chunks.append(chunk)
+                self._tail_bytes += chunk.nbytes
+                self._unfolded.append(summary)
+                self._unfolded_rows += summary.num_rows
                 start = i
         rows = sum(entry.table.num_rows for entry in ready)
         self._inflight_rows -= rows
+        self._inflight_bytes -= sum(entry.nbytes for entry in ready)
         self._tail_rows += rows
         self._tail_cache = None
-        if rows:
-            new_points = pa.concat_tables([entry.table for entry in ready])
-            self._latest = fold_latest([self._latest, points_as_latest(new_points)])
+        if self._unfolded_rows > max(_FOLD_AFTER_ROWS, self._latest.num_rows):
+            self._fold_latest()
         for entry in ready:
             if not entry.future.done():
                 entry.future.set_result(None)
-        if self._tail_rows >= self._flush_rows:
+        if self._flush_due():
             self._flush_wanted.set()
 
     def _on_wal_failure(self, exc: BaseException) -> None:
@@ -578,13 +977,25 @@ class MetricStore:
 
     def snapshot(self) -> Snapshot:
         """Files + tail + latest at this instant (call on the loop; the result is immutable)."""
+        self._fold_latest()
         if self._tail_cache is None:
+            expanded = []
+            for chunk in self._chunks:
+                before = chunk.nbytes
+                expanded.append(chunk.as_metrics())
+                self._tail_bytes += chunk.nbytes - before
             self._tail_cache = (
-                pa.concat_tables([c.table for c in self._chunks])
-                if self._chunks
-                else METRICS_SCHEMA.empty_table()
+                pa.concat_tables(expanded) if expanded else METRICS_SCHEMA.empty_table()
             )
+            if self._flush_due():
+                self._flush_wanted.set()
         return Snapshot(tuple(p.path for p in self._parts), self._tail_cache, self._latest)
+
+    def _fold_latest(self) -> None:
+        if self._unfolded:
+            self._latest = fold_latest([self._latest, *self._unfolded])
+            self._unfolded = []
+            self._unfolded_rows = 0
 
     @property
     def tail_rows(self) -> int:
@@ -640,8 +1051,13 @@ class MetricStore:
                     self._unsaved_watermarks.get(stream_id, 0), seq
                 )
         if rows:
-            points = pa.concat_tables([c.table for c in chunks])
-            part, latest_flushed = await asyncio.to_thread(self._write_part, points, first, last)
+            part, latest_flushed = await asyncio.to_thread(
+                self._write_part,
+                [c.table for c in chunks],
+                [c.summary for c in chunks],
+                first,
+                last,
+            )
             # The swap: in one loop step the points leave the tail and appear in the files,
             # so a snapshot sees each of them exactly once.
             flushed = set(map(id, chunks))
@@ -652,6 +1068,12 @@ class MetricStore:
             self._latest_flushed = latest_flushed
         else:
             self._chunks = [c for c in self._chunks if c.segment > last]
+        self._tail_bytes -= sum(c.nbytes for c in chunks)
+        expanded = any(c.expanded is not None for c in chunks)
+        del chunks  # the flushed points: free them now, not after the steps below
+        if expanded:
+            # Snapshots expanded them on this thread; see _write_part.
+            pa.default_memory_pool().release_unused()
         self._first_unflushed = last + 1
         self._last_flush = time.monotonic()
         self._wake_room_waiters()
@@ -672,12 +1094,20 @@ class MetricStore:
             if self.on_flushed is not None:
                 self.on_flushed()
 
-    def _write_part(self, points: pa.Table, first: int, last: int) -> tuple[Part, pa.Table]:
+    def _write_part(
+        self, tables: list[pa.Table], summaries: list[pa.Table], first: int, last: int
+    ) -> tuple[Part, pa.Table]:
         # Worker thread. Reads self._latest_flushed, which only the (serialised) flush replaces.
         path = self._dir.metrics_dir / metrics_file_name(first, last)
-        write_metrics_file(sort_metrics(points), path)
-        latest = fold_latest([self._latest_flushed, points_as_latest(points)])
-        return Part(first, last, path, path.stat().st_size), latest
+        points = sort_metrics(pa.concat_tables(tables))
+        write_metrics_file(points, path)
+        rows = points.num_rows
+        del points
+        latest = fold_latest([self._latest_flushed, *summaries])
+        # The sorted copy was this thread's: hand its pages back to the OS now rather than
+        # when the allocator gets round to it (mimalloc keeps freed pages for a while).
+        pa.default_memory_pool().release_unused()
+        return Part(first, last, path, path.stat().st_size, rows), latest
 
     async def _flush_loop(self) -> None:
         while self._state == "open":
@@ -687,10 +1117,10 @@ class MetricStore:
             self._flush_wanted.clear()
             if self._state != "open":
                 return
-            due = self._tail_rows >= self._flush_rows or (
+            due = self._flush_due() or (
                 time.monotonic() - self._last_flush >= self._flush_interval_s
             )
-            if self._tail_rows + self._inflight_rows >= self._max_tail_rows:
+            if self._over_bound():
                 due = True
             if not due:
                 continue

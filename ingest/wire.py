@@ -27,6 +27,7 @@ from steppe.v1 import steppe_pb2 as pb
 from steppe.v1 import steppe_pb2_grpc as pb_grpc
 
 __all__ = [
+    "DICT_METRICS_SCHEMA",
     "ERROR_CODE_KEY",
     "MAX_POINTS_PER_BATCH",
     "MAX_STREAM_ID_LENGTH",
@@ -68,6 +69,16 @@ ERROR_CODE_KEY = "steppe-error-code"
 #: Bounds one batch so one message can never hold the memtable hostage (DESIGN 8).
 MAX_POINTS_PER_BATCH = 1_000_000
 MAX_STREAM_ID_LENGTH = 128
+#: METRICS_SCHEMA with run_id and key dictionary-encoded: how a decoded batch carries its
+#: per-batch dictionaries without expanding a string per point.
+DICT_METRICS_SCHEMA = pa.schema(
+    [
+        pa.field(f.name, pa.dictionary(pa.int32(), pa.string()), nullable=False)
+        if f.name in ("run_id", "key")
+        else f
+        for f in METRICS_SCHEMA
+    ]
+)
 
 IngestServicerBase = pb_grpc.IngestServicer
 
@@ -99,7 +110,9 @@ _STATUS_FROM_PB: dict[int, str] = {int(number): name for name, number in _STATUS
 
 @dataclass(frozen=True)
 class DecodedBatch:
-    """One MetricBatch as a METRICS_SCHEMA table plus its dictionaries (for name checks)."""
+    """One MetricBatch as a DICT_METRICS_SCHEMA table (its own dictionaries, no string per
+    point; ``table.cast(METRICS_SCHEMA)`` expands them) plus the dictionaries (for name
+    checks)."""
 
     stream_id: str
     seq: int
@@ -149,6 +162,16 @@ def _check_indices(field: str, indices: pa.Array, size: int, dictionary: str) ->
             indices[i].as_py(),
             f"index out of range: {dictionary} has {size} entries",
         )
+
+
+def _dictionary_column(indices: pa.Array, names: tuple[str, ...]) -> pa.DictionaryArray:
+    codes = pa.Array.from_buffers(pa.int32(), len(indices), indices.buffers())
+    if len(set(names)) != len(names):
+        # A repeated name would make two codes for one series: point both at its first entry.
+        first: dict[str, int] = {}
+        remap = pa.array([first.setdefault(name, i) for i, name in enumerate(names)], pa.int32())
+        codes = pc.take(remap, codes)
+    return pa.DictionaryArray.from_arrays(codes, pa.array(names, pa.string()))
 
 
 def decode_metric_batch(
@@ -204,16 +227,17 @@ def decode_metric_batch(
                 timestamp[i].as_py(),
                 "timestamp must be a non-negative 64-bit integer (ms since the epoch)",
             )
-    # Expand the per-batch dictionaries: one take per column, no Python loop per point.
+    # Zero-copy: the validated uint32 indices are < len(dictionary) < 2**31, so the same
+    # buffers read as int32 dictionary indices.
     table = pa.Table.from_arrays(
         [
-            pc.take(pa.array(run_ids, pa.string()), run_index),
-            pc.take(pa.array(keys, pa.string()), key_index),
+            _dictionary_column(run_index, run_ids),
+            _dictionary_column(key_index, keys),
             step,
             timestamp,
             value,
         ],
-        schema=METRICS_SCHEMA,
+        schema=DICT_METRICS_SCHEMA,
     )
     return DecodedBatch(batch.stream_id, batch.seq, run_ids, keys, table)
 
@@ -235,8 +259,9 @@ def _le_bytes(column: pa.Array | pa.ChunkedArray, arrow_type: pa.DataType) -> by
 
 
 def encode_metric_batch(stream_id: str, seq: int, table: pa.Table) -> pb.MetricBatch:
-    """The inverse of decode_metric_batch for a METRICS_SCHEMA table (tests, tools)."""
-    table = table.combine_chunks()
+    """The inverse of decode_metric_batch for a METRICS_SCHEMA (or DICT_METRICS_SCHEMA)
+    table (tests, tools)."""
+    table = table.cast(METRICS_SCHEMA).combine_chunks()
     runs = pc.dictionary_encode(table["run_id"]).combine_chunks()
     keys = pc.dictionary_encode(table["key"]).combine_chunks()
     return pb.MetricBatch(

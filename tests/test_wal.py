@@ -181,3 +181,24 @@ async def test_segment_numbers_are_never_reused(tmp_path: Path) -> None:
         await wal.sync()
     await wal.close()
     assert os.path.getsize(tmp_path / wal_file_name(1)) == 0
+
+
+async def test_short_gathered_writes_are_resumed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The kernel may write less than asked (signals, quotas): every byte must still land,
+    # in order, also across more buffers than one writev call takes.
+    real = os.writev
+
+    def short(fd: int, buffers: list[memoryview]) -> int:
+        return real(fd, [memoryview(b"".join(buffers[:3]))[:7]])
+
+    monkeypatch.setattr(os, "writev", short)
+    monkeypatch.setattr(wal_module, "_IOV_MAX", 5)
+    wal = WriteAheadLog(tmp_path, 1)
+    sent = payloads(40)
+    for payload in sent:
+        wal.append(payload)
+    await wal.sync()
+    await wal.close()
+    assert recovered(tmp_path) == sent
