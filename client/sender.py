@@ -67,6 +67,8 @@ class Sender:
         self.stream_id = uuid.uuid4().hex
         self._stub = stub  # called with True after a failure: may point elsewhere now
         self._failures = 0
+        # Our own generator: backoff jitter must not touch the global random state.
+        self._jitter = random.Random()
         self._buffer_points = buffer_points
         self._batch_points = batch_points
         self._send_interval_s = send_interval_s
@@ -247,16 +249,17 @@ class Sender:
             if stream is not None and stream.broken:
                 stream.requests.put(None)
                 stream = None
-                retry_at = time.monotonic() + backoff_s * random.uniform(0.5, 1.0)
+                retry_at = time.monotonic() + backoff_s * self._jitter.uniform(0.5, 1.0)
                 backoff_s = min(backoff_s * 2, 2.0)
             if self._closed and (stream is None or not self._outbox):
                 break
             if self._offline:
                 continue  # everything stays in the spool for `steppe sync`
-            if stream is None and time.monotonic() >= retry_at:
+            idle = not self._outbox and not self._ops
+            if stream is None and not idle and time.monotonic() >= retry_at:
                 stream = self._connect()
                 if stream is None:
-                    retry_at = time.monotonic() + backoff_s * random.uniform(0.5, 1.0)
+                    retry_at = time.monotonic() + backoff_s * self._jitter.uniform(0.5, 1.0)
                     backoff_s = min(backoff_s * 2, 2.0)
                     continue
             if stream is not None:
@@ -348,6 +351,8 @@ class Sender:
     def _note_error(self, message: str) -> None:
         if self._closed:
             return  # our own shutdown closed the channel
+        if not self._outbox and not self._ops:
+            return  # nothing was waiting on that stream; the next batch reconnects
         if message != self._last_error:
             log.warning(
                 "steppe: stream to %s interrupted (%s); will resend unacked points",
