@@ -22,6 +22,8 @@ MAX_EXPERIMENT_TAG_KEY_LENGTH = 250
 MAX_EXPERIMENT_TAG_VAL_LENGTH = 20000  # MLflow 3
 MAX_PARAMS_TAGS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
+#: steppe's own: distinct metric keys one run may have (the server enforces it).
+MAX_METRIC_KEYS_PER_RUN = 100_000
 #: steppe's own: run ids are MLflow's form (client-chosen uuid4 hex, or 1-256 word chars).
 RUN_ID_RE = re.compile(r"^[a-zA-Z0-9][\w\-]{0,255}$")
 EXPERIMENT_ID_RE = re.compile(r"^[a-zA-Z0-9][\w\-]{0,63}$")

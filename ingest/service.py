@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import grpc
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from steppe import auth
 from steppe.errors import (
@@ -34,6 +35,7 @@ from steppe.ingest.store import MetricStore, StoreClosed
 from steppe.ingest.wal import WalFailed
 from steppe.validation import (
     MAX_EXPERIMENT_TAG_VAL_LENGTH,
+    MAX_METRIC_KEYS_PER_RUN,
     check_experiment_id,
     check_experiment_name,
     check_name,
@@ -152,6 +154,7 @@ class _Session:
             decoded = wire.decode_metric_batch(batch)
             ingestor.check_keys(decoded.keys)
             await ingestor.check_runs(decoded.run_ids)
+            ingestor.check_key_budget(decoded.run_ids, decoded.keys, decoded.table)
         except InvalidParameterValue as err:
             return _Entry(seq, _done(), wire.rejection(seq, err))
         await store.wait_for_room()
@@ -453,6 +456,7 @@ class Ingestor:
         self._stopping: asyncio.Task[None] | None = None
         self._active_runs: set[str] = set()
         self._valid_keys: set[str] = set()
+        self._run_keys: dict[str, set[str]] = {}  # metric keys per run, for the budget
         self._http_seq = 0
 
     def touch(self) -> None:
@@ -485,7 +489,7 @@ class Ingestor:
                 ("grpc.max_send_message_length", self._max_message_bytes),
                 # One owner per port as well as per data dir.
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         wire.add_servicer(IngestServicer(self), server)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -558,6 +562,7 @@ class Ingestor:
         table = _points_table(run_ids, keys, steps, timestamps, values)
         self.check_keys(dict.fromkeys(keys))
         await self.check_runs(dict.fromkeys(run_ids))
+        self.check_key_pairs(dict.fromkeys(zip(run_ids, keys, strict=True)))
         if self.closing:
             raise ServerUnavailable("steppe server is shutting down; retry after it restarts")
         store = self.store
@@ -596,6 +601,48 @@ class Ingestor:
                 if len(self._valid_keys) >= _MAX_CACHED_KEYS:
                     self._valid_keys.clear()
                 self._valid_keys.add(key)
+
+    def check_key_budget(
+        self, run_ids: Sequence[str], keys: Sequence[str], table: pa.Table
+    ) -> None:
+        """At most MAX_METRIC_KEYS_PER_RUN distinct metric keys per run (bounded memory for
+        the latest summary and the UI); a batch that would exceed it is rejected whole."""
+        if len(run_ids) == 1:
+            pairs: Iterable[tuple[str, str]] = ((run_ids[0], key) for key in keys)
+        else:
+            codes = (
+                pa.table(
+                    [
+                        table.column("run_id").combine_chunks().indices,
+                        table.column("key").combine_chunks().indices,
+                    ],
+                    names=["r", "k"],
+                )
+                .group_by(["r", "k"])
+                .aggregate([])
+            )
+            pairs = (
+                (run_ids[r], keys[k])
+                for r, k in zip(codes["r"].to_pylist(), codes["k"].to_pylist(), strict=True)
+            )
+        self.check_key_pairs(pairs)
+
+    def check_key_pairs(self, pairs: Iterable[tuple[str, str]]) -> None:
+        for run_id, key in pairs:
+            known = self._run_keys.get(run_id)
+            if known is None:
+                latest = self.store.snapshot().latest
+                mine = latest.filter(pc.equal(latest["run_id"], run_id))
+                known = self._run_keys[run_id] = set(mine["key"].to_pylist())
+            if key not in known:
+                if len(known) >= MAX_METRIC_KEYS_PER_RUN:
+                    raise InvalidParameterValue(
+                        "keys",
+                        key,
+                        f"run {run_id} already has {MAX_METRIC_KEYS_PER_RUN} metric keys, "
+                        "the most one run may have",
+                    )
+                known.add(key)
 
     async def check_runs(self, run_ids: Iterable[str]) -> None:
         for i, run_id in enumerate(run_ids):

@@ -185,3 +185,32 @@ def test_nan_and_infinities_round_trip(steppe_server: ServerProcess) -> None:
     history = client.get_metric_history(run.info.run_id, "odd")
     got = [m.value for m in history]
     assert math.isnan(got[0]) and got[1:] == [math.inf, -math.inf, 1e308, -0.0]
+
+
+def test_metric_keys_per_run_are_limited(
+    steppe_server: ServerProcess, stub: wire.IngestStub
+) -> None:
+    """The server refuses a batch that would give a run more than its key budget."""
+    from steppe import validation
+
+    limit = validation.MAX_METRIC_KEYS_PER_RUN
+    client = steppe.Client(steppe_server.http_url)
+    run_id = client.create_run().info.run_id
+    keys = [f"k{i}" for i in range(limit + 1)]
+    n = limit + 1
+    batch = wire.MetricBatch(
+        stream_id=uuid.uuid4().hex,
+        seq=1,
+        run_ids=[run_id],
+        keys=keys,
+        count=n,
+        run_index=bytes(4 * n),
+        key_index=_pack("I", list(range(n))),
+        step=bytes(8 * n),
+        timestamp_ms=bytes(8 * n),
+        value=bytes(8 * n),
+    )
+    acks = list(stub.StreamMetrics(iter([batch]), timeout=60))
+    rejected = [r for a in acks for r in a.rejected]
+    assert len(rejected) == 1 and "metric keys" in rejected[0].message
+    assert client.get_run(run_id).data.metrics == {}
