@@ -33,21 +33,7 @@ def _url(http_url: str, route: str, **query: str) -> str:
 
 
 def _open(request: urllib.request.Request, timeout_s: float) -> Any:
-    """urlopen with steppe's error mapping: the server's error_code becomes its steppe error;
-    an unreachable server is ServerUnavailable."""
-    try:
-        return http.urlopen(request, timeout_s)
-    except urllib.error.HTTPError as exc:
-        try:
-            body = json.loads(exc.read())
-            raise errors.from_code(body["error_code"], body["message"]) from None
-        except (ValueError, KeyError, TypeError):
-            raise errors.SteppeError(f"HTTP {exc.code} from {request.full_url}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        base = urllib.parse.urlsplit(request.full_url)
-        raise errors.ServerUnavailable(
-            f"cannot reach the steppe server at {base.scheme}://{base.netloc}: {exc}"
-        ) from None
+    return http.open_checked(request, timeout_s)
 
 
 def artifact_path_for(artifact_path: str | None, name: str) -> str:

@@ -157,21 +157,9 @@ def post(url: str, body: dict[str, Any], timeout_s: float | None = None) -> byte
 
 def _fetch(request: urllib.request.Request, timeout_s: float | None) -> bytes:
     timeout = config.connect_timeout_s() if timeout_s is None else timeout_s
-    try:
-        with http.urlopen(request, timeout) as response:
-            data: bytes = response.read()
-            return data
-    except urllib.error.HTTPError as exc:
-        try:
-            body = json.loads(exc.read())
-            raise errors.from_code(body["error_code"], body["message"]) from None
-        except (ValueError, KeyError, TypeError):
-            raise errors.SteppeError(f"HTTP {exc.code} from {request.full_url}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        base = urllib.parse.urlsplit(request.full_url)
-        raise errors.ServerUnavailable(
-            f"cannot reach the steppe server at {base.scheme}://{base.netloc}: {exc}"
-        ) from None
+    with http.open_checked(request, timeout) as response:
+        data: bytes = response.read()
+        return data
 
 
 def _open(tracking_uri: str | None) -> Connection:

@@ -1,15 +1,18 @@
-"""Every HTTP request the client makes goes through ``urlopen`` here: it adds the bearer
-token (STEPPE_TOKEN / MLFLOW_TRACKING_TOKEN) and trusts STEPPE_TLS_CA for https.
-It knows no endpoints and maps no errors."""
+"""Every HTTP request the client makes goes through here: ``urlopen`` adds the bearer token
+(STEPPE_TOKEN / MLFLOW_TRACKING_TOKEN) and trusts STEPPE_TLS_CA for https; ``open_checked``
+also turns the server's error bodies into steppe errors. It knows no endpoints."""
 
 from __future__ import annotations
 
 import functools
+import json
 import ssl
+import urllib.error
+import urllib.parse
 import urllib.request
 from http.client import HTTPResponse
 
-from steppe import auth, config
+from steppe import auth, config, errors
 
 
 @functools.lru_cache(maxsize=4)
@@ -26,3 +29,22 @@ def urlopen(request: urllib.request.Request | str, timeout: float | None) -> HTT
     context = _context(config.tls_ca_file()) if request.full_url.startswith("https:") else None
     response: HTTPResponse = urllib.request.urlopen(request, timeout=timeout, context=context)
     return response
+
+
+def open_checked(request: urllib.request.Request, timeout: float | None) -> HTTPResponse:
+    """``urlopen``, with the server's ``{"error_code", "message"}`` raised as its steppe
+    error and an unreachable server as ServerUnavailable."""
+    try:
+        return urlopen(request, timeout)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            try:
+                body = json.loads(exc.read())
+                raise errors.from_code(body["error_code"], body["message"]) from None
+            except (ValueError, KeyError, TypeError):
+                raise errors.SteppeError(f"HTTP {exc.code} from {request.full_url}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        base = urllib.parse.urlsplit(request.full_url)
+        raise errors.ServerUnavailable(
+            f"cannot reach the steppe server at {base.scheme}://{base.netloc}: {exc}"
+        ) from None
