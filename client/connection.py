@@ -113,10 +113,15 @@ class Connection:
     # --- HTTP reads (steppe's JSON API, query/API.md) -----------------------------------
 
     def get_json(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.get_bytes(path, params))
+        return data
+
+    def get_bytes(self, path: str, params: dict[str, str] | None = None) -> bytes:
+        """GET; the raw answer (JSON, or an Arrow IPC stream when asked for one)."""
         url = self._base_url() + path
         if params:
             url += "?" + urllib.parse.urlencode(params)
-        return self._request(urllib.request.Request(url))
+        return _fetch(urllib.request.Request(url), None)
 
     def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         request = urllib.request.Request(

@@ -81,7 +81,10 @@ MlflowException = SteppeError
 BY_CODE: dict[str, type[SteppeError]] = {
     cls.error_code: cls
     for cls in (
-        SteppeError, ResourceDoesNotExist, ResourceAlreadyExists, ServerUnavailable,
+        SteppeError,
+        ResourceDoesNotExist,
+        ResourceAlreadyExists,
+        ServerUnavailable,
         Unauthenticated,
     )
 }

@@ -34,6 +34,7 @@ _HISTORY_SCHEMA = pa.schema(
     [("step", pa.int64()), ("value", pa.float64()), ("timestamp", pa.int64())]
 )
 _EXACT_SCHEMA = pa.schema([("step", pa.int64()), ("value", pa.float64())])
+_BOUNDS_CACHE_SIZE = 1024
 
 
 class MetricSummary(TypedDict):
@@ -62,12 +63,14 @@ class Series:
 
 
 # The points of one (run, key), filtered inside each source so DuckDB pushes run_id, key and
-# the step window into the Parquet scan (row-group statistics prune) and the Arrow scan.
-def _points_sql(snapshot: Snapshot, where: str) -> str:
+# the step window into the Parquet scan (row-group statistics prune) and the Arrow scan. An
+# empty tail is left out (no UNION ALL branch to plan and run).
+def _points_sql(snapshot: Snapshot, where: str, columns: str = 'step, "timestamp", value') -> str:
     sources = []
     if snapshot.files:
-        sources.append(f'SELECT step, "timestamp", value FROM read_parquet($files) WHERE {where}')
-    sources.append(f'SELECT step, "timestamp", value FROM {_TAIL} WHERE {where}')
+        sources.append(f"SELECT {columns} FROM read_parquet($files) WHERE {where}")
+    if snapshot.tail.num_rows or not sources:
+        sources.append(f"SELECT {columns} FROM {_TAIL} WHERE {where}")
     return "\nUNION ALL\n".join(sources)
 
 
@@ -80,32 +83,79 @@ def _point_filter(x_min: int | None, x_max: int | None) -> str:
     return where
 
 
-# One query answers both shapes. bounds is one row (count, first and last step in the
-# window); the exact branch keeps every point when count <= exact_limit, otherwise the
-# bucketed branch groups them into `buckets` equal step ranges. HUGEINT keeps the bucket
-# arithmetic exact for any int64 steps. min/max skip NaN so a NaN cannot hide the envelope;
-# the mean propagates NaN so a bucket holding one still shows it.
-_SERIES_SQL = """
-WITH pts AS ({points}),
-bounds AS (
-    SELECT count(*) AS n, min(step)::HUGEINT AS lo, max(step)::HUGEINT AS hi FROM pts
-)
-SELECT false AS bucketed, step, value AS "min", value AS "max", value AS "first",
-       value AS "last", value AS mean, 1::BIGINT AS "count", "timestamp" AS ts
-FROM pts, bounds
-WHERE bounds.n <= $exact_limit
-UNION ALL
-SELECT true, min(step),
-       coalesce(min(value) FILTER (WHERE NOT isnan(value)), 'NaN'::DOUBLE),
-       coalesce(max(value) FILTER (WHERE NOT isnan(value)), 'NaN'::DOUBLE),
-       arg_min(value, (step, "timestamp")),
-       arg_max(value, (step, "timestamp")),
-       avg(value), count(*), min("timestamp")
-FROM pts, bounds
-WHERE bounds.n > $exact_limit
-GROUP BY (step::HUGEINT - bounds.lo) * $buckets // (bounds.hi - bounds.lo + 1)
-ORDER BY step, ts
+_INT64_MAX = 2**63 - 1
+
+# The count and the step and timestamp ranges of the points in the window: they decide
+# exact or bucketed, and fix the bucket grid before the one scan that groups.
+_BOUNDS_SQL = """
+SELECT count(*) AS n, min(step) AS lo, max(step) AS hi, min("timestamp") AS t_lo,
+       max("timestamp") AS t_hi
+FROM ({points})
 """
+
+_EXACT_SQL = 'SELECT step, value FROM ({points}) ORDER BY step, "timestamp"'
+
+# One row per non-empty bucket of `buckets` equal step ranges over [lo, hi]. {bucket} and
+# {order} are integer expressions chosen in Python (BIGINT when the products fit, else
+# HUGEINT or a (step, timestamp) struct) so DuckDB groups and compares plain integers.
+# min/max skip NaN so a NaN cannot hide the envelope (DuckDB orders NaN above every number,
+# so min needs no filter, and NaN = NaN, so nullif drops it for max); the mean propagates
+# NaN so a bucket holding one still shows it.
+_BUCKETS_SQL = """
+SELECT min(step) AS step,
+       coalesce(min(value), 'NaN'::DOUBLE) AS "min",
+       coalesce(max(nullif(value, 'NaN'::DOUBLE)), 'NaN'::DOUBLE) AS "max",
+       arg_min(value, {order}) AS "first",
+       arg_max(value, {order}) AS "last",
+       avg(value) AS mean, count(*) AS "count"
+FROM ({points})
+GROUP BY {bucket}
+ORDER BY step
+"""
+
+
+@dataclass(frozen=True)
+class _Bounds:
+    n: int
+    lo: int
+    hi: int
+    t_lo: int
+    t_hi: int
+
+    def merge(self, other: _Bounds) -> _Bounds:
+        if not other.n:
+            return self
+        if not self.n:
+            return other
+        return _Bounds(
+            self.n + other.n,
+            min(self.lo, other.lo),
+            max(self.hi, other.hi),
+            min(self.t_lo, other.t_lo),
+            max(self.t_hi, other.t_hi),
+        )
+
+
+_NO_POINTS = _Bounds(0, 0, 0, 0, 0)
+
+
+def _bucket_sql(bounds: _Bounds, buckets: int, params: dict[str, object]) -> tuple[str, str]:
+    """The GROUP BY and first/last ordering expressions for this grid; binds what they use."""
+    span = bounds.hi - bounds.lo + 1
+    params.update(lo=bounds.lo, span=span, buckets=buckets)
+    if (span - 1) * buckets <= _INT64_MAX:
+        bucket = "(step - $lo) * $buckets // $span"
+    else:
+        bucket = "(step::HUGEINT - $lo) * $buckets // $span"
+    t_width = bounds.t_hi - bounds.t_lo + 1
+    if t_width == 1:
+        return bucket, "step"  # one timestamp: step alone is the (step, timestamp) order
+    if span * t_width > _INT64_MAX:
+        return bucket, '(step, "timestamp")'
+    # One BIGINT orders by step then timestamp: (step - lo) * t_width + (timestamp - t_lo).
+    params.update(t_lo=bounds.t_lo, t_width=t_width)
+    return bucket, '(step - $lo) * $t_width + ("timestamp" - $t_lo)'
+
 
 # MLflow's latest: highest step, then newest timestamp, then largest value (the order in
 # which MLflow's SQL store replaces its latest_metrics row).
@@ -147,6 +197,8 @@ class Reader:
         self._db.execute("SET parquet_metadata_cache = true")
         self._lock = threading.Lock()
         self._closed = False
+        # (files, filter, params) -> _Bounds of those files' matching points; oldest dropped.
+        self._bounds_cache: dict[tuple[object, ...], _Bounds] = {}
 
     def close(self) -> None:
         """Close the database. Queries still running on other threads fail."""
@@ -215,26 +267,47 @@ class Reader:
         ranges (see ``Series``)."""
         if buckets < 1:
             raise ValueError(f"buckets must be >= 1, got {buckets}")
-        params: dict[str, object] = {
-            "run_id": run_id,
-            "key": key,
-            "exact_limit": 2 * buckets,
-            "buckets": buckets,
-        }
+        params: dict[str, object] = {"run_id": run_id, "key": key}
         if x_min is not None:
             params["x_min"] = x_min
         if x_max is not None:
             params["x_max"] = x_max
-        sql = _SERIES_SQL.format(points=_points_sql(snapshot, _point_filter(x_min, x_max)))
-        table = self._query(snapshot, sql, params)
-        bucketed = table.num_rows > 0 and bool(table.column("bucketed")[0].as_py())
-        if not bucketed:
-            exact = pa.table([table.column("step"), table.column("first")], names=["step", "value"])
-            return Series(bucketed=False, table=exact.cast(_EXACT_SCHEMA))
-        return Series(
-            bucketed=True,
-            table=table.select(["step", "min", "max", "first", "last", "mean", "count"]),
-        )
+        where = _point_filter(x_min, x_max)
+        bounds = self._bounds(snapshot, where, params)
+        if bounds.n <= 2 * buckets:
+            sql = _EXACT_SQL.format(points=_points_sql(snapshot, where))
+            table = self._query(snapshot, sql, params) if bounds.n else _EXACT_SCHEMA.empty_table()
+            return Series(bucketed=False, table=table.cast(_EXACT_SCHEMA))
+        bucket, order = _bucket_sql(bounds, buckets, params)
+        sql = _BUCKETS_SQL.format(points=_points_sql(snapshot, where), bucket=bucket, order=order)
+        return Series(bucketed=True, table=self._query(snapshot, sql, params))
+
+    def _bounds(self, snapshot: Snapshot, where: str, params: dict[str, object]) -> _Bounds:
+        """Count and ranges of the matching points: the files' part is cached (they are
+        immutable, so a snapshot's file list names their content), the tail's is computed."""
+        ident = (snapshot.files, where, tuple(sorted(params.items())))
+        with self._lock:
+            cached = self._bounds_cache.get(ident)
+        if cached is None:
+            cached = _NO_POINTS
+            if snapshot.files:
+                files_only = Snapshot(snapshot.files, snapshot.tail.slice(0, 0), snapshot.latest)
+                cached = self._bounds_query(files_only, where, params)
+            with self._lock:
+                if len(self._bounds_cache) >= _BOUNDS_CACHE_SIZE:
+                    self._bounds_cache.pop(next(iter(self._bounds_cache)))
+                self._bounds_cache[ident] = cached
+        if not snapshot.tail.num_rows:
+            return cached
+        tail_only = Snapshot((), snapshot.tail, snapshot.latest)
+        return cached.merge(self._bounds_query(tail_only, where, params))
+
+    def _bounds_query(self, snapshot: Snapshot, where: str, params: dict[str, object]) -> _Bounds:
+        sql = _BOUNDS_SQL.format(points=_points_sql(snapshot, where, 'step, "timestamp"'))
+        row = self._query(snapshot, sql, params).to_pylist()[0]
+        if not row["n"]:
+            return _NO_POINTS
+        return _Bounds(row["n"], row["lo"], row["hi"], row["t_lo"], row["t_hi"])
 
     def latest_metrics(
         self, snapshot: Snapshot, run_ids: Sequence[str]

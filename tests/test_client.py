@@ -42,6 +42,10 @@ def test_fluent_run_round_trip(tracking: str) -> None:
     assert history[10].value == pytest.approx(1.0 / 11)
     weird = client.get_metric_history(run.info.run_id, "weird")
     assert math.isnan(weird[0].value) and weird[1].value == math.inf
+    first = history[0]  # decoded from the Arrow answer: plain Python numbers, MLflow names
+    assert isinstance(first, steppe.Metric) and first.key == "loss"
+    assert (type(first.value), type(first.timestamp), type(first.step)) == (float, int, int)
+    assert first == steppe.Metric("loss", first.value, first.timestamp, 0) != history[1]
 
     runs = client.search_runs([exp.experiment_id])
     assert run.info.run_id in {r.info.run_id for r in runs}

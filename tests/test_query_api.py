@@ -299,6 +299,27 @@ async def test_metric_history_every_point_in_order(client: Client):
     assert missing == {"run_id": RUN_OLD, "key": "nope", "step": [], "value": [], "timestamp": []}
 
 
+async def test_metric_history_as_arrow(client: Client):
+    import pyarrow as pa
+
+    params = {"run_id": RUN_NEW, "key": "loss", "format": "arrow"}
+    response = await client.get(f"{API}/metric-history", params=params)
+    assert response.status == 200
+    assert response.content_type == "application/vnd.apache.arrow.stream"
+    table = pa.ipc.open_stream(await response.read()).read_all()
+    assert table.schema.names == ["step", "value", "timestamp"]
+    assert table.column("step").to_pylist() == [0, 1, 1, 2, 3]
+    assert table.column("timestamp").to_pylist() == [1000, 999, 1001, 1002, 1003]
+    values = table.column("value").to_pylist()
+    assert values[:4] == [1.0, 0.25, -math.inf, math.inf] and math.isnan(values[4])
+    params["key"] = "nope"
+    response = await client.get(f"{API}/metric-history", params=params)
+    assert pa.ipc.open_stream(await response.read()).read_all().num_rows == 0
+    params["format"] = "csv"
+    response = await client.get(f"{API}/metric-history", params=params)
+    await assert_error(response, 400, "INVALID_PARAMETER_VALUE", "'format'")
+
+
 @pytest.mark.parametrize("path", ["metric-history", "series"])
 @pytest.mark.parametrize(
     ("query", "field"),
