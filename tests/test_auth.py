@@ -89,18 +89,35 @@ def test_client_with_the_token_logs_and_reads(
 def _self_signed(folder: Path) -> tuple[Path, Path]:
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
     )
     return cert, key
 
 
 def test_tls_for_grpc_and_http(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cert, key = _self_signed(tmp_path)
-    server = start_server(tmp_path / "data", "--tls-cert", str(cert), "--tls-key", str(key),
-                          "--token", TOKEN)
+    server = start_server(
+        tmp_path / "data", "--tls-cert", str(cert), "--tls-key", str(key), "--token", TOKEN
+    )
     try:
         assert server.http_url.startswith("https://")
         monkeypatch.setenv("STEPPE_TLS_CA", str(cert))

@@ -52,8 +52,11 @@ def test_killed_client_points_are_delivered_by_sync(tmp_path: Path) -> None:
     spool_dir = tmp_path / "spool"
     env = clean_env(STEPPE_TRACKING_URI=str(data_dir), STEPPE_SPOOL_DIR=str(spool_dir))
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD], env=env, stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, text=True,
+        [sys.executable, "-c", CHILD],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert child.stdin and child.stdout
     run_id = child.stdout.readline().strip()
@@ -68,7 +71,10 @@ def test_killed_client_points_are_delivered_by_sync(tmp_path: Path) -> None:
     assert list(spool_dir.iterdir()), "the spool should hold the unacked batches"
 
     synced = subprocess.run(
-        [sys.executable, "-m", "steppe", "sync"], env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "steppe", "sync"],
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=120,
     )
     assert synced.returncode == 0, synced.stderr
@@ -79,7 +85,10 @@ def test_killed_client_points_are_delivered_by_sync(tmp_path: Path) -> None:
 
     # Idempotent: a second sync has nothing left to send.
     again = subprocess.run(
-        [sys.executable, "-m", "steppe", "sync"], env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "steppe", "sync"],
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=60,
     )
     assert "nothing to send" in again.stdout
