@@ -38,7 +38,6 @@ from steppe.query.search import (
     Comparison,
     OrderKey,
     RunSearch,
-    compile_search,
     parse_filter,
     parse_order_by,
 )
@@ -53,7 +52,7 @@ from steppe.query.series import (
     multi_series,
 )
 from steppe.query.sql import DEFAULT_MAX_ROWS, DEFAULT_TIME_LIMIT_S, MAX_MAX_ROWS, SqlSandbox
-from steppe.query.views import CatalogTables
+from steppe.query.views import CatalogTables, matching_run_ids
 
 if TYPE_CHECKING:
     from steppe.query.mlflow_api import MetricWriter
@@ -702,19 +701,7 @@ async def _search_runs(request: web.Request) -> web.Response:
             limit=ask.max_results + 1,  # one more tells whether another page exists
             offset=ask.offset,
         )
-        sql, params = compile_search(search)
-        found = reader.query(
-            snapshot,
-            sql,
-            params,
-            {
-                "runs": view.runs,
-                "params": view.params,
-                "tags": view.tags,
-                "latest_metrics": snapshot.latest,
-            },
-        )
-        run_ids = found.column("run_id").to_pylist()
+        run_ids = matching_run_ids(reader, snapshot, view, search)
         runs = [view.records[run_id] for run_id in run_ids[: ask.max_results]]
         out: dict[str, object] = {"runs": _runs_json(reader, snapshot, runs)}
         if ask.paged and len(run_ids) > ask.max_results:

@@ -43,11 +43,10 @@ from steppe.query.search import (
     Comparison,
     OrderKey,
     RunSearch,
-    compile_search,
     parse_filter,
     parse_order_by,
 )
-from steppe.query.views import CatalogTables
+from steppe.query.views import CatalogTables, matching_run_ids
 from steppe.validation import (
     MAX_EXPERIMENT_NAME_LENGTH,
     MAX_METRICS_PER_BATCH,
@@ -1161,28 +1160,15 @@ async def _search_runs(request: web.Request) -> web.Response:
         ask: _SearchRuns,
     ) -> bytes:
         view = tables.current()
-        sql, params = compile_search(
-            RunSearch(
-                experiment_ids=ask.experiment_ids,
-                filters=ask.filters,
-                order_by=ask.order_by,
-                lifecycle_stages=ask.lifecycle_stages,
-                limit=ask.max_results + 1,  # one more says whether another page exists
-                offset=ask.offset,
-            )
+        search = RunSearch(
+            experiment_ids=ask.experiment_ids,
+            filters=ask.filters,
+            order_by=ask.order_by,
+            lifecycle_stages=ask.lifecycle_stages,
+            limit=ask.max_results + 1,  # one more says whether another page exists
+            offset=ask.offset,
         )
-        found = reader.query(
-            snapshot,
-            sql,
-            params,
-            {
-                "runs": view.runs,
-                "params": view.params,
-                "tags": view.tags,
-                "latest_metrics": snapshot.latest,
-            },
-        )
-        run_ids = found.column("run_id").to_pylist()
+        run_ids = matching_run_ids(reader, snapshot, view, search)
         runs = [view.records[run_id] for run_id in run_ids[: ask.max_results]]
         out: dict[str, object] = {"runs": _runs_json(reader, catalog, snapshot, runs)}
         if len(run_ids) > ask.max_results:

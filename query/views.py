@@ -19,6 +19,8 @@ import pyarrow as pa
 from steppe.ingest.catalog import Catalog, ExperimentRecord, RunRecord
 from steppe.ingest.layout import Snapshot
 from steppe.ingest.sqlite_catalog import SqliteCatalog
+from steppe.query.reader import Reader
+from steppe.query.search import RunSearch, compile_search
 
 __all__ = [
     "EXPERIMENTS_SCHEMA",
@@ -141,6 +143,27 @@ def _runs_tables(runs: list[RunRecord]) -> tuple[pa.Table, pa.Table, pa.Table]:
         )
 
     return runs_table, pairs("params"), pairs("tags")
+
+
+def matching_run_ids(
+    reader: Reader, snapshot: Snapshot, view: CatalogView, search: RunSearch
+) -> list[str]:
+    """Run ids that ``search`` selects, in its order: the one place both HTTP APIs
+    (steppe's and MLflow's runs/search) run the compiled filter over these views."""
+    sql, params = compile_search(search)
+    found = reader.query(
+        snapshot,
+        sql,
+        params,
+        {
+            "runs": view.runs,
+            "params": view.params,
+            "tags": view.tags,
+            "latest_metrics": snapshot.latest,
+        },
+    )
+    run_ids: list[str] = found.column("run_id").to_pylist()
+    return run_ids
 
 
 class CatalogTables:
