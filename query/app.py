@@ -66,6 +66,7 @@ __all__ = [
     "SERVER_INFO",
     "SNAPSHOT_SOURCE",
     "make_app",
+    "with_snapshot",
 ]
 
 log = logging.getLogger("steppe.query")
@@ -290,7 +291,7 @@ async def _blocking(
     return await loop.run_in_executor(request.app[EXECUTOR], functools.partial(fn, *args, **kwargs))
 
 
-async def _with_snapshot(
+async def with_snapshot(
     request: web.Request,
     fn: Callable[Concatenate[Snapshot, P], T],
     *args: P.args,
@@ -685,7 +686,7 @@ async def _experiment_runs(request: web.Request) -> web.Response:
 
     app = request.app
     experiment_id = request.match_info["experiment_id"]
-    return _json(await _with_snapshot(request, document, app[CATALOG], app[READER], experiment_id))
+    return _json(await with_snapshot(request, document, app[CATALOG], app[READER], experiment_id))
 
 
 async def _search_runs(request: web.Request) -> web.Response:
@@ -710,7 +711,7 @@ async def _search_runs(request: web.Request) -> web.Response:
 
     ask = _search_runs_request(await request.read())
     app = request.app
-    return _json(await _with_snapshot(request, document, app[CATALOG_TABLES], app[READER], ask))
+    return _json(await with_snapshot(request, document, app[CATALOG_TABLES], app[READER], ask))
 
 
 async def _get_run(request: web.Request) -> web.Response:
@@ -721,7 +722,7 @@ async def _get_run(request: web.Request) -> web.Response:
 
     app = request.app
     run_id = request.match_info["run_id"]
-    return _json(await _with_snapshot(request, document, app[CATALOG], app[READER], run_id))
+    return _json(await with_snapshot(request, document, app[CATALOG], app[READER], run_id))
 
 
 async def _metric_history(request: web.Request) -> web.Response:
@@ -750,7 +751,7 @@ async def _metric_history(request: web.Request) -> web.Response:
     if fmt not in ("json", "arrow"):
         raise InvalidParameterValue("format", fmt, 'must be "json" or "arrow"')
     app = request.app
-    return await _with_snapshot(request, document, app[CATALOG], app[READER], metric, fmt)
+    return await with_snapshot(request, document, app[CATALOG], app[READER], metric, fmt)
 
 
 async def _series(request: web.Request) -> web.Response:
@@ -776,7 +777,7 @@ async def _series(request: web.Request) -> web.Response:
 
     ask = _series_request(request.query)
     app = request.app
-    return _json(await _with_snapshot(request, document, app[CATALOG], app[READER], ask))
+    return _json(await with_snapshot(request, document, app[CATALOG], app[READER], ask))
 
 
 async def _multi_series(request: web.Request) -> web.Response:
@@ -805,7 +806,7 @@ async def _multi_series(request: web.Request) -> web.Response:
 
     ask = _multi_series_request(await request.read())
     app = request.app
-    return _json(await _with_snapshot(request, document, app[CATALOG], app[READER], ask))
+    return _json(await with_snapshot(request, document, app[CATALOG], app[READER], ask))
 
 
 async def _sql(request: web.Request) -> web.Response:
@@ -820,7 +821,7 @@ async def _sql(request: web.Request) -> web.Response:
 
     ask = _sql_request(await request.read())
     app = request.app
-    return await _with_snapshot(request, document, app[CATALOG_TABLES], app[SQL_SANDBOX], ask)
+    return await with_snapshot(request, document, app[CATALOG_TABLES], app[SQL_SANDBOX], ask)
 
 
 def _static_file(root: Path, relative: str) -> Path | None:

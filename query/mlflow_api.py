@@ -19,9 +19,8 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
-import duckdb
 import pyarrow as pa
 from aiohttp import web
 
@@ -34,7 +33,7 @@ from steppe.ingest.catalog import (
     RunRecord,
 )
 from steppe.ingest.layout import Snapshot
-from steppe.query.app import CATALOG, CATALOG_TABLES, READER, SNAPSHOT_SOURCE
+from steppe.query.app import CATALOG, CATALOG_TABLES, READER, with_snapshot
 from steppe.query.artifacts import clean_path
 from steppe.query.jsonenc import dumps, float_value
 from steppe.query.reader import MetricSummary, Reader
@@ -627,22 +626,6 @@ async def _blocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     return await asyncio.to_thread(fn, *args, **kwargs)
 
 
-async def _with_snapshot(
-    request: web.Request,
-    fn: Callable[Concatenate[Snapshot, P], T],
-    *args: P.args,
-    **kwargs: P.kwargs,
-) -> T:
-    """``fn(snapshot, ...)`` in a worker thread, on a snapshot taken here on the loop."""
-    source = request.app[SNAPSHOT_SOURCE]
-    try:
-        return await asyncio.to_thread(fn, source.snapshot(), *args, **kwargs)
-    except duckdb.IOException:
-        # Compaction may have replaced a file of that snapshot meanwhile: a fresh one
-        # names its replacement (a real I/O fault fails again).
-        return await asyncio.to_thread(fn, source.snapshot(), *args, **kwargs)
-
-
 def _writer(request: web.Request) -> MetricWriter:
     writer = request.app[METRIC_WRITER]
     if writer is None:
@@ -972,7 +955,7 @@ async def _get_run(request: web.Request) -> web.Response:
 
     fields = await _fields(request)
     app = request.app
-    body = await _with_snapshot(request, document, app[CATALOG], app[READER], _run_id(fields))
+    body = await with_snapshot(request, document, app[CATALOG], app[READER], _run_id(fields))
     return web.Response(body=body, content_type="application/json")
 
 
@@ -1177,7 +1160,7 @@ async def _search_runs(request: web.Request) -> web.Response:
 
     ask = _search_runs_request(await _fields(request))
     app = request.app
-    body = await _with_snapshot(
+    body = await with_snapshot(
         request, document, app[CATALOG_TABLES], app[CATALOG], app[READER], ask
     )
     return web.Response(body=body, content_type="application/json")
@@ -1257,7 +1240,7 @@ async def _get_metric_history(request: web.Request) -> web.Response:
     limit = min(fields.bounded("max_results", HISTORY_PAGE, 1, 2**31 - 1), MAX_HISTORY_PAGE)
     offset = _page_offset(fields.string("page_token"))
     app = request.app
-    body = await _with_snapshot(
+    body = await with_snapshot(
         request, document, app[CATALOG], app[READER], run_id, key, limit, offset
     )
     return web.Response(body=body, content_type="application/json")
@@ -1376,7 +1359,7 @@ async def _get_metric_history_bulk_interval(request: web.Request) -> web.Respons
             )
         steps = (start, end)
     app = request.app
-    body = await _with_snapshot(
+    body = await with_snapshot(
         request, document, app[CATALOG], app[READER], run_ids, key, max_results, steps
     )
     return web.Response(body=body, content_type="application/json")
