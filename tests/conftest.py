@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +19,10 @@ from pathlib import Path
 import pytest
 
 STARTUP_TIMEOUT_S = 30.0
+
+# Spools (and anything else steppe caches) of this test session live in a folder of its own,
+# never in the user's ~/.cache: child processes inherit it through clean_env.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="steppe-test-cache-")
 
 
 def clean_env(**extra: str) -> dict[str, str]:
