@@ -25,12 +25,12 @@ MAX_METRICS_PER_BATCH = 1000
 #: steppe's own: distinct metric keys one run may have (the server enforces it).
 MAX_METRIC_KEYS_PER_RUN = 100_000
 #: steppe's own: run ids are MLflow's form (client-chosen uuid4 hex, or 1-256 word chars).
-RUN_ID_RE = re.compile(r"^[a-zA-Z0-9][\w\-]{0,255}$")
-EXPERIMENT_ID_RE = re.compile(r"^[a-zA-Z0-9][\w\-]{0,63}$")
+RUN_ID_RE = re.compile(r"[a-zA-Z0-9][\w\-]{0,255}")
+EXPERIMENT_ID_RE = re.compile(r"[a-zA-Z0-9][\w\-]{0,63}")
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 
-_NAME_RE = re.compile(r"^[/\w.\- :]*$")
+_NAME_RE = re.compile(r"[/\w.\- :]*")
 _NAME_RULE = (
     "names may only contain alphanumerics, underscores (_), dashes (-), periods (.), "
     "spaces ( ), colons (:) and slashes (/)"
@@ -52,7 +52,7 @@ def check_name(field: str, name: object, what: str = "name") -> str:
         raise InvalidParameterValue(
             field, name, f"{what} exceeds the maximum length of {MAX_ENTITY_KEY_LENGTH} characters"
         )
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise InvalidParameterValue(field, name, _NAME_RULE)
     if _bad_path(name):
         raise InvalidParameterValue(
@@ -119,7 +119,7 @@ def check_timestamp(field: str, timestamp_ms: object) -> int:
 
 
 def check_run_id(field: str, run_id: object) -> str:
-    if not isinstance(run_id, str) or not RUN_ID_RE.match(run_id):
+    if not isinstance(run_id, str) or not RUN_ID_RE.fullmatch(run_id):
         raise InvalidParameterValue(
             field, run_id, "run ids are 1-256 letters, digits, underscores or dashes"
         )
@@ -127,7 +127,7 @@ def check_run_id(field: str, run_id: object) -> str:
 
 
 def check_experiment_id(field: str, experiment_id: object) -> str:
-    if not isinstance(experiment_id, str) or not EXPERIMENT_ID_RE.match(experiment_id):
+    if not isinstance(experiment_id, str) or not EXPERIMENT_ID_RE.fullmatch(experiment_id):
         raise InvalidParameterValue(
             field, experiment_id, "experiment ids are 1-64 letters, digits, underscores or dashes"
         )

@@ -45,10 +45,10 @@ LATEST_SCHEMA = pa.schema(
 #: Metrics files: ``metrics/part-<first WAL segment>-<last WAL segment>.parquet``
 #: (zero-padded, so lexical order is WAL order). Written to a temp name, fsynced,
 #: renamed; immutable afterwards, so outside tools can read them at any time.
-METRICS_FILE_RE = re.compile(r"^part-(\d{12})-(\d{12})\.parquet$")
+METRICS_FILE_RE = re.compile(r"part-(\d{12})-(\d{12})\.parquet")
 
 #: WAL segments: ``wal/<segment number>.wal``.
-WAL_FILE_RE = re.compile(r"^(\d{12})\.wal$")
+WAL_FILE_RE = re.compile(r"(\d{12})\.wal")
 
 
 def metrics_file_name(first_segment: int, last_segment: int) -> str:
@@ -108,7 +108,7 @@ class DataDir:
             return []
         ranges: list[tuple[int, int, Path]] = []
         for path in self.metrics_dir.iterdir():
-            match = METRICS_FILE_RE.match(path.name)
+            match = METRICS_FILE_RE.fullmatch(path.name)
             if match:
                 ranges.append((int(match.group(1)), int(match.group(2)), path))
         live = [

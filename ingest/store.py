@@ -128,7 +128,7 @@ class Part:
     @classmethod
     def at(cls, path: Path) -> Part | None:
         """The part a committed file name describes (reads the footer: not on the loop)."""
-        match = METRICS_FILE_RE.match(path.name)
+        match = METRICS_FILE_RE.fullmatch(path.name)
         if match is None:
             return None
         try:

@@ -66,7 +66,7 @@ def list_segments(directory: Path) -> list[tuple[int, Path]]:
         return []
     found = []
     for path in directory.iterdir():
-        match = WAL_FILE_RE.match(path.name)
+        match = WAL_FILE_RE.fullmatch(path.name)
         if match:
             found.append((int(match.group(1)), path))
     return sorted(found)

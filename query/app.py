@@ -31,7 +31,7 @@ from steppe.errors import InvalidParameterValue, ResourceDoesNotExist, SteppeErr
 from steppe.ingest.catalog import Catalog, ExperimentRecord, RunRecord
 from steppe.ingest.layout import Snapshot, SnapshotSource
 from steppe.query.artifacts import ArtifactStore, add_artifact_routes
-from steppe.query.jsonenc import dumps, float_list, float_value, table_rows
+from steppe.query.jsonenc import dumps, float_list, float_value, parse_body, table_rows
 from steppe.query.reader import MetricSummary, Reader
 from steppe.query.search import (
     VIEW_TYPES,
@@ -51,7 +51,14 @@ from steppe.query.series import (
     XAxis,
     multi_series,
 )
-from steppe.query.sql import DEFAULT_MAX_ROWS, DEFAULT_TIME_LIMIT_S, MAX_MAX_ROWS, SqlSandbox
+from steppe.query.sql import (
+    DEFAULT_MAX_RESULT_BYTES,
+    DEFAULT_MAX_ROWS,
+    DEFAULT_TIME_LIMIT_S,
+    JSON_RESULT_FRACTION,
+    MAX_MAX_ROWS,
+    SqlSandbox,
+)
 from steppe.query.views import CatalogTables, matching_run_ids
 
 if TYPE_CHECKING:
@@ -86,6 +93,10 @@ MAX_SERIES = 100
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 #: Concurrent blocking reads; each holds a DuckDB cursor and its result in memory.
 QUERY_WORKERS = 4
+#: User SQL runs on threads of its own, so heavy queries never take the UI's: this many at
+#: once, and at most SQL_MAX_WAITING more queued; past that a query is answered 429.
+SQL_WORKERS = 1
+SQL_MAX_WAITING = 8
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
@@ -103,6 +114,9 @@ EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 CATALOG_TABLES = web.AppKey("catalog_tables", CatalogTables)
 SQL_SANDBOX = web.AppKey("sql_sandbox", SqlSandbox)
 SQL_TIME_LIMIT_S = web.AppKey("sql_time_limit_s", float)
+SQL_MAX_RESULT_BYTES = web.AppKey("sql_max_result_bytes", int)
+SQL_EXECUTOR = web.AppKey("sql_executor", ThreadPoolExecutor)
+SQL_ADMISSION = web.AppKey("sql_admission", asyncio.Semaphore)
 
 _PLACEHOLDER_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>steppe</title></head>
@@ -128,6 +142,7 @@ def make_app(
     static_dir: Path | None = None,
     on_activity: Callable[[], None] | None = None,
     sql_time_limit_s: float = DEFAULT_TIME_LIMIT_S,
+    sql_max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
     metric_writer: MetricWriter | None = None,
     artifacts: ArtifactStore | None = None,
     token: str | None = None,
@@ -135,7 +150,8 @@ def make_app(
     """The read side's HTTP app. ``server_info`` is read on every ``/server-info`` request
     (so ports may be filled in after binding); ``on_activity`` is called at the start of
     every request (an idle-shutdown hook). The DuckDB reader, the SQL sandbox and the worker
-    threads live from app startup to cleanup; ``sql_time_limit_s`` bounds each user query.
+    threads live from app startup to cleanup; ``sql_time_limit_s`` and
+    ``sql_max_result_bytes`` (Arrow bytes; a JSON result: an eighth) bound each user query.
     MLflow's REST API is read-only unless ``metric_writer`` (ingest) is given; artifacts are
     served from ``artifacts`` when given. With ``token``, every request but server-info must
     carry it (``Authorization: Bearer``, or the cookie a ``?token=`` page visit sets).
@@ -154,6 +170,7 @@ def make_app(
     app[ON_ACTIVITY] = on_activity
     app[CATALOG_TABLES] = CatalogTables(catalog)
     app[SQL_TIME_LIMIT_S] = sql_time_limit_s
+    app[SQL_MAX_RESULT_BYTES] = sql_max_result_bytes
     app.cleanup_ctx.append(_query_resources)
 
     api = API_PREFIX
@@ -187,15 +204,22 @@ def make_app(
 async def _query_resources(app: web.Application) -> AsyncIterator[None]:
     executor = ThreadPoolExecutor(max_workers=QUERY_WORKERS, thread_name_prefix="steppe-query")
     reader = Reader()
-    sandbox = SqlSandbox(time_limit_s=app[SQL_TIME_LIMIT_S])
+    sql_executor = ThreadPoolExecutor(max_workers=SQL_WORKERS, thread_name_prefix="steppe-sql")
+    sandbox = SqlSandbox(
+        time_limit_s=app[SQL_TIME_LIMIT_S], max_result_bytes=app[SQL_MAX_RESULT_BYTES]
+    )
     app[EXECUTOR] = executor
+    app[SQL_EXECUTOR] = sql_executor
+    app[SQL_ADMISSION] = asyncio.Semaphore(SQL_WORKERS + SQL_MAX_WAITING)
     app[READER] = reader
     app[SQL_SANDBOX] = sandbox
     try:
         yield
     finally:
         # Let running queries finish before their database goes away.
-        await asyncio.get_running_loop().run_in_executor(None, executor.shutdown, True)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, executor.shutdown, True)
+        await loop.run_in_executor(None, sql_executor.shutdown, True)
         reader.close()
         sandbox.close()
 
@@ -287,8 +311,14 @@ async def _error_middleware(
 async def _blocking(
     request: web.Request, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
 ) -> T:
+    return await _on(request.app[EXECUTOR], fn, *args, **kwargs)
+
+
+async def _on(
+    executor: ThreadPoolExecutor, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+) -> T:
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(request.app[EXECUTOR], functools.partial(fn, *args, **kwargs))
+    return await loop.run_in_executor(executor, functools.partial(fn, *args, **kwargs))
 
 
 async def with_snapshot(
@@ -412,11 +442,7 @@ def _series_request(query: MultiMapping[str]) -> _SeriesRequest:
 
 
 def _json_object(body: bytes, allowed: Sequence[str]) -> dict[str, Any]:
-    try:
-        document = json.loads(body) if body.strip() else {}
-    except ValueError as exc:
-        text = body[:80].decode(errors="replace")
-        raise InvalidParameterValue("body", text, f"is not valid JSON ({exc})") from None
+    document = parse_body(body)
     if not isinstance(document, dict):
         raise InvalidParameterValue("body", document, "must be a JSON object")
     unknown = sorted(set(document) - set(allowed))
@@ -691,7 +717,11 @@ async def _experiment_runs(request: web.Request) -> web.Response:
 
 async def _search_runs(request: web.Request) -> web.Response:
     def document(
-        snapshot: Snapshot, tables: CatalogTables, reader: Reader, ask: _SearchRunsRequest
+        snapshot: Snapshot,
+        tables: CatalogTables,
+        reader: Reader,
+        ask: _SearchRunsRequest,
+        time_limit_s: float,
     ) -> bytes:
         view = tables.current()
         search = RunSearch(
@@ -702,7 +732,7 @@ async def _search_runs(request: web.Request) -> web.Response:
             limit=ask.max_results + 1,  # one more tells whether another page exists
             offset=ask.offset,
         )
-        run_ids = matching_run_ids(reader, snapshot, view, search)
+        run_ids = matching_run_ids(reader, snapshot, view, search, time_limit_s=time_limit_s)
         runs = [view.records[run_id] for run_id in run_ids[: ask.max_results]]
         out: dict[str, object] = {"runs": _runs_json(reader, snapshot, runs)}
         if ask.paged and len(run_ids) > ask.max_results:
@@ -711,7 +741,11 @@ async def _search_runs(request: web.Request) -> web.Response:
 
     ask = _search_runs_request(await request.read())
     app = request.app
-    return _json(await with_snapshot(request, document, app[CATALOG_TABLES], app[READER], ask))
+    return _json(
+        await with_snapshot(
+            request, document, app[CATALOG_TABLES], app[READER], ask, app[SQL_TIME_LIMIT_S]
+        )
+    )
 
 
 async def _get_run(request: web.Request) -> web.Response:
@@ -809,19 +843,40 @@ async def _multi_series(request: web.Request) -> web.Response:
     return _json(await with_snapshot(request, document, app[CATALOG], app[READER], ask))
 
 
+class _Busy(SteppeError):
+    error_code = "RESOURCE_EXHAUSTED"
+    http_status = 429
+
+
 async def _sql(request: web.Request) -> web.Response:
     def document(
         snapshot: Snapshot, tables: CatalogTables, sandbox: SqlSandbox, ask: _SqlRequest
     ) -> web.Response:
-        table = sandbox.run(snapshot, tables.current(), ask.query, ask.max_rows)
-        if ask.format == "arrow":
+        arrow = ask.format == "arrow"
+        limit = sandbox.max_result_bytes // (1 if arrow else JSON_RESULT_FRACTION)
+        table = sandbox.run(snapshot, tables.current(), ask.query, ask.max_rows, max_bytes=limit)
+        if arrow:
             return web.Response(body=_arrow_stream(table), content_type=ARROW_STREAM)
         columns = [{"name": f.name, "type": str(f.type)} for f in table.schema]
         return _json(dumps({"columns": columns, "rows": table_rows(table)}))
 
     ask = _sql_request(await request.read())
     app = request.app
-    return await with_snapshot(request, document, app[CATALOG_TABLES], app[SQL_SANDBOX], ask)
+    admission = app[SQL_ADMISSION]
+    if admission.locked():
+        raise _Busy(
+            f"the server is running {SQL_WORKERS} SQL queries and has {SQL_MAX_WAITING} "
+            "waiting (the SQL concurrency limit): retry later"
+        )
+    async with admission:
+        # User SQL waits for its own threads (SQL_WORKERS), never for the UI's reads'.
+        source, executor = app[SNAPSHOT_SOURCE], app[SQL_EXECUTOR]
+        args = (app[CATALOG_TABLES], app[SQL_SANDBOX], ask)
+        try:
+            return await _on(executor, document, source.snapshot(), *args)
+        except duckdb.IOException:
+            log.info("Retrying a SQL query on a fresh snapshot", exc_info=True)
+            return await _on(executor, document, source.snapshot(), *args)
 
 
 def _static_file(root: Path, relative: str) -> Path | None:

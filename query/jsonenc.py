@@ -11,11 +11,22 @@ import datetime
 import decimal
 import json
 import math
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["column_values", "dumps", "float_list", "float_value", "json_value", "table_rows"]
+from steppe.errors import InvalidParameterValue
+
+__all__ = [
+    "column_values",
+    "dumps",
+    "float_list",
+    "float_value",
+    "json_value",
+    "parse_body",
+    "table_rows",
+]
 
 JsonFloat = float | str | None
 
@@ -91,3 +102,43 @@ def table_rows(table: pa.Table) -> list[list[object]]:
     """A table as a list of rows (lists, so duplicate column names survive)."""
     columns = [column_values(column) for column in table.columns]
     return [list(row) for row in zip(*columns, strict=True)] if columns else []
+
+
+def parse_body(body: bytes, *, double_encoded: bool = False) -> Any:
+    """A request body's JSON (empty: ``{}``), or InvalidParameterValue naming the rule:
+    not JSON, nested too deeply for the parser, or a string with a lone surrogate escape
+    (``"\\ud800"``: no UTF-8 text, so nothing could store or answer it).
+    ``double_encoded``: a JSON string holding the document is unwrapped once."""
+    try:
+        document = json.loads(body) if body.strip() else {}
+        if double_encoded and isinstance(document, str):  # older MLflow clients do this
+            document = json.loads(document)
+    except RecursionError:
+        raise InvalidParameterValue(
+            "body", "<deeply nested JSON>", "is JSON nested too deeply"
+        ) from None
+    except ValueError as exc:
+        text = body[:80].decode(errors="replace")
+        raise InvalidParameterValue("body", text, f"is not valid JSON ({exc})") from None
+    stack: list[tuple[str, object]] = [("body", document)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                _check_text(where, key)
+                stack.append((f"{where}.{key}" if where != "body" else key, item))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", item) for i, item in enumerate(value))
+        elif isinstance(value, str):
+            _check_text(where, value)
+    return document
+
+
+def _check_text(where: str, text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = text.encode("utf-8", "backslashreplace").decode()
+        raise InvalidParameterValue(
+            where, shown, "contains a lone surrogate (\\ud800-\\udfff): not valid Unicode text"
+        ) from None

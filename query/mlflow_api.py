@@ -33,9 +33,9 @@ from steppe.ingest.catalog import (
     RunRecord,
 )
 from steppe.ingest.layout import Snapshot
-from steppe.query.app import CATALOG, CATALOG_TABLES, READER, with_snapshot
+from steppe.query.app import CATALOG, CATALOG_TABLES, READER, SQL_TIME_LIMIT_S, with_snapshot
 from steppe.query.artifacts import clean_path
-from steppe.query.jsonenc import dumps, float_value
+from steppe.query.jsonenc import dumps, float_value, parse_body
 from steppe.query.reader import MetricSummary, Reader
 from steppe.query.search import (
     VIEW_TYPES,
@@ -283,14 +283,7 @@ async def _fields(request: web.Request, limit: int = _MAX_BODY_BYTES) -> _Fields
         query = request.query
         return _Fields({name: query.getall(name) for name in query}, query=True)
     body = await _read_body(request, limit)
-    try:
-        document = json.loads(body) if body.strip() else {}
-        if isinstance(document, str):  # older clients double-encode their JSON
-            document = json.loads(document)
-    except ValueError as exc:
-        raise InvalidParameterValue(
-            "body", body[:80].decode(errors="replace"), f"is not valid JSON ({exc})"
-        ) from None
+    document = parse_body(body, double_encoded=True)
     if not isinstance(document, dict):
         raise InvalidParameterValue("body", document, "must be a JSON object")
     return _Fields(document, query=False)
@@ -1141,6 +1134,7 @@ async def _search_runs(request: web.Request) -> web.Response:
         catalog: Catalog,
         reader: Reader,
         ask: _SearchRuns,
+        time_limit_s: float,
     ) -> bytes:
         view = tables.current()
         search = RunSearch(
@@ -1151,7 +1145,7 @@ async def _search_runs(request: web.Request) -> web.Response:
             limit=ask.max_results + 1,  # one more says whether another page exists
             offset=ask.offset,
         )
-        run_ids = matching_run_ids(reader, snapshot, view, search)
+        run_ids = matching_run_ids(reader, snapshot, view, search, time_limit_s=time_limit_s)
         runs = [view.records[run_id] for run_id in run_ids[: ask.max_results]]
         out: dict[str, object] = {"runs": _runs_json(reader, catalog, snapshot, runs)}
         if len(run_ids) > ask.max_results:
@@ -1161,7 +1155,13 @@ async def _search_runs(request: web.Request) -> web.Response:
     ask = _search_runs_request(await _fields(request))
     app = request.app
     body = await with_snapshot(
-        request, document, app[CATALOG_TABLES], app[CATALOG], app[READER], ask
+        request,
+        document,
+        app[CATALOG_TABLES],
+        app[CATALOG],
+        app[READER],
+        ask,
+        app[SQL_TIME_LIMIT_S],
     )
     return web.Response(body=body, content_type="application/json")
 

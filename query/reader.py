@@ -25,6 +25,7 @@ __all__ = [
     "MetricSummary",
     "Reader",
     "Series",
+    "deadline",
 ]
 
 #: The tail is registered under this name on each query's own cursor.
@@ -35,6 +36,38 @@ _HISTORY_SCHEMA = pa.schema(
 )
 _EXACT_SCHEMA = pa.schema([("step", pa.int64()), ("value", pa.float64())])
 _BOUNDS_CACHE_SIZE = 1024
+
+
+@contextmanager
+def deadline(db: duckdb.DuckDBPyConnection, limit_s: float) -> Iterator[threading.Event]:
+    """Interrupt ``db`` once ``limit_s`` has passed, and keep interrupting until the block
+    ends (an interrupt that lands between two queries' phases is otherwise lost)."""
+    done = threading.Event()
+    expired = threading.Event()
+
+    def watch() -> None:
+        if done.wait(limit_s):
+            return
+        expired.set()
+        while True:
+            db.interrupt()
+            if done.wait(0.05):
+                return
+
+    watcher = threading.Thread(target=watch, name="steppe-sql-deadline", daemon=True)
+    watcher.start()
+    try:
+        yield expired
+    finally:
+        done.set()
+        watcher.join()
+
+
+def _arrow(cursor: duckdb.DuckDBPyConnection, sql: str, params: dict[str, object]) -> pa.Table:
+    relation = cursor.sql(sql, params=params)
+    assert relation is not None  # a SELECT always gives a relation
+    table: pa.Table = relation.to_arrow_table()
+    return table
 
 
 class MetricSummary(TypedDict):
@@ -229,21 +262,30 @@ class Reader:
         sql: str,
         params: Mapping[str, object],
         tables: Mapping[str, pa.Table] | None = None,
+        *,
+        time_limit_s: float | None = None,
     ) -> pa.Table:
         """Run steppe's own ``sql`` (never user SQL: see steppe.query.sql) on a cursor where
         the snapshot's tail is ``tail``, ``$files`` lists its files (bound only when the
         snapshot has files and ``sql`` uses it) and each of ``tables`` is registered under
-        its name."""
+        its name. Past ``time_limit_s`` it is interrupted: ``TimeoutError``."""
         params = dict(params)
         if snapshot.files and "$files" in sql:
             params["files"] = [str(path) for path in snapshot.files]
         with self._cursor(snapshot) as cursor:
             for name, extra in (tables or {}).items():
                 cursor.register(name, extra)
-            relation = cursor.sql(sql, params=params)
-            assert relation is not None  # a SELECT always gives a relation
-            table: pa.Table = relation.to_arrow_table()
-            return table
+            if time_limit_s is None:
+                return _arrow(cursor, sql, params)
+            with deadline(cursor, time_limit_s) as expired:
+                try:
+                    return _arrow(cursor, sql, params)
+                except duckdb.InterruptException:
+                    if expired.is_set():
+                        raise TimeoutError(
+                            f"exceeded the time limit of {time_limit_s:g} s"
+                        ) from None
+                    raise
 
     def metric_history(self, snapshot: Snapshot, run_id: str, key: str) -> pa.Table:
         """Every point of one metric: columns step, value, timestamp, ordered by step then

@@ -15,6 +15,7 @@ from typing import Literal
 from steppe.errors import InvalidParameterValue
 
 __all__ = [
+    "MAX_FILTER_COMPARISONS",
     "NUMERIC_ATTRIBUTES",
     "ORDERABLE_ATTRIBUTES",
     "STRING_ATTRIBUTES",
@@ -62,6 +63,10 @@ VIEW_TYPES: dict[str, tuple[str, ...] | None] = {
     "DELETED_ONLY": ("deleted",),
     "ALL": None,
 }
+
+#: Comparisons one filter may AND together: each is a join or a subquery, and hundreds of
+#: them take DuckDB's optimizer seconds to minutes.
+MAX_FILTER_COMPARISONS = 100
 
 _NUMERIC_OPS = ("=", "!=", "<", "<=", ">", ">=")
 _STRING_OPS = ("=", "!=", "LIKE", "ILIKE")
@@ -354,6 +359,12 @@ def parse_filter(text: str | None) -> tuple[Comparison, ...]:
         op = _comparator(scanner)
         raw, what = _value(scanner, op)
         out.append(_typed(scanner, kind, key, op, raw, what, start))
+        if len(out) > MAX_FILTER_COMPARISONS:
+            raise scanner.error(
+                f"has more than {MAX_FILTER_COMPARISONS} comparisons (the limit per filter): "
+                "split the search, or filter on fewer keys",
+                start,
+            )
         if scanner.at_end():
             return tuple(out)
         at = scanner.pos

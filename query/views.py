@@ -16,6 +16,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from steppe.errors import InvalidParameterValue
 from steppe.ingest.catalog import Catalog, ExperimentRecord, RunRecord
 from steppe.ingest.layout import Snapshot
 from steppe.ingest.sqlite_catalog import SqliteCatalog
@@ -146,12 +147,36 @@ def _runs_tables(runs: list[RunRecord]) -> tuple[pa.Table, pa.Table, pa.Table]:
 
 
 def matching_run_ids(
-    reader: Reader, snapshot: Snapshot, view: CatalogView, search: RunSearch
+    reader: Reader,
+    snapshot: Snapshot,
+    view: CatalogView,
+    search: RunSearch,
+    *,
+    time_limit_s: float | None = None,
 ) -> list[str]:
     """Run ids that ``search`` selects, in its order: the one place both HTTP APIs
-    (steppe's and MLflow's runs/search) run the compiled filter over these views."""
+    (steppe's and MLflow's runs/search) run the compiled filter over these views. Past
+    ``time_limit_s`` (user SQL's limit) the search stops with InvalidParameterValue."""
     sql, params = compile_search(search)
-    found = reader.query(
+    try:
+        found = _search(reader, snapshot, view, sql, params, time_limit_s)
+    except TimeoutError as exc:
+        raise InvalidParameterValue(
+            "filter", "<the filter>", f"the search {exc}: narrow the filter or the experiments"
+        ) from None
+    run_ids: list[str] = found.column("run_id").to_pylist()
+    return run_ids
+
+
+def _search(
+    reader: Reader,
+    snapshot: Snapshot,
+    view: CatalogView,
+    sql: str,
+    params: dict[str, object],
+    time_limit_s: float | None,
+) -> pa.Table:
+    return reader.query(
         snapshot,
         sql,
         params,
@@ -161,9 +186,8 @@ def matching_run_ids(
             "tags": view.tags,
             "latest_metrics": snapshot.latest,
         },
+        time_limit_s=time_limit_s,
     )
-    run_ids: list[str] = found.column("run_id").to_pylist()
-    return run_ids
 
 
 class CatalogTables:
