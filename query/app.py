@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import errno
 import functools
 import json
 import logging
 import math
 import re
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -299,10 +301,26 @@ async def _error_middleware(
         if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
+    except (OSError, sqlite3.OperationalError) as exc:
+        if not _disk_full(exc):
+            log.exception("Unhandled error in %s %s", request.method, request.path)
+            return _error(500, "INTERNAL_ERROR", "Internal server error; see the server log.")
+        log.warning("Disk full in %s %s: %s", request.method, request.path, exc)
+        return _error(
+            507,
+            "RESOURCE_EXHAUSTED",
+            "the server's disk is full: nothing was changed; free space and retry",
+        )
     except Exception:
         # Anything else is a bug: log it with its stack, answer without one.
         log.exception("Unhandled error in %s %s", request.method, request.path)
         return _error(500, "INTERNAL_ERROR", "Internal server error; see the server log.")
+
+
+def _disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(exc)
+    return "disk is full" in str(exc)
 
 
 # running blocking reads ----------------------------------------------------------------

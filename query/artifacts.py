@@ -52,6 +52,10 @@ _STEPPE_PREFIX = "/api/steppe/v1"
 _SCHEME = "mlflow-artifacts:"
 _DRIVE_RE = re.compile(r"^[A-Za-z]:")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+#: One name in an artifact path (the OS allows 255 bytes; an upload's temporary name adds
+#: 39), and a whole path (well inside the OS's PATH_MAX with the store's own root).
+MAX_NAME_BYTES = 200
+MAX_PATH_BYTES = 1024
 #: Types a browser may show inline. Anything else (HTML, SVG, JS, ...) is sent as an opaque
 #: download, so an uploaded file can never run script on this origin.
 _INLINE_TYPES = frozenset(
@@ -89,8 +93,21 @@ def clean_path(path: object, field: str = "path", *, allow_root: bool = False) -
             raise InvalidParameterValue(field, path, "artifact paths must be relative")
         if ".." in candidate.split("/"):
             raise InvalidParameterValue(field, path, "artifact paths may not contain '..'")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidParameterValue(field, path, "must be valid Unicode text") from None
     parts = [part for part in path.split("/") if part not in ("", ".")]
+    for part in parts:
+        if len(part.encode()) > MAX_NAME_BYTES:
+            raise InvalidParameterValue(
+                field, path, f"each file or folder name may be at most {MAX_NAME_BYTES} bytes"
+            )
     clean = "/".join(parts)
+    if len(clean.encode()) > MAX_PATH_BYTES:
+        raise InvalidParameterValue(
+            field, path, f"artifact paths may be at most {MAX_PATH_BYTES} bytes"
+        )
     if not clean and not allow_root:
         raise InvalidParameterValue(field, path, "must name a file, not the artifact root")
     return clean
@@ -192,9 +209,11 @@ class ArtifactStore:
         self._check_inside(path)
         parent, name = posixpath.split(path)
         if parent:
-            existing = self._fs.get_file_info(parent)
-            if existing.type == pafs.FileType.File:
-                raise InvalidParameterValue("path", path, f"{parent!r} is a file, not a folder")
+            parts = parent.split("/")
+            for depth in range(1, len(parts) + 1):  # a file anywhere up the path is refused
+                folder = "/".join(parts[:depth])
+                if self._fs.get_file_info(folder).type == pafs.FileType.File:
+                    raise InvalidParameterValue("path", path, f"{folder!r} is a file, not a folder")
             self._fs.create_dir(parent, recursive=True)
             self._check_inside(parent)
         if self._fs.get_file_info(path).type == pafs.FileType.Directory:

@@ -13,8 +13,8 @@ import grpc
 import pytest
 
 from steppe import wire
+from steppe.query.search import MAX_FILTER_COMPARISONS
 from steppe.v1 import steppe_pb2 as pb
-MAX_FILTER_COMPARISONS = 100
 from tests.conftest import ServerProcess
 
 SQL = "/api/steppe/v1/sql"
@@ -212,4 +212,43 @@ def test_a_trailing_newline_is_not_a_valid_run_id(steppe_server: ServerProcess) 
         {"run_id": run_id, "key": "k\n", "value": "v"},
     )
     _assert_rejected(status, body, "names may only contain")
+    _still_works(steppe_server)
+
+
+# -- artifacts ------------------------------------------------------------------------
+
+PROXY = "/api/2.0/mlflow-artifacts/artifacts"
+
+
+def _put(server: ServerProcess, path: str, data: bytes) -> tuple[int, Any]:
+    request = urllib.request.Request(server.http_url + PROXY + "/" + path, data=data, method="PUT")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.mark.parametrize(
+    ("path", "words"),
+    [
+        ("hardening/" + "n" * 250, ["at most 200 bytes"]),
+        ("hardening/" + "/".join(["d" * 150] * 40) + "/f", ["at most 1024 bytes"]),
+    ],
+)
+def test_artifact_names_the_os_cannot_hold_are_a_400(
+    steppe_server: ServerProcess, path: str, words: list[str]
+) -> None:
+    status, body = _put(steppe_server, path, b"data")
+    _assert_rejected(status, body, *words)
+    assert _put(steppe_server, "hardening/ok.txt", b"ok")[0] == 200
+    _still_works(steppe_server)
+
+
+def test_a_file_where_a_folder_is_needed_is_a_400(steppe_server: ServerProcess) -> None:
+    assert _put(steppe_server, "hardening-file/a", b"a file")[0] == 200
+    status, body = _put(steppe_server, "hardening-file/a/b/c.txt", b"under a file")
+    _assert_rejected(status, body, "is a file, not a folder")
+    assert body["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert _put(steppe_server, "hardening-file/d/c.txt", b"ok")[0] == 200
     _still_works(steppe_server)
