@@ -212,3 +212,36 @@ def test_tracking_uri_mistakes_are_refused_with_a_hint(
     # Nothing was created: no folder named after the address, no files in the MLflow store.
     assert sorted(p.name for p in cwd.iterdir()) == ["store"]
     assert sorted(p.name for p in (cwd / "store").iterdir()) == ["0"]
+
+
+_RESUME = (
+    "import steppe\n"
+    "with steppe.start_run() as run:\n"
+    "    steppe.log_metric('m', 1.0)\n"
+    "with steppe.start_run() as second:\n"  # the variable is taken by the first start_run
+    "    pass\n"
+    "print(run.info.run_id, second.info.run_id)\n"
+)
+
+
+@pytest.mark.parametrize("variable", ["MLFLOW_RUN_ID", "STEPPE_RUN_ID"])
+def test_start_run_resumes_the_run_named_by_the_environment(
+    steppe_server: ServerProcess, variable: str
+) -> None:
+    client = steppe.Client(steppe_server.http_url)
+    launched = client.create_run().info.run_id  # what `mlflow run` does before the script
+    env = clean_env(STEPPE_TRACKING_URI=steppe_server.http_url, **{variable: launched})
+    done = subprocess.run(
+        [sys.executable, "-c", _RESUME], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    first, second = done.stdout.split()
+    assert first == launched and second != launched
+    run = client.get_run(launched)
+    assert run.info.status == "FINISHED" and run.data.metrics == {"m": 1.0}
+
+    env[variable] = "0" * 32  # no such run: an error, as in MLflow
+    done = subprocess.run(
+        [sys.executable, "-c", _RESUME], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode != 0 and "0" * 32 in done.stderr, done.stderr
