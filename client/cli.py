@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import select
@@ -19,6 +20,7 @@ from steppe import __version__, config
 
 if TYPE_CHECKING:
     from steppe.server import ServerOptions
+    from steppe.spool import Orphan
 
 EXIT_LOCKED = 3
 
@@ -97,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default="127.0.0.1", help="address to bind if starting a server")
     ui.add_argument(
         "--port",
-        type=int,
+        type=_port,
         default=config.DEFAULT_HTTP_PORT,
         help="HTTP port if starting a server (default 5000; 0 picks a free one)",
     )
@@ -115,10 +117,35 @@ def _parser() -> argparse.ArgumentParser:
         help="default: $STEPPE_SPOOL_DIR or ~/.cache/steppe/spool",
     )
     sync.add_argument("--timeout-s", type=float, default=60.0, help="per spool (default 60)")
+    sync.add_argument(
+        "--tracking-uri",
+        default=None,
+        metavar="URI",
+        help="deliver to this server (http://host:port or a data dir) instead of the one "
+        "each spool was logged for (e.g. a spool aimed at a wrong URI)",
+    )
+    sync.add_argument(
+        "--discard",
+        action="append",
+        default=[],
+        metavar="RUN",
+        help="drop what is spooled for run RUN instead of sending it (repeatable)",
+    )
     from steppe import sql
 
     sql.add_parser(sub)
     return parser
+
+
+def _port(raw: str) -> int:
+    """argparse type: a TCP port, 0-65535 (0 picks a free one)."""
+    try:
+        port = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port: must be 0-65535")
+    return port
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,7 +176,7 @@ def _setup_logging() -> None:
     )
 
 
-def _run_server(options: ServerOptions, on_ready: object = None) -> int:
+def _run_server(options: ServerOptions, on_ready: object = None, port_flag: str = "") -> int:
     from steppe.lock import DataDirLocked
     from steppe.server import serve
 
@@ -159,6 +186,13 @@ def _run_server(options: ServerOptions, on_ready: object = None) -> int:
         print(f"steppe: {exc}", file=sys.stderr)
         return EXIT_LOCKED
     except OSError as exc:
+        if port_flag and exc.errno == errno.EADDRINUSE:
+            print(
+                f"steppe: port {options.http_port} is in use; pick another with "
+                f"{port_flag} PORT (0 picks a free one)",
+                file=sys.stderr,
+            )
+            return 1
         print(f"steppe: cannot start the server: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -245,13 +279,15 @@ def _sync(args: argparse.Namespace) -> int:
 
     root = args.spool_dir.expanduser().resolve() if args.spool_dir else config.spool_dir()
     pending = orphans(root)
+    if args.discard:
+        return _discard(pending, set(args.discard))
     if not pending:
         print(f"steppe sync: nothing to send in {root}")
         return 0
     failed = 0
     for orphan in pending:
         try:
-            delivery = replay(orphan, args.timeout_s)
+            delivery = replay(orphan, args.timeout_s, args.tracking_uri)
         except SteppeError as exc:
             failed += 1
             print(
@@ -269,10 +305,64 @@ def _sync(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _discard(pending: list[Orphan], runs: set[str]) -> int:
+    """Drop the spools holding only the given runs; refuse spools shared with other runs."""
+    from steppe import wire
+    from steppe.sync import runs_in
+
+    dropped: set[str] = set()
+    failed = 0
+    for orphan in pending:
+        held = runs_in(orphan)
+        if not held & runs:
+            continue
+        others = held - runs
+        if others:
+            failed += 1
+            print(
+                f"steppe sync: {orphan.dir} also holds run(s) {', '.join(sorted(others))}; "
+                "discard those too, or send it",
+                file=sys.stderr,
+            )
+            continue
+        claim = orphan.claim()
+        if claim is None:
+            failed += 1
+            print(f"steppe sync: {orphan.dir}: another process is sending it", file=sys.stderr)
+            continue
+        points = sum(wire.MetricBatch.FromString(payload).count for _, payload in orphan.records())
+        calls = len(orphan.ops())
+        orphan.remove(claim)
+        dropped |= held
+        print(
+            f"steppe sync: discarded {points} points and {calls} journaled calls of run(s) "
+            f"{', '.join(sorted(held))} from {orphan.dir}"
+        )
+    for run in sorted(runs - dropped):
+        if failed == 0:
+            print(f"steppe sync: nothing spooled for run {run}", file=sys.stderr)
+    return 1 if failed or not dropped else 0
+
+
 def _ui(args: argparse.Namespace) -> int:
     from steppe.discovery import fetch_json
     from steppe.lock import live_owner
 
+    uri = config.tracking_uri() if args.data_dir is None else None
+    if uri:
+        from steppe.discovery import SERVER_INFO_PATH, local_data_dir
+        from steppe.errors import SteppeError
+
+        try:
+            named = local_data_dir(uri)
+            if named is None:  # a server elsewhere: its UI is at its URL
+                fetch_json(uri.rstrip("/") + SERVER_INFO_PATH, timeout_s=config.connect_timeout_s())
+                print(f"steppe UI: {uri.rstrip('/')}  (the server STEPPE_TRACKING_URI names)")
+                return 0
+        except SteppeError as exc:
+            print(f"steppe ui: {exc}", file=sys.stderr)
+            return 1
+        args.data_dir = named
     data_dir = _data_dir(args.data_dir)
     _, owner = live_owner(data_dir)
     if owner is None:
@@ -286,7 +376,7 @@ def _ui(args: argparse.Namespace) -> int:
 
         from steppe.server import ServerOptions
 
-        return _run_server(ServerOptions(data_dir, args.host, args.port, 0), ready)
+        return _run_server(ServerOptions(data_dir, args.host, args.port, 0), ready, "--port")
     print(
         f"steppe UI: {owner.http_url}  (served by the steppe server pid {owner.pid} "
         f"that owns {data_dir}; Ctrl-C to stop)",

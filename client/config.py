@@ -54,6 +54,19 @@ def data_dir() -> Path:
     return Path(os.environ.get("STEPPE_DATA_DIR") or DEFAULT_DATA_DIR).expanduser().resolve()
 
 
+def take_run_id() -> str | None:
+    """STEPPE_RUN_ID, else MLFLOW_RUN_ID: the run a launcher (``mlflow run``) made for this
+    process. Taken, as MLflow does: removed from the environment, so only the first
+    ``start_run()`` without a run_id resumes it."""
+    for name in ("STEPPE_RUN_ID", "MLFLOW_RUN_ID"):
+        value = os.environ.get(name)
+        if value:
+            for other in ("STEPPE_RUN_ID", "MLFLOW_RUN_ID"):
+                os.environ.pop(other, None)
+            return value
+    return None
+
+
 def experiment_name() -> str | None:
     return os.environ.get("STEPPE_EXPERIMENT_NAME") or os.environ.get("MLFLOW_EXPERIMENT_NAME")
 

@@ -8,6 +8,7 @@ a remote server; its gRPC port comes from ``/api/steppe/v1/server-info``.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -34,17 +35,40 @@ class Endpoint:
 def local_data_dir(uri: str | None) -> Path | None:
     """The data dir a tracking URI names, or None for a remote (http) URI."""
     if uri is None or uri == "":
-        return config.data_dir()
+        return _not_mlflow_store(uri, config.data_dir())
+    if _HOST_PORT.match(uri):
+        raise errors.InvalidParameterValue(
+            "tracking_uri",
+            uri,
+            f"a server address needs its scheme: did you mean http://{uri.rstrip('/')}?",
+        )
     parsed = urllib.parse.urlparse(uri)
     if parsed.scheme in ("http", "https"):
         return None
     if parsed.scheme == "file":
-        return Path(urllib.parse.unquote(parsed.path)).resolve()
+        return _not_mlflow_store(uri, Path(urllib.parse.unquote(parsed.path)).resolve())
     if parsed.scheme == "" or len(parsed.scheme) == 1:  # a path (or a Windows drive)
-        return Path(uri).expanduser().resolve()
+        return _not_mlflow_store(uri, Path(uri).expanduser().resolve())
     raise errors.InvalidParameterValue(
         "tracking_uri", uri, "must be http(s)://host:port, file:///path or a local path"
     )
+
+
+#: host:port without a scheme (a forgotten http://), e.g. 127.0.0.1:6220 or [::1]:5000.
+_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}/?$")
+
+
+def _not_mlflow_store(uri: str | None, path: Path) -> Path:
+    """Refuse an MLflow file store (``mlruns``): steppe's files do not belong inside it."""
+    if path.name == "mlruns" or (path / "0" / "meta.yaml").is_file():
+        raise errors.InvalidParameterValue(
+            "tracking_uri",
+            uri if uri else str(path),
+            f"{path} is an MLflow file store (mlruns), not a steppe data dir; point steppe "
+            "at its own folder, e.g. STEPPE_TRACKING_URI=./steppe-data (it takes precedence "
+            "over MLFLOW_TRACKING_URI), or a server's http://host:port",
+        )
+    return path
 
 
 def resolve(uri: str | None, *, start: bool = True) -> Endpoint:

@@ -191,7 +191,7 @@ def start_run(
     parent_run_id: str | None = None,
     log_system_metrics: bool | None = None,
 ) -> ActiveRun:
-    """Start a run (or resume ``run_id``) and make it active.
+    """Start a run (or resume ``run_id``, else STEPPE_RUN_ID/MLFLOW_RUN_ID) and make it active.
 
     Example::
 
@@ -209,6 +209,8 @@ def start_run(
             )
         client = Client()
         conn = connect(client.tracking_uri)
+        if run_id is None:
+            run_id = config.take_run_id()  # set by `mlflow run` or a launcher
         if run_id is not None:
             validation.check_run_id("run_id", run_id)
             resumed = conn.unary.update_run(run_id, "RUNNING", None, run_name)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import random
+import sys
 import threading
 import time
 import uuid
@@ -94,6 +95,7 @@ class Sender:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._left_at: int | None = None  # seq when a wait gave up (see wait_or_leave)
 
     # --- producer side ---------------------------------------------------------------
 
@@ -392,6 +394,49 @@ class Sender:
                 f"the server rejected {len(rejected)} batch(es): " + "; ".join(rejected[:5])
             )
 
+    def wait_or_leave(self, timeout_s: float) -> bool:
+        """Wait for every ack, as ``flush``, but never raise for a missing server: after a
+        second, say on stderr what is waited for; on timeout or Ctrl-C, leave the points in
+        the spool (for `steppe sync`) and return False. A later call waits again only if
+        more was logged meanwhile (so end_run and interpreter exit never wait twice)."""
+        if self._left_at is not None and self._left_at >= self._seq and not self.buffer.points:
+            return False
+        deadline = time.monotonic() + timeout_s
+        said = False
+        try:
+            while True:
+                try:
+                    self.flush(min(1.0, max(0.0, deadline - time.monotonic())))
+                    return True
+                except errors.FlushTimeout:
+                    if time.monotonic() >= deadline:
+                        raise
+                if not said:
+                    said = True
+                    print(
+                        f"steppe: waiting for {self.unacked_points():,} points to be acked by "
+                        f"{self._describe_server()}, Ctrl-C to leave them in the spool for "
+                        "`steppe sync`",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+        except errors.FlushTimeout:
+            print(
+                f"steppe: {self.unacked_points():,} points were not acked by "
+                f"{self._describe_server()} within {timeout_s:g} s (last error: "
+                f"{self._last_error or 'none'}); {self._where_unsent()}",
+                file=sys.stderr,
+                flush=True,
+            )
+        except KeyboardInterrupt:
+            print(
+                f"steppe: left {self.unacked_points():,} unacked points; {self._where_unsent()}",
+                file=sys.stderr,
+                flush=True,
+            )
+        self._left_at = self._seq
+        return False
+
     def _where_unsent(self) -> str:
         if self._spool is not None and not self._spool_error:
             return (
@@ -404,7 +449,7 @@ class Sender:
         """Flush (bounded by timeout_s), then stop the worker. Safe to call twice."""
         try:
             if not self._closed and (self._thread is not None or self.buffer.points):
-                self.flush(timeout_s)
+                self.wait_or_leave(timeout_s)
         finally:
             self._closed = True
             self._wake.set()

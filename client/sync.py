@@ -31,8 +31,22 @@ class Delivery:
     points: int
 
 
-def replay(orphan: Orphan, timeout_s: float) -> Delivery | None:
+def runs_in(orphan: Orphan) -> set[str]:
+    """The run ids an orphaned spool holds points or journaled calls for."""
+    runs: set[str] = set()
+    for _, payload in orphan.records():
+        runs.update(wire.MetricBatch.FromString(payload).run_ids)
+    for op in orphan.ops():
+        args = op.get("args")
+        if isinstance(args, dict) and isinstance(args.get("run_id"), str):
+            runs.add(args["run_id"])
+    return runs
+
+
+def replay(orphan: Orphan, timeout_s: float, tracking_uri: str | None = None) -> Delivery | None:
     """Send one orphaned spool and delete it once the server acked all of it.
+
+    ``tracking_uri`` sends it to that server instead of the one it was logged for.
 
     Returns None if another process is replaying it already. Raises ServerUnavailable or
     FlushTimeout if it could not be delivered (the spool stays for the next try).
@@ -46,8 +60,9 @@ def replay(orphan: Orphan, timeout_s: float) -> Delivery | None:
         if not records and not ops:
             orphan.remove(claim)
             claim = -1
-            return Delivery(orphan.dir, orphan.tracking_uri, 0, 0)
-        endpoint = resolve(orphan.tracking_uri)
+            return Delivery(orphan.dir, tracking_uri or orphan.tracking_uri, 0, 0)
+        target = tracking_uri or orphan.tracking_uri
+        endpoint = resolve(target)
         last_seq = records[-1].seq if records else 0
         with open_channel(endpoint) as channel:
             stub = wire.IngestStub(channel)  # type: ignore[no-untyped-call]
@@ -80,9 +95,7 @@ def replay(orphan: Orphan, timeout_s: float) -> Delivery | None:
             )
         orphan.remove(claim)
         claim = -1
-        return Delivery(
-            orphan.dir, orphan.tracking_uri, len(records), sum(b.count for b in records)
-        )
+        return Delivery(orphan.dir, target, len(records), sum(b.count for b in records))
     finally:
         if claim >= 0:
             os.close(claim)

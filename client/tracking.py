@@ -164,9 +164,18 @@ class Client:
     def set_terminated(
         self, run_id: str, status: str = "FINISHED", end_time: int | None = None
     ) -> None:
-        """End a run: flush its points (waiting for acks), then record status and end time."""
-        self.flush()
-        self._conn.unary.update_run(run_id, status, end_time or now_ms(), None)
+        """End a run: wait for its points' acks, then record status and end time.
+
+        If the server does not ack them within STEPPE_FLUSH_TIMEOUT_S (or Ctrl-C is pressed
+        while waiting), the points stay in the spool and the end of the run is journaled
+        after them: `steppe sync` (or the next run on this machine) delivers both."""
+        conn = self._conn
+        end = end_time or now_ms()
+        if conn.sender.wait_or_leave(config.flush_timeout_s()):
+            conn.unary.update_run(run_id, status, end, None)
+            return
+        args = {"run_id": run_id, "status": status, "end_time": end, "run_name": None}
+        conn.sender.journal({"op": "update_run", "args": args})
 
     # --- logging -----------------------------------------------------------------------
 

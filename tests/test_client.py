@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -177,3 +178,70 @@ def test_restart_keeps_everything(tmp_path: object) -> None:
         assert [m.step for m in history] == list(range(5000))
     finally:
         assert server.stop() == 0
+
+
+_LOG_ONE = "import steppe\nwith steppe.start_run():\n    steppe.log_metric('m', 1.0)\n"
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"STEPPE_TRACKING_URI": "127.0.0.1:6220"}, "did you mean http://127.0.0.1:6220?"),
+        ({"STEPPE_TRACKING_URI": "localhost:6220"}, "did you mean http://localhost:6220?"),
+        ({"MLFLOW_TRACKING_URI": "file:./mlruns"}, "is an MLflow file store"),
+        ({"MLFLOW_TRACKING_URI": "./store"}, "is an MLflow file store"),
+    ],
+)
+def test_tracking_uri_mistakes_are_refused_with_a_hint(
+    tmp_path: Path, env: dict[str, str], expected: str
+) -> None:
+    cwd = tmp_path
+    (cwd / "store" / "0").mkdir(parents=True)  # MLflow's layout: <store>/0/meta.yaml
+    (cwd / "store" / "0" / "meta.yaml").write_text("name: Default\n")
+    done = subprocess.run(
+        [sys.executable, "-c", _LOG_ONE],
+        cwd=cwd,
+        env=clean_env(STEPPE_SPOOL_DIR=str(cwd / "spool"), **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert expected in done.stderr, done.stderr
+    assert "tracking_uri" in done.stderr
+    # Nothing was created: no folder named after the address, no files in the MLflow store.
+    assert sorted(p.name for p in cwd.iterdir()) == ["store"]
+    assert sorted(p.name for p in (cwd / "store").iterdir()) == ["0"]
+
+
+_RESUME = (
+    "import steppe\n"
+    "with steppe.start_run() as run:\n"
+    "    steppe.log_metric('m', 1.0)\n"
+    "with steppe.start_run() as second:\n"  # the variable is taken by the first start_run
+    "    pass\n"
+    "print(run.info.run_id, second.info.run_id)\n"
+)
+
+
+@pytest.mark.parametrize("variable", ["MLFLOW_RUN_ID", "STEPPE_RUN_ID"])
+def test_start_run_resumes_the_run_named_by_the_environment(
+    steppe_server: ServerProcess, variable: str
+) -> None:
+    client = steppe.Client(steppe_server.http_url)
+    launched = client.create_run().info.run_id  # what `mlflow run` does before the script
+    env = clean_env(STEPPE_TRACKING_URI=steppe_server.http_url, **{variable: launched})
+    done = subprocess.run(
+        [sys.executable, "-c", _RESUME], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    first, second = done.stdout.split()
+    assert first == launched and second != launched
+    run = client.get_run(launched)
+    assert run.info.status == "FINISHED" and run.data.metrics == {"m": 1.0}
+
+    env[variable] = "0" * 32  # no such run: an error, as in MLflow
+    done = subprocess.run(
+        [sys.executable, "-c", _RESUME], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode != 0 and "0" * 32 in done.stderr, done.stderr

@@ -114,3 +114,56 @@ def test_server_down_when_the_run_starts(tmp_path: Path) -> None:
         _check(server.http_url, run_id)
     finally:
         assert server.stop() == 0
+
+
+END_SCRIPT = textwrap.dedent(
+    """
+    import steppe
+
+    with steppe.start_run(run_name="never-acked") as run:
+        for step in range(1_000):
+            steppe.log_metric("loss", 1.0 / (step + 1), step=step)
+        print(run.info.run_id, flush=True)
+    print("done", flush=True)
+    """
+)
+
+
+def test_server_down_at_the_end_waits_once_then_sync_ends_the_run(tmp_path: Path) -> None:
+    http_port, grpc_port = _free_port(), _free_port()
+    env = clean_env(
+        STEPPE_TRACKING_URI=f"http://127.0.0.1:{http_port}",
+        STEPPE_SPOOL_DIR=str(tmp_path / "spool"),
+        STEPPE_CONNECT_TIMEOUT_S="1",
+        STEPPE_FLUSH_TIMEOUT_S="2",
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", END_SCRIPT], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.count("waiting for 1,000 points to be acked by") == 1, done.stderr
+    assert "Ctrl-C to leave them in the spool for `steppe sync`" in done.stderr
+    assert done.stderr.count("were not acked") == 1, done.stderr  # one wait, not two
+    run_id = done.stdout.split()[0]
+    assert "done" in done.stdout
+
+    server = start_server(
+        tmp_path / "data", "--http-port", str(http_port), "--grpc-port", str(grpc_port)
+    )
+    try:
+        synced = subprocess.run(
+            [sys.executable, "-m", "steppe", "sync"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        assert synced.returncode == 0, synced.stderr
+        assert "sent 1000 points" in synced.stdout, synced.stdout
+        client = steppe.Client(server.http_url)
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and run.info.end_time is not None
+        assert len(client.get_metric_history(run_id, "loss")) == 1_000
+    finally:
+        assert server.stop() == 0
