@@ -217,3 +217,20 @@ def test_registry_semantics_match_mlflows_sqlite_store(mlflow_uri: str, tmp_path
     assert ours[1:4] == ["1", "2", "3"]
     assert ours[6] == "INVALID_PARAMETER_VALUE"  # the deleted version's alias went with it
     assert ours[7] == "4"
+
+
+def test_sql_views_show_logged_models_and_versions(mlflow_uri: str) -> None:
+    client = MlflowClient()
+    experiment_id = client.create_experiment(_unique("sqlviews"))
+    logged = client.create_logged_model(experiment_id, name="viewed")
+    name = _unique("viewed")
+    client.create_registered_model(name)
+    client.create_model_version(name, f"models:/{logged.model_id}", model_id=logged.model_id)
+    sql = (
+        "SELECT l.name, v.version, v.status FROM model_versions v "
+        "JOIN logged_models l USING (model_id) JOIN registered_models r ON r.name = v.name "
+        f"WHERE v.name = '{name}'"
+    )
+    answer = call(mlflow_uri, "POST", "/api/steppe/v1/sql", {"query": sql})
+    assert answer.status == 200, answer.body
+    assert answer.body["rows"] == [["viewed", 1, "READY"]]
