@@ -234,3 +234,49 @@ def test_sql_views_show_logged_models_and_versions(mlflow_uri: str) -> None:
     answer = call(mlflow_uri, "POST", "/api/steppe/v1/sql", {"query": sql})
     assert answer.status == 200, answer.body
     assert answer.body["rows"] == [["viewed", 1, "READY"]]
+
+
+def test_registry_errors_over_raw_http_change_nothing(mlflow_uri: str) -> None:
+    name = _unique("errs")
+    assert call(mlflow_uri, "POST", f"{API}/registered-models/create", {"name": name}).status == 200
+    created = call(
+        mlflow_uri, "POST", f"{API}/model-versions/create", {"name": name, "source": "s3://b/m"}
+    )
+    assert created.body["model_version"]["version"] == "1"
+    cases = [
+        ("POST", "/registered-models/create", {"name": "a/b"}, 400, "INVALID_PARAMETER_VALUE"),
+        ("POST", "/registered-models/create", {"name": ""}, 400, "INVALID_PARAMETER_VALUE"),
+        ("POST", "/model-versions/create", {"name": name + "x", "source": "s"}, 404, None),
+        (
+            "POST",
+            "/registered-models/alias",
+            {"name": name, "alias": "a", "version": "7"},
+            404,
+            None,
+        ),
+        (
+            "POST",
+            "/registered-models/alias",
+            {"name": name, "alias": "a b", "version": "1"},
+            400,
+            None,
+        ),
+        (
+            "POST",
+            "/model-versions/transition-stage",
+            {"name": name, "version": "1", "stage": "Nowhere"},
+            400,
+            "INVALID_PARAMETER_VALUE",
+        ),
+        ("GET", "/logged-models/..%2F..%2Fetc", None, 400, "INVALID_PARAMETER_VALUE"),
+    ]
+    for method, path, body, status, code in cases:
+        answer = call(mlflow_uri, method, API + path, body)
+        assert answer.status == status, (path, body, answer.body)
+        if code is not None:
+            assert answer.body["error_code"] == code
+        if status == 404:
+            assert answer.body["error_code"] == "RESOURCE_DOES_NOT_EXIST"
+    got = call(mlflow_uri, "GET", f"{API}/registered-models/get", name=name).body
+    assert got["registered_model"]["aliases"] == []
+    assert got["registered_model"]["latest_versions"][0]["current_stage"] == "None"
