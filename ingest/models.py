@@ -263,6 +263,14 @@ class ModelService:
     def delete_model_version(self, name: str, version: str | int) -> None:
         self.repository.delete_model_version(check_model_name(name), check_version(version))
 
+    def set_model_version_tag(self, name: str, version: str | int, key: str, value: str) -> None:
+        if not key:
+            raise InvalidParameterValue("key", key, "is a required parameter")
+        self.repository.set_model_version_tag(name, check_version(version), key, value)
+
+    def delete_model_version_tag(self, name: str, version: str | int, key: str) -> None:
+        self.repository.delete_model_version_tag(name, check_version(version), key)
+
     def set_alias(self, name: str, alias: str, version: str | int) -> None:
         self.repository.set_alias(
             check_model_name(name), check_alias(alias), check_version(version)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
+import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -67,7 +68,10 @@ def run_outputs_json(catalog: Catalog, run_ids: Sequence[str]) -> dict[str, dict
     """run_id -> MLflow's RunOutputs message (runs without outputs are absent)."""
     if not isinstance(catalog, SqliteCatalog):
         return {}
-    outputs = catalog.models.run_outputs(run_ids)
+    try:
+        outputs = catalog.models.run_outputs(run_ids)
+    except sqlite3.OperationalError:  # a read-only catalog file older than the models tables
+        return {}
     return {
         run_id: {"model_outputs": [{"model_id": m, "step": step} for m, step in items]}
         for run_id, items in outputs.items()
@@ -616,11 +620,10 @@ async def _set_model_version_tag(request: web.Request) -> web.Response:
     _writer(request)
     fields = await _fields(request)
     name, version = _name_version(fields)
-    service = _service(request)
     await _blocking(
-        service.repository.set_model_version_tag,
+        _service(request).set_model_version_tag,
         name,
-        int(service.get_model_version(name, version).version),
+        version,
         fields.string("key", required=True),
         fields.string("value"),
     )
@@ -631,11 +634,10 @@ async def _delete_model_version_tag(request: web.Request) -> web.Response:
     _writer(request)
     fields = await _fields(request)
     name, version = _name_version(fields)
-    service = _service(request)
     await _blocking(
-        service.repository.delete_model_version_tag,
+        _service(request).delete_model_version_tag,
         name,
-        int(service.get_model_version(name, version).version),
+        version,
         fields.string("key", required=True),
     )
     return _ok()
