@@ -6,13 +6,14 @@ time (the server's event loop); WAL journal mode so outside readers never block 
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import cast
 
@@ -25,6 +26,7 @@ from steppe.ingest.catalog import (
     ExperimentRecord,
     RunRecord,
 )
+from steppe.ingest.models_catalog import MODELS_SCHEMA, SqliteModelRepository
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS experiments (
@@ -164,7 +166,7 @@ class SqliteCatalog:
         self._lock = threading.RLock()
         self._version = 0
         with self._tx() as db:
-            for statement in _SCHEMA.split(";"):
+            for statement in (_SCHEMA + MODELS_SCHEMA).split(";"):
                 if statement.strip():
                     db.execute(statement)
             if (
@@ -200,6 +202,21 @@ class SqliteCatalog:
     @property
     def version(self) -> int:
         return self._version
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One write transaction on this file, for the per-entity repositories sharing it."""
+        return self._tx()
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection under the catalog's lock, for a repository's reads."""
+        with self._lock:
+            yield self._db
+
+    @functools.cached_property
+    def models(self) -> SqliteModelRepository:
+        """LoggedModels and the Model Registry, in this same file."""
+        return SqliteModelRepository(self)
 
     def close(self) -> None:
         with self._lock:

@@ -597,7 +597,16 @@ def _runs_json(
     run_ids = [run.run_id for run in runs]
     metrics = reader.latest_metrics(snapshot, run_ids)
     inputs = catalog.run_inputs(run_ids)
-    return [_run_json(run, metrics.get(run.run_id, {}), inputs.get(run.run_id, ())) for run in runs]
+    from steppe.query.mlflow_models import run_outputs_json  # it uses this module's helpers
+
+    outputs = run_outputs_json(catalog, run_ids)
+    documents = [
+        _run_json(run, metrics.get(run.run_id, {}), inputs.get(run.run_id, ())) for run in runs
+    ]
+    for document, run in zip(documents, runs, strict=True):
+        if run.run_id in outputs:
+            document["outputs"] = outputs[run.run_id]
+    return documents
 
 
 def _json(document: object) -> web.Response:
@@ -1383,11 +1392,6 @@ async def _server_info(request: web.Request) -> web.Response:
     )
 
 
-async def _search_logged_models(request: web.Request) -> web.Response:
-    await _fields(request)
-    return _json({"models": []})  # steppe records runs, not logged models
-
-
 # -- registration -------------------------------------------------------------------------
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -1417,7 +1421,6 @@ _ROUTES: tuple[tuple[str, str, _Handler], ...] = (
     ("POST", "/runs/search", _search_runs),
     ("GET", "/metrics/get-history", _get_metric_history),
     ("GET", "/metrics/get-history-bulk-interval", _get_metric_history_bulk_interval),
-    ("POST", "/logged-models/search", _search_logged_models),
 )
 
 
@@ -1431,3 +1434,6 @@ def add_mlflow_routes(app: web.Application, metric_writer: MetricWriter | None) 
             app.router.add_route(method, prefix + path, handler)
     for path in _SERVER_INFO_PATHS:
         app.router.add_get(path, _server_info)
+    from steppe.query.mlflow_models import add_model_routes  # it uses this module's helpers
+
+    add_model_routes(app)

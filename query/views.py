@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -19,6 +19,7 @@ import pyarrow as pa
 from steppe.errors import InvalidParameterValue
 from steppe.ingest.catalog import Catalog, ExperimentRecord, RunRecord
 from steppe.ingest.layout import Snapshot
+from steppe.ingest.models_catalog import ModelRepository
 from steppe.ingest.sqlite_catalog import SqliteCatalog
 from steppe.query.reader import Reader
 from steppe.query.search import RunSearch, compile_search
@@ -38,7 +39,17 @@ __all__ = [
 ]
 
 #: The views user SQL may read, in the order README.md documents them.
-PUBLIC_VIEWS = ("experiments", "runs", "params", "tags", "metrics", "latest_metrics")
+PUBLIC_VIEWS = (
+    "experiments",
+    "runs",
+    "params",
+    "tags",
+    "metrics",
+    "latest_metrics",
+    "logged_models",
+    "registered_models",
+    "model_versions",
+)
 
 #: Times are milliseconds since the Unix epoch, as everywhere in steppe (``epoch_ms(t)`` in SQL
 #: turns one into a TIMESTAMP).
@@ -86,6 +97,8 @@ class CatalogView:
     params: pa.Table
     tags: pa.Table
     records: Mapping[str, RunRecord]
+    #: logged_models, registered_models, model_versions (steppe.ingest.models_catalog)
+    models: Mapping[str, pa.Table] = field(default_factory=lambda: _model_tables(None))
 
     @classmethod
     def empty(cls) -> CatalogView:
@@ -105,7 +118,57 @@ class CatalogView:
             "runs": self.runs,
             "params": self.params,
             "tags": self.tags,
+            **self.models,
         }
+
+
+_INT = pa.int64()
+_STR = pa.string()
+MODEL_SCHEMAS = {
+    "logged_models": pa.schema(
+        [(n, _STR) for n in ("model_id", "experiment_id", "name", "status", "model_type")]
+        + [("source_run_id", _STR), ("artifact_uri", _STR)]
+        + [("creation_time", _INT), ("last_update_time", _INT)]
+    ),
+    "registered_models": pa.schema(
+        [("name", _STR), ("description", _STR), ("creation_time", _INT), ("last_update_time", _INT)]
+    ),
+    "model_versions": pa.schema(
+        [("name", _STR), ("version", _INT)]
+        + [(n, _STR) for n in ("source", "run_id", "model_id", "current_stage", "status")]
+        + [("creation_time", _INT), ("last_update_time", _INT)]
+    ),
+}
+
+
+def _rows(schema: pa.Schema, records: Sequence[object]) -> pa.Table:
+    return pa.table(
+        {name: [getattr(r, name) for r in records] for name in schema.names}, schema=schema
+    )
+
+
+def _model_tables(catalog: Catalog | None) -> dict[str, pa.Table]:
+    """The models part of the catalog (empty for a catalog that keeps none)."""
+    if not isinstance(catalog, SqliteCatalog):
+        return {name: schema.empty_table() for name, schema in MODEL_SCHEMAS.items()}
+    repository = catalog.models
+    experiment_ids = [e.experiment_id for e in catalog.list_experiments()]
+    try:
+        return _model_rows(repository, experiment_ids)
+    except sqlite3.OperationalError:  # a read-only catalog file older than the models tables
+        return _model_tables(None)
+
+
+def _model_rows(repository: ModelRepository, experiment_ids: list[str]) -> dict[str, pa.Table]:
+    return {
+        "logged_models": _rows(
+            MODEL_SCHEMAS["logged_models"], repository.list_logged_models(experiment_ids)
+        ),
+        "registered_models": _rows(
+            MODEL_SCHEMAS["registered_models"], repository.list_registered_models()
+        ),
+        "model_versions": _rows(MODEL_SCHEMAS["model_versions"], repository.list_model_versions()),
+    }
 
 
 def _experiments_table(experiments: list[ExperimentRecord]) -> pa.Table:
@@ -220,6 +283,7 @@ class CatalogTables:
                     params=params,
                     tags=tags,
                     records={run.run_id: run for run in runs},
+                    models=_model_tables(self._catalog),
                 )
             return self._cached
 
@@ -227,7 +291,7 @@ class CatalogTables:
 def register_views(
     conn: duckdb.DuckDBPyConnection, snapshot: Snapshot, catalog: CatalogView
 ) -> None:
-    """Create the six public views on ``conn`` (a fresh database of its own: the views are
+    """Create the public views on ``conn`` (a fresh database of its own: the views are
     database-wide). ``metrics`` reads the snapshot's files (read_parquet of the explicit
     list, never a glob) UNION ALL its in-memory tail."""
     for name, table in catalog.tables().items():

@@ -1,0 +1,288 @@
+"""The models domain service: the rules of MLflow's LoggedModels and Model Registry (names,
+statuses, version numbers, aliases, stages). REST handlers call it; it calls the repository.
+
+Blocking (SQLite commits): call it from a thread. It knows nothing of HTTP or JSON.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+
+from steppe.errors import InvalidParameterValue, ResourceDoesNotExist
+from steppe.ingest.catalog import Catalog
+from steppe.ingest.models_catalog import (
+    LoggedModelRecord,
+    ModelRepository,
+    ModelVersionRecord,
+    RegisteredModelRecord,
+)
+
+__all__ = ["LOGGED_MODEL_STATUSES", "STAGES", "ModelService"]
+
+LOGGED_MODEL_STATUSES = (
+    "LOGGED_MODEL_PENDING",
+    "LOGGED_MODEL_READY",
+    "LOGGED_MODEL_UPLOAD_FAILED",
+)
+#: MLflow's stages, in their canonical spelling (input is case-insensitive).
+STAGES = ("None", "Staging", "Production", "Archived")
+MAX_ALIAS_LENGTH = 255
+_ALIAS_RE = re.compile(r"[\w\-]*")
+_VERSION_ALIAS_RE = re.compile(r"[vV]\d+")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def check_model_name(name: str, field: str = "name") -> str:
+    """MLflow's registered model name rule: non-empty, no '/' or ':'."""
+    if not name.strip():
+        raise InvalidParameterValue(field, name, "is a required parameter")
+    if "/" in name or ":" in name:
+        raise InvalidParameterValue(field, name, "names cannot contain '/' or ':'")
+    return name
+
+
+def check_version(version: str | int) -> int:
+    try:
+        number = int(version)
+    except ValueError:
+        raise InvalidParameterValue("version", version, "must be an integer") from None
+    return number
+
+
+def check_alias(alias: str) -> str:
+    """MLflow's alias rule: letters, digits, '_' and '-'; at most 255; 'latest' and 'v<N>'
+    are reserved."""
+    if not alias:
+        raise InvalidParameterValue("alias", alias, "is a required parameter")
+    if not _ALIAS_RE.fullmatch(alias):
+        raise InvalidParameterValue(
+            "alias", alias, "may contain only letters, digits, underscores and dashes"
+        )
+    if len(alias) > MAX_ALIAS_LENGTH:
+        raise InvalidParameterValue("alias", alias, f"must be at most {MAX_ALIAS_LENGTH} long")
+    if alias.lower() == "latest":
+        raise InvalidParameterValue("alias", alias, "'latest' (case insensitive) is reserved")
+    if _VERSION_ALIAS_RE.fullmatch(alias):
+        raise InvalidParameterValue("alias", alias, "version aliases v<N> are reserved")
+    return alias
+
+
+def check_stage(stage: str) -> str:
+    for canonical in STAGES:
+        if stage.lower() == canonical.lower():
+            return canonical
+    raise InvalidParameterValue("stage", stage, f"must be one of {', '.join(STAGES)}")
+
+
+class ModelService:
+    """LoggedModels and the registry over a ``ModelRepository`` and the run catalog."""
+
+    def __init__(self, repository: ModelRepository, catalog: Catalog) -> None:
+        self.repository = repository
+        self._catalog = catalog
+
+    # -- LoggedModels -------------------------------------------------------------------
+
+    def create_logged_model(
+        self,
+        experiment_id: str,
+        name: str,
+        model_type: str = "",
+        source_run_id: str = "",
+        tags: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> LoggedModelRecord:
+        """A PENDING model whose files go under the experiment's ``models/<id>/artifacts``."""
+        experiment = self._catalog.get_experiment(experiment_id)
+        if experiment.lifecycle_stage != "active":
+            raise InvalidParameterValue(
+                "experiment_id", experiment_id, "the experiment must be in the 'active' state"
+            )
+        if source_run_id:
+            self._catalog.get_run(source_run_id)  # 404 for an unknown run
+        model_id = f"m-{uuid.uuid4().hex}"
+        now = _now_ms()
+        record = LoggedModelRecord(
+            model_id=model_id,
+            experiment_id=experiment_id,
+            name=name or f"model-{model_id[2:10]}",
+            artifact_uri=f"{experiment.artifact_location.rstrip('/')}/models/{model_id}/artifacts",
+            status="LOGGED_MODEL_PENDING",
+            model_type=model_type,
+            source_run_id=source_run_id,
+            status_message="",
+            lifecycle_stage="active",
+            creation_time=now,
+            last_update_time=now,
+            tags=dict(tags or {}),
+            params=dict(params or {}),
+        )
+        self.repository.create_logged_model(record)
+        return record
+
+    def get_logged_model(self, model_id: str, *, allow_deleted: bool = False) -> LoggedModelRecord:
+        record = self.repository.get_logged_model(model_id)
+        if record.lifecycle_stage != "active" and not allow_deleted:
+            raise ResourceDoesNotExist(f"Logged model with ID '{model_id}' not found.")
+        return record
+
+    def finalize_logged_model(self, model_id: str, status: str) -> LoggedModelRecord:
+        if status not in ("LOGGED_MODEL_READY", "LOGGED_MODEL_UPLOAD_FAILED"):
+            raise InvalidParameterValue(
+                "status", status, "must be LOGGED_MODEL_READY or LOGGED_MODEL_UPLOAD_FAILED"
+            )
+        self.repository.update_logged_model(model_id, status, _now_ms())
+        return self.get_logged_model(model_id)
+
+    def delete_logged_model(self, model_id: str) -> None:
+        self.repository.delete_logged_model(model_id, _now_ms())
+
+    def log_outputs(self, run_id: str, outputs: Sequence[tuple[str, int]]) -> None:
+        run = self._catalog.get_run(run_id)
+        if run.lifecycle_stage != "active":
+            raise InvalidParameterValue("run_id", run_id, "the run must be in the 'active' state")
+        self.repository.log_outputs(run_id, outputs)
+
+    # -- registered models --------------------------------------------------------------
+
+    def create_registered_model(
+        self, name: str, description: str = "", tags: Mapping[str, str] | None = None
+    ) -> RegisteredModelRecord:
+        check_model_name(name)
+        now = _now_ms()
+        self.repository.create_registered_model(
+            RegisteredModelRecord(name, description, "", now, now, dict(tags or {}))
+        )
+        return self.repository.get_registered_model(name)
+
+    def rename_registered_model(self, name: str, new_name: str) -> RegisteredModelRecord:
+        check_model_name(name)
+        check_model_name(new_name, "new_name")
+        self.repository.rename_registered_model(name, new_name, _now_ms())
+        return self.repository.get_registered_model(new_name)
+
+    def update_registered_model(self, name: str, description: str) -> RegisteredModelRecord:
+        self.repository.update_registered_model(check_model_name(name), description, _now_ms())
+        return self.repository.get_registered_model(name)
+
+    def latest_versions(self, name: str, stages: Sequence[str] = ()) -> list[ModelVersionRecord]:
+        """The newest version per stage (of ``stages``, or of every stage)."""
+        self.repository.get_registered_model(name)
+        wanted = {check_stage(s) for s in stages} if stages else set(STAGES)
+        latest: dict[str, ModelVersionRecord] = {}
+        for version in self.repository.list_model_versions(name):
+            if version.current_stage in wanted:
+                latest[version.current_stage] = version  # listed by ascending version
+        return sorted(latest.values(), key=lambda v: v.version)
+
+    # -- model versions -----------------------------------------------------------------
+
+    def create_model_version(
+        self,
+        name: str,
+        source: str,
+        run_id: str = "",
+        model_id: str = "",
+        description: str = "",
+        run_link: str = "",
+        tags: Mapping[str, str] | None = None,
+    ) -> ModelVersionRecord:
+        """READY at once (steppe copies nothing); numbered 1, 2, ... never reused."""
+        check_model_name(name)
+        if not source:
+            raise InvalidParameterValue("source", source, "is a required parameter")
+        storage_location = source
+        if source.startswith("models:/"):
+            target = source[len("models:/") :]
+            if target.startswith("m-") and "/" not in target:
+                logged = self.get_logged_model(target)
+                storage_location = logged.artifact_uri
+                run_id = run_id or logged.source_run_id
+            else:
+                ref_name, _, ref_version = target.partition("/")
+                storage_location = self.get_model_version(ref_name, ref_version).storage_location
+        if model_id:
+            run_id = run_id or self.get_logged_model(model_id).source_run_id
+        now = _now_ms()
+        version = self.repository.create_model_version(
+            ModelVersionRecord(
+                name=name,
+                version=0,
+                source=source,
+                storage_location=storage_location,
+                run_id=run_id,
+                run_link=run_link,
+                model_id=model_id,
+                description=description,
+                user_id="",
+                current_stage="None",
+                status="READY",
+                creation_time=now,
+                last_update_time=now,
+                tags=dict(tags or {}),
+            )
+        )
+        return self.repository.get_model_version(name, version)
+
+    def get_model_version(self, name: str, version: str | int) -> ModelVersionRecord:
+        return self.repository.get_model_version(check_model_name(name), check_version(version))
+
+    def update_model_version(
+        self, name: str, version: str | int, description: str
+    ) -> ModelVersionRecord:
+        number = check_version(version)
+        self.repository.update_model_version(name, number, _now_ms(), description=description)
+        return self.repository.get_model_version(name, number)
+
+    def transition_stage(
+        self, name: str, version: str | int, stage: str, archive_existing_versions: bool
+    ) -> ModelVersionRecord:
+        number = check_version(version)
+        canonical = check_stage(stage)
+        if archive_existing_versions and canonical not in ("Staging", "Production"):
+            raise InvalidParameterValue(
+                "archive_existing_versions",
+                True,
+                "applies only to a transition into Staging or Production",
+            )
+        self.repository.update_model_version(
+            name,
+            number,
+            _now_ms(),
+            stage=canonical,
+            archive_others_in=canonical if archive_existing_versions else None,
+        )
+        return self.repository.get_model_version(name, number)
+
+    def delete_model_version(self, name: str, version: str | int) -> None:
+        self.repository.delete_model_version(check_model_name(name), check_version(version))
+
+    def set_model_version_tag(self, name: str, version: str | int, key: str, value: str) -> None:
+        if not key:
+            raise InvalidParameterValue("key", key, "is a required parameter")
+        self.repository.set_model_version_tag(name, check_version(version), key, value)
+
+    def delete_model_version_tag(self, name: str, version: str | int, key: str) -> None:
+        self.repository.delete_model_version_tag(name, check_version(version), key)
+
+    def set_alias(self, name: str, alias: str, version: str | int) -> None:
+        self.repository.set_alias(
+            check_model_name(name), check_alias(alias), check_version(version)
+        )
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        self.repository.delete_alias(check_model_name(name), alias)
+
+    def version_by_alias(self, name: str, alias: str) -> ModelVersionRecord:
+        model = self.repository.get_registered_model(check_model_name(name))
+        if alias not in model.aliases:
+            raise InvalidParameterValue(
+                "alias", alias, f"registered model {name!r} has no alias {alias!r}"
+            )
+        return self.repository.get_model_version(name, model.aliases[alias])
