@@ -71,7 +71,14 @@ def _parser() -> argparse.ArgumentParser:
         "--token",
         default=None,
         help="require this bearer token from every client (default: $STEPPE_TOKEN; "
-        "clients set STEPPE_TOKEN or MLFLOW_TRACKING_TOKEN)",
+        "clients set STEPPE_TOKEN or MLFLOW_TRACKING_TOKEN). Visible in ps: prefer "
+        "$STEPPE_TOKEN or --token-file",
+    )
+    server.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        help="read the token from this file (its first line)",
     )
     server.add_argument(
         "--tls-cert",
@@ -80,6 +87,24 @@ def _parser() -> argparse.ArgumentParser:
         help="PEM certificate chain: serve HTTPS and gRPC over TLS",
     )
     server.add_argument("--tls-key", type=Path, default=None, help="PEM private key for --tls-cert")
+    server.add_argument(
+        "--allowed-hosts",
+        default=None,
+        help="comma-separated Host header patterns to serve, * wildcards, a pattern without "
+        "port matches any port (default: localhost,127.0.0.1,[::1] and the --host address)",
+    )
+    server.add_argument(
+        "--allowed-origins",
+        default="",
+        help="comma-separated Origins (besides the server's own) whose pages may send "
+        "writes (POST/PUT/PATCH/DELETE); default: none",
+    )
+    server.add_argument(
+        "--http-idle-timeout-s",
+        type=float,
+        default=15.0,
+        help="close HTTP connections idle or sending headers for this long (default 15)",
+    )
     server.add_argument(
         "--background",
         action="store_true",
@@ -199,7 +224,15 @@ def _run_server(options: ServerOptions, on_ready: object = None, port_flag: str 
 
 
 def _server(args: argparse.Namespace) -> int:
+    # The data dir, its files and the log are the user's alone (0700 / 0600).
+    os.umask(0o077)
     data_dir = _data_dir(args.data_dir)
+    if args.token is not None:
+        print(
+            "steppe: warning: --token is visible to other users (ps); "
+            "prefer STEPPE_TOKEN or --token-file",
+            file=sys.stderr,
+        )
     if args.background:
         return _background(data_dir, args)
     _setup_logging()
@@ -224,10 +257,29 @@ def _server_options(data_dir: Path, args: argparse.Namespace) -> ServerOptions:
         args.http_port,
         args.grpc_port,
         args.idle_timeout_s,
-        token=args.token or config.token(),
+        token=args.token or _token_file(args.token_file) or config.token(),
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        allowed_hosts=(
+            None
+            if args.allowed_hosts is None
+            else tuple(h.strip() for h in args.allowed_hosts.split(",") if h.strip())
+        ),
+        allowed_origins=tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip()),
+        http_idle_timeout_s=args.http_idle_timeout_s,
     )
+
+
+def _token_file(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        lines = path.expanduser().read_text().splitlines()
+    except OSError as exc:
+        raise SystemExit(f"steppe: --token-file: cannot read {path}: {exc.strerror}") from exc
+    if not lines or not lines[0].strip():
+        raise SystemExit(f"steppe: --token-file: {path} is empty")
+    return lines[0].strip()
 
 
 def _background(data_dir: Path, args: argparse.Namespace) -> int:
@@ -239,7 +291,7 @@ def _background(data_dir: Path, args: argparse.Namespace) -> int:
     if pid == 0:  # the server
         os.close(read_fd)
         os.setsid()
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         null_fd = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null_fd, 0)
         os.dup2(log_fd, 1)

@@ -25,6 +25,7 @@ from steppe.ingest.service import Ingestor
 from steppe.lock import Owner, OwnerLock
 from steppe.query.app import make_app
 from steppe.query.artifacts import ArtifactStore
+from steppe.query.guard import default_allowed_hosts
 
 log = logging.getLogger("steppe.server")
 
@@ -42,6 +43,9 @@ class ServerOptions:
     token: str | None = None  # required from every client when set
     tls_cert: Path | None = None  # PEM certificate chain; with tls_key, serve TLS
     tls_key: Path | None = None
+    allowed_hosts: tuple[str, ...] | None = None  # Host header patterns; None: defaults
+    allowed_origins: tuple[str, ...] = ()  # Origins allowed to write, besides same-origin
+    http_idle_timeout_s: float = 15.0  # close HTTP connections idle (or mid-headers) this long
 
 
 async def serve(options: ServerOptions, on_ready: Callable[[Owner], None] | None = None) -> None:
@@ -74,6 +78,8 @@ async def _serve_locked(
         tls = (options.tls_key.read_bytes(), options.tls_cert.read_bytes())
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_context.load_cert_chain(options.tls_cert, options.tls_key)
+    accept_filter = _OncePerWindow(_ACCEPT_ERROR)
+    logging.getLogger("asyncio").addFilter(accept_filter)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -93,6 +99,10 @@ async def _serve_locked(
         "http_port": 0,
         "pid": os.getpid(),
     }
+    artifacts = ArtifactStore.local(ingestor.data_dir.artifacts_dir)
+    stale = await asyncio.get_running_loop().run_in_executor(None, artifacts.remove_stale_uploads)
+    if stale:
+        log.info("removed %d temporary file(s) of interrupted artifact uploads", stale)
     runner = web.AppRunner(
         make_app(
             ingestor.catalog,
@@ -100,11 +110,20 @@ async def _serve_locked(
             server_info,
             on_activity=touch,
             metric_writer=ingestor,
-            artifacts=ArtifactStore.local(ingestor.data_dir.artifacts_dir),
+            artifacts=artifacts,
             token=options.token,
+            allowed_hosts=(
+                list(options.allowed_hosts)
+                if options.allowed_hosts is not None
+                else default_allowed_hosts(options.host)
+            ),
+            allowed_origins=options.allowed_origins,
         ),
         access_log=None,
         handle_signals=False,
+        # aiohttp starts this timer when a connection opens and only resets it after a
+        # whole request: it bounds idle connections and slowly sent headers alike.
+        keepalive_timeout=options.http_idle_timeout_s,
     )
     try:
         await runner.setup()
@@ -138,4 +157,34 @@ async def _serve_locked(
         await runner.cleanup()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        logging.getLogger("asyncio").removeFilter(accept_filter)
     log.info("stopped")
+
+
+#: What asyncio logs on every failed accept() when the process is out of file descriptors.
+_ACCEPT_ERROR = "socket.accept() out of system resource"
+
+
+class _OncePerWindow(logging.Filter):
+    """Lets one record starting with ``prefix`` through per ``window_s``, with the count of
+    those it dropped since: a flood of connections must not also flood the log."""
+
+    def __init__(self, prefix: str, window_s: float = 60.0) -> None:
+        super().__init__()
+        self._prefix = prefix
+        self._window_s = window_s
+        self._next = 0.0
+        self._dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith(self._prefix):
+            return True
+        now = time.monotonic()
+        if now < self._next:
+            self._dropped += 1
+            return False
+        if self._dropped:
+            record.msg = f"{record.getMessage()}\n({self._dropped} more not logged)"
+            record.args = ()
+        self._next, self._dropped = now + self._window_s, 0
+        return True

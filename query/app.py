@@ -33,6 +33,7 @@ from steppe.errors import InvalidParameterValue, ResourceDoesNotExist, SteppeErr
 from steppe.ingest.catalog import Catalog, ExperimentRecord, RunRecord
 from steppe.ingest.layout import Snapshot, SnapshotSource
 from steppe.query.artifacts import ArtifactStore, add_artifact_routes
+from steppe.query.guard import LOOPBACK_HOSTS, guard_middleware
 from steppe.query.jsonenc import dumps, float_list, float_value, parse_body, table_rows
 from steppe.query.reader import MetricSummary, Reader
 from steppe.query.search import (
@@ -148,6 +149,8 @@ def make_app(
     metric_writer: MetricWriter | None = None,
     artifacts: ArtifactStore | None = None,
     token: str | None = None,
+    allowed_hosts: Sequence[str] | None = None,
+    allowed_origins: Sequence[str] = (),
 ) -> web.Application:
     """The read side's HTTP app. ``server_info`` is read on every ``/server-info`` request
     (so ports may be filled in after binding); ``on_activity`` is called at the start of
@@ -157,6 +160,9 @@ def make_app(
     MLflow's REST API is read-only unless ``metric_writer`` (ingest) is given; artifacts are
     served from ``artifacts`` when given. With ``token``, every request but server-info must
     carry it (``Authorization: Bearer``, or the cookie a ``?token=`` page visit sets).
+    Every request's Host must match ``allowed_hosts`` (default: loopback names, any port);
+    writes from another Origin than ``allowed_origins`` and JSON bodies that are not
+    ``application/json`` are refused (steppe.query.guard).
 
         app = make_app(catalog, store, {"version": "0.1.0", "grpc_port": 5001, ...})
         web.run_app(app, host="127.0.0.1", port=5000)
@@ -164,6 +170,8 @@ def make_app(
     middlewares = [_error_middleware]
     if token:
         middlewares.insert(0, _auth_middleware(token))
+    hosts = list(LOOPBACK_HOSTS) if allowed_hosts is None else list(allowed_hosts)
+    middlewares.insert(0, guard_middleware(hosts, allowed_origins))
     app = web.Application(middlewares=middlewares)
     app[CATALOG] = catalog
     app[SNAPSHOT_SOURCE] = source
@@ -265,8 +273,8 @@ def _auth_middleware(token: str) -> Any:
             {
                 "error_code": "UNAUTHENTICATED",
                 "message": "this steppe server needs a token: send 'Authorization: Bearer "
-                "<token>' (STEPPE_TOKEN / MLFLOW_TRACKING_TOKEN), or open the URL "
-                "the server printed, which carries ?token=",
+                "<token>' (STEPPE_TOKEN / MLFLOW_TRACKING_TOKEN), or log in a browser by "
+                "opening http://HOST:PORT/?token=<your token> once",
             },
             status=401,
         )

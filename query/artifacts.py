@@ -28,6 +28,9 @@ from steppe.errors import InvalidParameterValue, ResourceDoesNotExist
 from steppe.ingest.catalog import Catalog, RunRecord
 from steppe.query.jsonenc import dumps
 
+#: begin_write's temporary names: ``.<name>.<uuid4 hex>.part``.
+_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{32}\.part", re.DOTALL)
+
 __all__ = [
     "ARTIFACT_PROXY_PREFIXES",
     "CHUNK_BYTES",
@@ -162,6 +165,21 @@ class ArtifactStore:
         root.mkdir(parents=True, exist_ok=True)
         root = root.resolve()
         return cls(pafs.SubTreeFileSystem(str(root), pafs.LocalFileSystem()), root)
+
+    def remove_stale_uploads(self) -> int:
+        """Delete the temporary files of uploads a killed server left behind (the owner of
+        the data dir calls this before serving: no upload can be in flight then). Local
+        stores only; returns how many were removed."""
+        if self._local_root is None:
+            return 0
+        removed = 0
+        for folder, _, names in os.walk(self._local_root):
+            for name in names:
+                if _TEMP_NAME.fullmatch(name):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(folder, name))
+                        removed += 1
+        return removed
 
     def _check_inside(self, path: str) -> None:
         """On a local disk, refuse a path whose real location (symlinks followed) is outside

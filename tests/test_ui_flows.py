@@ -485,6 +485,10 @@ def test_sql_console_shows_the_result_charts_two_columns_and_reports_errors(
         "AND r.run_name IN ('trial-000', 'trial-001') ORDER BY r.run_name, m.step"
     )
     ui.goto("/sql?q=" + _q(query))
+    # A ?q= link fills the editor but never runs by itself (another site could link here).
+    expect(page.get_by_test_id("sql-editor")).to_have_value(query)
+    expect(page.get_by_test_id("sql-status")).not_to_contain_text("rows")
+    page.get_by_test_id("sql-run").click()
     result = page.get_by_test_id("sql-result")
     expect(result.locator("tbody tr")).to_have_count(100)
     expect(result.locator("thead th")).to_have_count(3)

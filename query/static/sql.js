@@ -295,8 +295,9 @@
       }
     }
 
-    if (initial) run();
-    else editor.focus();
+    // A ?q= link only fills the editor: running it takes the user's click or Ctrl-Enter, so
+    // a link from another site cannot make this page run a query by itself.
+    editor.focus();
   }
 
   S.sqlView = sqlView;
