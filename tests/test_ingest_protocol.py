@@ -144,3 +144,25 @@ def test_a_second_live_call_on_one_stream_id_is_refused(server: ServerProcess) -
         acks = list(stub.StreamMetrics(iter([_batch(stream, 2, run_id, [2])]), timeout=30))
         assert acks[-1].acked_seq == 2
     assert _steps(server, run_id) == [1, 2]
+
+
+def test_latest_at_a_tied_step_and_timestamp_is_the_largest_value_as_in_mlflow(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    from mlflow.entities import Metric
+
+    ts = 1_700_000_000_000
+    batches = [
+        [Metric("loss", 0.5, ts, 3), Metric("loss", 0.9, ts, 3), Metric("loss", 0.1, ts, 3)],
+        [Metric("acc", 0.7, ts, 1)],
+        [Metric("acc", 0.2, ts, 1)],  # later arrival, same (step, timestamp), smaller value
+    ]
+    got = {}
+    for uri in (server.http_url, f"sqlite:///{tmp_path / 'mlflow.db'}"):
+        client = MlflowClient(uri)
+        run_id = client.create_run(client.get_experiment_by_name("Default").experiment_id)
+        for metrics in batches:
+            client.log_batch(run_id.info.run_id, metrics=metrics)
+        got[uri] = client.get_run(run_id.info.run_id).data.metrics
+    mine, theirs = got.values()
+    assert mine == theirs == {"loss": 0.9, "acc": 0.7}
