@@ -1011,6 +1011,11 @@ class MetricStore:
                 entry.future.set_exception(exc)
         self._wake_room_waiters()
 
+    @property
+    def failure(self) -> str | None:
+        """Why the WAL cannot write (appends are refused from then on), or None."""
+        return None if self._failed is None else f"{type(self._failed).__name__}: {self._failed}"
+
     def _wake_room_waiters(self) -> None:
         waiters, self._room_waiters = self._room_waiters, []
         for waiter in waiters:

@@ -166,3 +166,17 @@ def test_latest_at_a_tied_step_and_timestamp_is_the_largest_value_as_in_mlflow(
         got[uri] = client.get_run(run_id.info.run_id).data.metrics
     mine, theirs = got.values()
     assert mine == theirs == {"loss": 0.9, "acc": 0.7}
+
+
+def test_health_and_the_open_files_limit(server: ServerProcess) -> None:
+    import json
+    import resource
+    import urllib.request
+
+    with urllib.request.urlopen(server.http_url + "/health") as response:
+        assert response.status == 200 and json.loads(response.read()) == {"status": "ok"}
+    limits = Path(f"/proc/{server.proc.pid}/limits").read_text()
+    line = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+    soft, hard = line.split()[3:5]
+    assert soft == hard
+    assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] <= int(soft)
