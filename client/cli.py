@@ -203,10 +203,13 @@ def _setup_logging() -> None:
 
 def _run_server(options: ServerOptions, on_ready: object = None, port_flag: str = "") -> int:
     from steppe.lock import DataDirLocked
-    from steppe.server import serve
+    from steppe.server import WalUnwritable, serve
 
     try:
         asyncio.run(serve(options, on_ready))  # type: ignore[arg-type]
+    except WalUnwritable as exc:
+        print(f"steppe: stopped, cannot write metrics: {exc}", file=sys.stderr)
+        return 1
     except DataDirLocked as exc:
         print(f"steppe: {exc}", file=sys.stderr)
         return EXIT_LOCKED

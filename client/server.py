@@ -48,6 +48,21 @@ class ServerOptions:
     http_idle_timeout_s: float = 15.0  # close HTTP connections idle (or mid-headers) this long
 
 
+class WalUnwritable(RuntimeError):
+    """The server stopped because its WAL could not write (the exit status is non-zero)."""
+
+
+def _raise_open_files_limit() -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit: WAL segments, Parquet files and
+    connections all need descriptors, and EMFILE would stop metric writes."""
+    with contextlib.suppress(ImportError, ValueError, OSError):
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 async def serve(options: ServerOptions, on_ready: Callable[[Owner], None] | None = None) -> None:
     """Run until SIGTERM/SIGINT (or idle timeout); then drain, flush to Parquet, exit.
 
@@ -85,9 +100,11 @@ async def _serve_locked(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    _raise_open_files_limit()
     ingestor = Ingestor(DataDir.at(options.data_dir))
     grpc_port = await ingestor.start(options.host, options.grpc_port, token=options.token, tls=tls)
     last_http = time.monotonic()
+    failed: str | None = None
 
     def touch() -> None:
         nonlocal last_http
@@ -145,6 +162,12 @@ async def _serve_locked(
         while not stop.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
+            if ingestor.store.failure is not None:
+                # The WAL cannot write: exit non-zero so a supervisor restarts us (recovery
+                # replays what was acked) rather than serve while refusing every point.
+                log.error("cannot write metrics (%s): stopping", ingestor.store.failure)
+                failed = ingestor.store.failure
+                break
             if options.idle_timeout_s is not None and ingestor.active_streams() == 0:
                 idle_s = time.monotonic() - max(last_http, ingestor.last_activity_monotonic)
                 if idle_s >= options.idle_timeout_s:
@@ -158,6 +181,8 @@ async def _serve_locked(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         logging.getLogger("asyncio").removeFilter(accept_filter)
+    if failed is not None:
+        raise WalUnwritable(failed)
     log.info("stopped")
 
 

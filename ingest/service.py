@@ -56,6 +56,10 @@ _MAX_CACHED_KEYS = 100_000
 #: Its seq continues from the stored watermark after a restart, so no batch is ever dropped
 #: as a duplicate of an older one.
 HTTP_STREAM_ID = "steppe-server-http"
+#: Stream ids with this prefix belong to the server; a client batch on one is refused.
+RESERVED_STREAM_PREFIX = "steppe-server-"
+#: The highest seq a stream may use: watermarks are stored as SQLite (signed 64-bit) INTEGERs.
+MAX_SEQ = 2**63 - 1
 
 _Request = TypeVar("_Request")
 _Response = TypeVar("_Response")
@@ -96,6 +100,15 @@ class _Failed:
     error: BaseException
 
 
+class _Refused(Exception):
+    """A batch broke the stream protocol: the call ends with ``code``, nothing of it acked."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
 class _Session:
     """One StreamMetrics call. A reader task admits batches (dedupe, validate, WAL append)
     while the handler awaits their durability in order and yields cumulative acks, so the
@@ -108,6 +121,11 @@ class _Session:
         self._changed = asyncio.Event()
         self._slots = asyncio.Semaphore(MAX_INFLIGHT_BATCHES)
         self._reader: asyncio.Task[None] | None = None
+        self._last_seq: dict[str, int] = {}  # per stream id of this call: the last seq read
+
+    @property
+    def stream_ids(self) -> Iterable[str]:
+        return self._last_seq.keys()
 
     def stop_reading(self) -> None:
         if self._reader is not None:
@@ -147,6 +165,7 @@ class _Session:
         ingestor.touch()
         store = ingestor.store
         stream_id, seq = batch.stream_id, batch.seq
+        self._check_protocol(stream_id, seq)
         if stream_id and 1 <= seq <= store.watermark(stream_id):
             # Already held (or in flight): ack it once everything before now is durable.
             return _Entry(seq, store.barrier())
@@ -161,6 +180,48 @@ class _Session:
         if seq <= store.watermark(stream_id):  # a resend on another call won the race
             return _Entry(seq, store.barrier())
         return _Entry(seq, store.append(stream_id, seq, decoded.table, batch.SerializeToString()))
+
+    def _check_protocol(self, stream_id: str, seq: int) -> None:
+        """Refuse (end the call, ack nothing of the batch) what no ack could honestly cover:
+        a seq past MAX_SEQ, a reserved stream id, a seq that is not the previous one + 1 on
+        this call, a stream id another live call is writing. Batches with an empty stream id
+        or a seq < 1 are left to decoding, which rejects them."""
+        if seq > MAX_SEQ:
+            raise _Refused(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"seq: {seq} is out of range; seq must be between 1 and {MAX_SEQ} (2^63-1)",
+            )
+        if stream_id.startswith(RESERVED_STREAM_PREFIX):
+            raise _Refused(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"stream_id: {stream_id!r} is reserved by the server "
+                f"(ids starting with {RESERVED_STREAM_PREFIX!r}); use a stream id of your own",
+            )
+        if not stream_id or seq < 1:
+            return
+        last = self._last_seq.get(stream_id)
+        if last is None:
+            owner = self._ingestor.streams.setdefault(stream_id, self)
+            if owner is not self:
+                raise _Refused(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"stream_id: {stream_id!r} is already being written by another live call; "
+                    "one stream id belongs to one writer at a time",
+                )
+        elif seq != last + 1:
+            raise _Refused(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"seq: {seq} follows {last} on stream {stream_id!r}; within one call the seqs "
+                "of a stream must go up by exactly 1",
+            )
+        self._last_seq[stream_id] = seq
+
+    def release(self) -> None:
+        """Give up this call's stream ids (the call ended)."""
+        streams = self._ingestor.streams
+        for stream_id in self._last_seq:
+            if streams.get(stream_id) is self:
+                del streams[stream_id]
 
     async def run(self, context: Any) -> AsyncIterator[wire.StreamAck]:
         self._reader = asyncio.get_running_loop().create_task(
@@ -194,6 +255,8 @@ class _Session:
                         grpc.StatusCode.UNAVAILABLE,
                         "steppe server is shutting down; resend unacked batches after reconnecting",
                     )
+                elif isinstance(item.error, _Refused):
+                    await context.abort(item.error.code, item.error.message)
                 else:
                     code = (
                         grpc.StatusCode.UNAVAILABLE
@@ -206,6 +269,7 @@ class _Session:
         finally:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
+            self.release()
 
 
 # -- the servicer -------------------------------------------------------------------------
@@ -450,6 +514,7 @@ class Ingestor:
         self.store.on_flushed = self.compactor.nudge
         self.last_activity_monotonic = time.monotonic()
         self.sessions: set[_Session] = set()
+        self.streams: dict[str, _Session] = {}  # stream id -> the live call writing it
         self.closing = False
         self._max_message_bytes = max_message_bytes
         self._server: Any = None
@@ -628,6 +693,9 @@ class Ingestor:
         self.check_key_pairs(pairs)
 
     def check_key_pairs(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Check every pair first, then count the new keys: a rejected batch uses none of
+        the budget."""
+        added: dict[str, set[str]] = {}
         for run_id, key in pairs:
             known = self._run_keys.get(run_id)
             if known is None:
@@ -635,14 +703,17 @@ class Ingestor:
                 mine = latest.filter(pc.equal(latest["run_id"], run_id))
                 known = self._run_keys[run_id] = set(mine["key"].to_pylist())
             if key not in known:
-                if len(known) >= MAX_METRIC_KEYS_PER_RUN:
+                new = added.setdefault(run_id, set())
+                if key not in new and len(known) + len(new) >= MAX_METRIC_KEYS_PER_RUN:
                     raise InvalidParameterValue(
                         "keys",
                         key,
                         f"run {run_id} already has {MAX_METRIC_KEYS_PER_RUN} metric keys, "
                         "the most one run may have",
                     )
-                known.add(key)
+                new.add(key)
+        for run_id, new in added.items():
+            self._run_keys[run_id] |= new
 
     async def check_runs(self, run_ids: Iterable[str]) -> None:
         for i, run_id in enumerate(run_ids):

@@ -368,12 +368,16 @@ def _summarize_batch(batch: pa.RecordBatch, series_sorted: bool) -> pa.Table:
     nr, nk = len(run.dictionary), len(key.dictionary)
     if nr == 1 and nk == 1:
         # One series (the bulk path): no grouping at all.
-        if series_sorted or _in_step_order(step, timestamp):
+        if (series_sorted or _in_step_order(step, timestamp)) and not _tied_at(
+            step, timestamp, len(step) - 1
+        ):
             last = len(step) - 1
         else:
+            # Ties on (step, timestamp) go to the largest value (NaN above all), as in MLflow.
             at = pc.equal(step, pc.max(step))
             at = pc.and_(at, pc.equal(timestamp, pc.max(pc.filter(timestamp, at))))
-            last = pc.indices_nonzero(at)[-1].as_py()
+            tied = pc.indices_nonzero(at)
+            last = tied[pc.sort_indices(value.take(tied))[-1].as_py()].as_py()
         low_high = pc.min_max(value)
         return pa.Table.from_arrays(
             [
@@ -396,13 +400,14 @@ def _summarize_batch(batch: pa.RecordBatch, series_sorted: bool) -> pa.Table:
         code = pc.add(pc.multiply(run.indices.cast(pa.int64()), nk), key.indices.cast(pa.int64()))
     in_order = series_sorted or _in_step_order(step, timestamp)
     if in_order and nr * nk <= _FEW_SERIES:
-        return _summarize_few_in_order(run, key, code, step, timestamp, value)
+        few = _summarize_few_in_order(run, key, code, step, timestamp, value)
+        if few is not None:
+            return few
+        in_order = False
     rows = pa.table({"code": code, "step": step, "timestamp": timestamp, "value": value})
-    if not in_order:
-        rows = rows.take(
-            pc.sort_indices(rows, sort_keys=[("step", "ascending"), ("timestamp", "ascending")])
-        )
-    # Rows are in (step, timestamp, arrival) order within each series, so an ordered
+    if not in_order or _any_adjacent_tie(step, timestamp):
+        rows = rows.take(pc.sort_indices(rows, sort_keys=_LATEST_ORDER))
+    # Rows are in (step, timestamp, value) order within each series, so an ordered
     # (single-threaded) group-by's "last" is the latest point.
     grouped = rows.group_by(["code"], use_threads=False).aggregate(
         [
@@ -430,6 +435,31 @@ def _summarize_batch(batch: pa.RecordBatch, series_sorted: bool) -> pa.Table:
     )
 
 
+#: MLflow's latest: the highest step, then the newest timestamp, then the largest value
+#: (NaN above every number, as Arrow and DuckDB sort it).
+_LATEST_ORDER = [("step", "ascending"), ("timestamp", "ascending"), ("value", "ascending")]
+
+
+def _tied_at(step: pa.Array, timestamp: pa.Array, i: int) -> bool:
+    """Whether row ``i - 1`` has the same (step, timestamp) as row ``i``."""
+    return bool(
+        i >= 1
+        and step[i].as_py() == step[i - 1].as_py()
+        and timestamp[i].as_py() == timestamp[i - 1].as_py()
+    )
+
+
+def _any_adjacent_tie(step: pa.Array, timestamp: pa.Array) -> bool:
+    n = len(step)
+    if n < 2:
+        return False
+    same = pc.and_(
+        pc.equal(step.slice(1), step.slice(0, n - 1)),
+        pc.equal(timestamp.slice(1), timestamp.slice(0, n - 1)),
+    )
+    return bool(pc.any(same).as_py())
+
+
 def _split_codes(codes: pa.Array, nr: int, nk: int) -> tuple[pa.Array, pa.Array]:
     """(run index, key index) of series codes made as run_index * nk + key_index."""
     codes = codes.cast(pa.int64())
@@ -448,7 +478,8 @@ def _summarize_few_in_order(
     step: pa.Array,
     timestamp: pa.Array,
     value: pa.Array,
-) -> pa.Table:
+) -> pa.Table | None:
+    """None if a series' latest (step, timestamp) is tied (the caller sorts by value)."""
     # Each series' rows run in (step, timestamp) order, so its latest point is its last
     # row. A stable sort by series code (an integer radix sort) makes each series one
     # slice: last row, count and a NaN-skipping min_max per slice. About half the cost
@@ -468,6 +499,21 @@ def _summarize_few_in_order(
         counts.append(end - start)
         start = end
     last = perm.take(pa.array([end - 1 for end in ends], pa.int64()))
+    # Within a series rows are in (step, timestamp) order, so a tie on its latest point
+    # shows as the slice's last two rows.
+    if any(c > 1 for c in counts):
+        before = perm.take(
+            pa.array([end - (2 if c > 1 else 1) for end, c in zip(ends, counts, strict=True)])
+        )
+        tie = pc.and_(
+            pc.and_(
+                pc.equal(step.take(last), step.take(before)),
+                pc.equal(timestamp.take(last), timestamp.take(before)),
+            ),
+            pc.not_equal(last, before),
+        )
+        if pc.any(tie).as_py():
+            return None
     run_index, key_index = _split_codes(runs.values, len(run.dictionary), len(key.dictionary))
     return pa.Table.from_arrays(
         [
@@ -526,17 +572,15 @@ def points_as_latest(points: pa.Table) -> pa.Table:
 def fold_latest(parts: Sequence[pa.Table]) -> pa.Table:
     """Combine LATEST_SCHEMA summaries given oldest first into one row per (run_id, key).
 
-    Latest is the row with the highest step, then the newest timestamp, then the later
-    arrival: a stable sort on (step, timestamp) keeps arrival order among ties, and an
-    ordered (single-threaded) group-by takes the last row of each series.
+    Latest is the row with the highest step, then the newest timestamp, then the largest
+    value (MLflow's order): a sort on (step, timestamp, value) and an ordered
+    (single-threaded) group-by takes the last row of each series.
     """
     parts = [p for p in parts if p.num_rows]
     if not parts:
         return _empty_latest()
     rows = pa.concat_tables(parts)
-    rows = rows.take(
-        pc.sort_indices(rows, sort_keys=[("step", "ascending"), ("timestamp", "ascending")])
-    )
+    rows = rows.take(pc.sort_indices(rows, sort_keys=_LATEST_ORDER))
     grouped = rows.group_by(["run_id", "key"], use_threads=False).aggregate(
         [
             ("value", "last"),
@@ -966,6 +1010,11 @@ class MetricStore:
             if not entry.future.done():
                 entry.future.set_exception(exc)
         self._wake_room_waiters()
+
+    @property
+    def failure(self) -> str | None:
+        """Why the WAL cannot write (appends are refused from then on), or None."""
+        return None if self._failed is None else f"{type(self._failed).__name__}: {self._failed}"
 
     def _wake_room_waiters(self) -> None:
         waiters, self._room_waiters = self._room_waiters, []

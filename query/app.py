@@ -185,6 +185,7 @@ def make_app(
 
     api = API_PREFIX
     app.router.add_get(f"{api}/server-info", _server_info)
+    app.router.add_get("/health", _health)
     app.router.add_get(f"{api}/experiments", _list_experiments)
     app.router.add_get(f"{api}/experiments/{{experiment_id}}", _get_experiment)
     app.router.add_get(f"{api}/experiments/{{experiment_id}}/runs", _experiment_runs)
@@ -245,7 +246,7 @@ def _error(status: int, error_code: str, message: str) -> web.Response:
     )
 
 
-_PUBLIC_PATHS = {f"{API_PREFIX}/server-info", "/api/3.0/mlflow/server-info"}
+_PUBLIC_PATHS = {f"{API_PREFIX}/server-info", "/api/3.0/mlflow/server-info", "/health"}
 
 
 def _auth_middleware(token: str) -> Any:
@@ -705,6 +706,15 @@ async def _server_info(request: web.Request) -> web.Response:
         for name, value in request.app[SERVER_INFO].items()
     }
     return _json(dumps(info))
+
+
+async def _health(request: web.Request) -> web.Response:
+    """200 ``{"status": "ok"}``, or 503 with the reason when metric writes cannot be stored."""
+    failure = getattr(request.app[SNAPSHOT_SOURCE], "failure", None)
+    if failure:
+        body = {"status": "unavailable", "reason": f"cannot write metrics: {failure}"}
+        return web.Response(status=503, body=dumps(body), content_type="application/json")
+    return _json(dumps({"status": "ok"}))
 
 
 async def _list_experiments(request: web.Request) -> web.Response:

@@ -46,6 +46,10 @@ def test_disk_full_then_space_returns(
     with pytest.raises(steppe.FlushTimeout, match="not acked"):
         client.flush(timeout_s=5)
     wait_until(lambda: "No space left" in "".join(server.output), timeout_s=30)
+    # A server that cannot write exits non-zero (for its supervisor) instead of serving on.
+    wait_until(lambda: server.proc.poll() is not None, timeout_s=30)
+    assert server.proc.returncode != 0
+    assert "cannot write metrics" in "".join(server.output)
 
     # Space returns; the server is restarted and the client's resend fills every gap.
     subprocess.run(["mount", "-o", "remount,size=256m", str(small_disk)], check=True)

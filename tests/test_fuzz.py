@@ -214,3 +214,19 @@ def test_metric_keys_per_run_are_limited(
     rejected = [r for a in acks for r in a.rejected]
     assert len(rejected) == 1 and "metric keys" in rejected[0].message
     assert client.get_run(run_id).data.metrics == {}
+    # The rejected batch used none of the run's budget: a new key is still welcome.
+    loss = wire.MetricBatch(
+        stream_id=batch.stream_id,
+        seq=2,
+        run_ids=[run_id],
+        keys=["loss"],
+        count=1,
+        run_index=bytes(4),
+        key_index=bytes(4),
+        step=bytes(8),
+        timestamp_ms=bytes(8),
+        value=_pack("d", [0.5]),
+    )
+    acks = list(stub.StreamMetrics(iter([loss]), timeout=60))
+    assert acks[-1].acked_seq == 2 and not acks[-1].rejected
+    assert client.get_run(run_id).data.metrics == {"loss": 0.5}

@@ -85,11 +85,13 @@ class _Series:
     high: float | None = None
     at: tuple[int, int] | None = None
     value: float = NAN
+    rank: tuple[int, int, tuple[int, float]] = (0, 0, (0, 0.0))
 
 
 def reference_latest(points: Sequence[Point]) -> dict[tuple[str, str], Summary]:
     """MLflow's latest the obvious way, points in arrival order: highest step, then newest
-    timestamp, then later arrival; min/max ignore NaN; count counts all."""
+    timestamp, then largest value (NaN above every number); min/max ignore NaN; count
+    counts all."""
     series: dict[tuple[str, str], _Series] = {}
     for run_id, key, step, timestamp, value in points:
         s = series.setdefault((run_id, key), _Series())
@@ -97,8 +99,9 @@ def reference_latest(points: Sequence[Point]) -> dict[tuple[str, str], Summary]:
         if not math.isnan(value):
             s.low = value if s.low is None else min(s.low, value)
             s.high = value if s.high is None else max(s.high, value)
-        if s.at is None or (step, timestamp) >= s.at:
-            s.at, s.value = (step, timestamp), value
+        rank = (1, 0.0) if math.isnan(value) else (0, value)
+        if s.at is None or (step, timestamp, rank) >= s.rank:
+            s.at, s.value, s.rank = (step, timestamp), value, (step, timestamp, rank)
     return {
         k: (repr(s.value), s.at[0], s.at[1], s.low, s.high, s.count)
         for k, s in series.items()
