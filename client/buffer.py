@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import threading
 from array import array
+from collections.abc import Sequence
+from typing import cast
 
 #: Fields per point in the flat list: series id, step, timestamp_ms, value.
 FIELDS = 4
@@ -61,30 +63,31 @@ class Columns:
     __slots__ = ("key_index", "keys", "run_ids", "run_index", "step", "timestamp_ms", "value")
 
     def __init__(self, registry: SeriesRegistry, flat: list[int | float]) -> None:
-        sids = flat[0::FIELDS]
-        run_index: array | bytes  # type: ignore[type-arg]
+        # The flat list holds ints in its first three fields, the float value in the fourth.
+        sids = cast("list[int]", flat[0::FIELDS])
+        run_index: array[int] | bytes
         if registry.identity:
             run_index = bytes(4 * len(sids))
-            key_index = array("I", sids)  # type: ignore[arg-type]
+            key_index = array("I", sids)
         else:
             series_run, series_key = registry.series_run, registry.series_key
-            run_index = array("I", map(series_run.__getitem__, sids))  # type: ignore[arg-type]
-            key_index = array("I", map(series_key.__getitem__, sids))  # type: ignore[arg-type]
+            run_index = array("I", map(series_run.__getitem__, sids))
+            key_index = array("I", map(series_key.__getitem__, sids))
         if not registry.identity and (len(registry.keys) > 256 or len(registry.run_ids) > 256):
             # Big registries: send only what this chunk uses.
-            run_index, self.run_ids = _compact(run_index, registry.run_ids)  # type: ignore[arg-type]
+            run_index, self.run_ids = _compact(run_index, registry.run_ids)
             key_index, self.keys = _compact(key_index, registry.keys)
         else:
             self.run_ids = registry.run_ids[:]
             self.keys = registry.keys[:]
         self.run_index = run_index
         self.key_index = key_index
-        self.step = array("q", flat[1::FIELDS])  # type: ignore[arg-type]
-        self.timestamp_ms = array("q", flat[2::FIELDS])  # type: ignore[arg-type]
+        self.step = array("q", cast("list[int]", flat[1::FIELDS]))
+        self.timestamp_ms = array("q", cast("list[int]", flat[2::FIELDS]))
         self.value = array("d", flat[3::FIELDS])
 
 
-def _compact(index: array, names: list[str]) -> tuple[array, list[str]]:  # type: ignore[type-arg]
+def _compact(index: Sequence[int], names: list[str]) -> tuple[array[int], list[str]]:
     used = sorted(set(index))
     remap = {old: new for new, old in enumerate(used)}
     return array("I", map(remap.__getitem__, index)), [names[i] for i in used]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 from steppe import errors, wire
 from steppe.entities import Experiment, Run, RunData, RunInfo
@@ -22,6 +22,22 @@ log = logging.getLogger("steppe.journal")
 NAME_PREFIX = "name:"
 
 Op = dict[str, Any]
+
+
+class _CreateRunArgs(TypedDict):
+    run_id: str
+    experiment_id: str
+    run_name: str
+    start_time: int
+    tags: dict[str, str]
+    user_id: str
+
+
+class _UpdateRunArgs(TypedDict):
+    run_id: str
+    status: str | None
+    end_time: int | None
+    run_name: str | None
 
 
 def run_op(unary: wire.Unary, op: Op) -> None:
@@ -114,7 +130,7 @@ class ResilientUnary:
         tags: Mapping[str, str] | None,
         user_id: str,
     ) -> Run:
-        args = {
+        args: _CreateRunArgs = {
             "run_id": run_id,
             "experiment_id": experiment_id,
             "run_name": run_name,
@@ -137,7 +153,12 @@ class ResilientUnary:
     def update_run(
         self, run_id: str, status: str | None, end_time: int | None, run_name: str | None
     ) -> Run | None:
-        args = {"run_id": run_id, "status": status, "end_time": end_time, "run_name": run_name}
+        args: _UpdateRunArgs = {
+            "run_id": run_id,
+            "status": status,
+            "end_time": end_time,
+            "run_name": run_name,
+        }
         if self._offline or self._pending():
             self._journal({"op": "update_run", "args": args})
             return None

@@ -181,7 +181,7 @@ class Orphan:
 
 def orphans(root: Path) -> list[Orphan]:
     """Spools under root whose owner is gone (their flock is free)."""
-    found = []
+    found: list[Orphan] = []
     if not root.is_dir():
         return found
     for child in sorted(root.iterdir()):

@@ -444,7 +444,7 @@ class IngestServicer(wire.IngestServicerBase):
 # -- the owner ----------------------------------------------------------------------------
 
 
-class _TokenInterceptor(grpc.aio.ServerInterceptor):
+class _TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no types
     """Refuses calls without the server's bearer token (UNAUTHENTICATED), in constant time."""
 
     def __init__(self, token: str) -> None:
