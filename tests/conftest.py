@@ -32,6 +32,17 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def run_sync(env: dict[str, str], timeout_s: float = 120.0) -> subprocess.CompletedProcess[str]:
+    """``steppe sync`` in a child process with ``env``; its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "steppe", "sync"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
 @dataclass
 class ServerProcess:
     proc: subprocess.Popen[str]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import steppe
 from steppe.lock import live_owner
-from tests.conftest import clean_env, start_server
+from tests.conftest import clean_env, run_sync, start_server
 
 SCRIPT = textwrap.dedent(
     """
@@ -60,13 +60,7 @@ def test_offline_run_is_sent_by_sync(tmp_path: Path) -> None:
     assert not (data_dir / "server.lock").exists(), "offline mode must not start a server"
 
     del env["STEPPE_MODE"]
-    synced = subprocess.run(
-        [sys.executable, "-m", "steppe", "sync"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
+    synced = run_sync(env, timeout_s=90)
     assert synced.returncode == 0, synced.stderr
     assert "sent 20000 points" in synced.stdout
     _, owner = live_owner(data_dir)  # sync started a server for the data dir
@@ -152,13 +146,7 @@ def test_server_down_at_the_end_waits_once_then_sync_ends_the_run(tmp_path: Path
         tmp_path / "data", "--http-port", str(http_port), "--grpc-port", str(grpc_port)
     )
     try:
-        synced = subprocess.run(
-            [sys.executable, "-m", "steppe", "sync"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=90,
-        )
+        synced = run_sync(env, timeout_s=90)
         assert synced.returncode == 0, synced.stderr
         assert "sent 1000 points" in synced.stdout, synced.stdout
         client = steppe.Client(server.http_url)

@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 
 import steppe
-from tests.conftest import clean_env, start_server, wait_until
+from tests.conftest import clean_env, run_sync, start_server, wait_until
 
 CHILD = textwrap.dedent(
     """
@@ -70,13 +70,7 @@ def test_killed_client_points_are_delivered_by_sync(tmp_path: Path) -> None:
     assert unacked == 50_000
     assert list(spool_dir.iterdir()), "the spool should hold the unacked batches"
 
-    synced = subprocess.run(
-        [sys.executable, "-m", "steppe", "sync"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    synced = run_sync(env, timeout_s=120)
     assert synced.returncode == 0, synced.stderr
     # The spool holds every batch not yet released, acked ones included; resending those is
     # harmless because the server drops batches it already has.
@@ -84,13 +78,7 @@ def test_killed_client_points_are_delivered_by_sync(tmp_path: Path) -> None:
     assert list(spool_dir.iterdir()) == []
 
     # Idempotent: a second sync has nothing left to send.
-    again = subprocess.run(
-        [sys.executable, "-m", "steppe", "sync"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    again = run_sync(env, timeout_s=60)
     assert "nothing to send" in again.stdout
 
     server = None
