@@ -13,6 +13,8 @@ from steppe import auth, config
 from steppe.discovery import Endpoint
 
 _MAX_MESSAGE_BYTES = 64 << 20
+#: Ping the server after this long without traffic (the server accepts pings this often).
+KEEPALIVE_TIME_MS = 30_000
 
 
 class _TokenMetadata(
@@ -63,7 +65,7 @@ def open_channel(endpoint: Endpoint) -> grpc.Channel:
     options = [
         ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
     ]
     if endpoint.http_url.startswith("https:"):
         ca_file = config.tls_ca_file()

@@ -106,6 +106,20 @@ def _parser() -> argparse.ArgumentParser:
         help="close HTTP connections idle or sending headers for this long (default 15)",
     )
     server.add_argument(
+        "--stream-retention-s",
+        type=_positive_float,
+        default=7 * 86_400.0,
+        help="forget a stream's watermark once it sent nothing for this long; a spool "
+        "older than this is refused by the server (default 604800: 7 days)",
+    )
+    server.add_argument(
+        "--grpc-keepalive-s",
+        type=_positive_float,
+        default=60.0,
+        help="ping a gRPC connection silent for this long and close it if the ping is not "
+        "answered within min(20 s, this), freeing its stream (default 60)",
+    )
+    server.add_argument(
         "--background",
         action="store_true",
         help="detach; return once the server is ready (used by clients)",
@@ -270,7 +284,19 @@ def _server_options(data_dir: Path, args: argparse.Namespace) -> ServerOptions:
         ),
         allowed_origins=tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip()),
         http_idle_timeout_s=args.http_idle_timeout_s,
+        stream_retention_s=args.stream_retention_s,
+        grpc_keepalive_s=args.grpc_keepalive_s,
     )
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
+    return value
 
 
 def _token_file(path: Path | None) -> str | None:

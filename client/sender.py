@@ -15,7 +15,6 @@ import random
 import sys
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,11 +22,16 @@ from typing import Any
 
 import grpc
 
-from steppe import errors, wire
+from steppe import errors, stream_ids, wire
 from steppe.buffer import Columns, PointBuffer
 from steppe.spool import Location, Spool, SpoolFailed
 
 log = logging.getLogger("steppe.sender")
+
+#: A sender whose every batch is acked and that logged nothing for this long starts a new
+#: stream id: the server forgets idle streams (--stream-retention-s, far longer than this)
+#: and refuses a forgotten one, so a live sender never comes back on an idle stream.
+STREAM_IDLE_S = 600.0
 
 
 @dataclass
@@ -43,6 +47,7 @@ class _Entry:
 @dataclass
 class _Stream:
     requests: queue.SimpleQueue[wire.MetricBatch | None]
+    stream_id: str
     responses: Any = None  # the call object: an iterator of StreamAck, cancellable
     broken: bool = False
 
@@ -65,7 +70,8 @@ class Sender:
         describe_server: Callable[[], str] = lambda: "the steppe server",
     ) -> None:
         self.buffer = PointBuffer()
-        self.stream_id = uuid.uuid4().hex
+        self.stream_id = stream_ids.new_stream_id()
+        self._last_batch_at = time.monotonic()  # or the stream id's creation
         self._stub = stub  # called with True after a failure: may point elsewhere now
         self._failures = 0
         # Our own generator: backoff jitter must not touch the global random state.
@@ -120,6 +126,7 @@ class Sender:
             chunk = buffer.take(self._batch_points)
             cols = Columns(buffer.registry, chunk)
             with self._state:
+                self._rotate_if_idle()
                 # seq order == buffer order: both assigned under drain_lock.
                 self._seq += 1
                 batch = wire.encode_batch(
@@ -150,6 +157,7 @@ class Sender:
                 n = end - start
                 zeros = bytes(4 * n)
                 with self._state:
+                    self._rotate_if_idle()
                     self._seq += 1
                     batch = wire.encode_batch(
                         self.stream_id,
@@ -164,6 +172,22 @@ class Sender:
                     )
                     self._add(batch)
         self._wake.set()
+
+    def _rotate_if_idle(self) -> None:
+        """Before a new batch (hold ``_state``): take a fresh stream id if nothing is unacked
+        and the stream was idle for STREAM_IDLE_S (the worker then opens a new call)."""
+        now = time.monotonic()
+        idle = now - self._last_batch_at >= STREAM_IDLE_S
+        self._last_batch_at = now
+        if not idle or self._outbox or self._ops:
+            return
+        self.stream_id = stream_ids.new_stream_id()
+        self._seq = self._acked_seq = 0
+        self._next_send = 1
+        self._left_at = None
+        if self._spool is not None:
+            self._spool.close(all_acked=True)
+            self._spool = None
 
     def journal(self, op: dict[str, Any]) -> None:
         """Queue a lifecycle call to replay before any later batch (see steppe.journal)."""
@@ -248,6 +272,11 @@ class Sender:
             self._wake.wait(self._send_interval_s)
             self._wake.clear()
             self.encode_pending()
+            if stream is not None and stream.stream_id != self.stream_id:
+                # A new stream id (see _rotate_if_idle) goes on a call of its own: acks are
+                # cumulative seqs per call, so the two must never share one.
+                stream.requests.put(None)
+                stream = None
             if stream is not None and stream.broken:
                 stream.requests.put(None)
                 stream = None
@@ -276,7 +305,7 @@ class Sender:
 
     def _connect(self) -> _Stream | None:
         requests: queue.SimpleQueue[wire.MetricBatch | None] = queue.SimpleQueue()
-        stream = _Stream(requests)
+        stream = _Stream(requests, self.stream_id)
 
         def gen() -> Iterator[wire.MetricBatch]:
             while True:
@@ -327,6 +356,8 @@ class Sender:
         try:
             for ack in stream.responses:
                 with self._state:
+                    if stream.stream_id != self.stream_id:
+                        break  # a call of a stream id this sender left (all of it acked)
                     for rej in ack.rejected:
                         self._rejections.append(f"batch {rej.seq}: {rej.field}: {rej.message}")
                         log.error("steppe server rejected batch %d: %s", rej.seq, rej.message)

@@ -46,6 +46,8 @@ class ServerOptions:
     allowed_hosts: tuple[str, ...] | None = None  # Host header patterns; None: defaults
     allowed_origins: tuple[str, ...] = ()  # Origins allowed to write, besides same-origin
     http_idle_timeout_s: float = 15.0  # close HTTP connections idle (or mid-headers) this long
+    stream_retention_s: float = 7 * 86_400.0  # forget idle streams' watermarks after this
+    grpc_keepalive_s: float = 60.0  # ping a silent gRPC connection; close it if unanswered
 
 
 class WalUnwritable(RuntimeError):
@@ -101,7 +103,11 @@ async def _serve_locked(
         loop.add_signal_handler(sig, stop.set)
 
     _raise_open_files_limit()
-    ingestor = Ingestor(DataDir.at(options.data_dir))
+    ingestor = Ingestor(
+        DataDir.at(options.data_dir),
+        stream_retention_s=options.stream_retention_s,
+        keepalive_s=options.grpc_keepalive_s,
+    )
     grpc_port = await ingestor.start(options.host, options.grpc_port, token=options.token, tls=tls)
     last_http = time.monotonic()
     failed: str | None = None

@@ -147,7 +147,19 @@ class Catalog(Protocol):
         """stream_id -> highest seq durably in Parquet (see ingest.store)."""
         ...
 
-    def save_stream_watermarks(self, watermarks: Mapping[str, int]) -> None: ...
+    def stream_last_ms(self) -> dict[str, int]:
+        """stream_id -> when its watermark was last saved (ms since epoch; 0: unknown)."""
+        ...
+
+    def save_stream_watermarks(
+        self, watermarks: Mapping[str, int], last_ms: int | None = None
+    ) -> None:
+        """Raise each stream's watermark (never lower it), noting ``last_ms`` (default now)."""
+        ...
+
+    def expire_stream_watermarks(self, stream_ids: Sequence[str]) -> None:
+        """Forget these streams (see ingest.store: only ids that carry their creation time)."""
+        ...
 
     @property
     def version(self) -> int:

@@ -31,7 +31,7 @@ from steppe.ingest.catalog import DEFAULT_EXPERIMENT_ID, Catalog
 from steppe.ingest.compactor import Compactor
 from steppe.ingest.layout import METRICS_SCHEMA, DataDir
 from steppe.ingest.sqlite_catalog import SqliteCatalog
-from steppe.ingest.store import MetricStore, StoreClosed
+from steppe.ingest.store import DEFAULT_STREAM_RETENTION_S, MetricStore, StoreClosed
 from steppe.ingest.wal import WalFailed
 from steppe.validation import (
     MAX_EXPERIMENT_TAG_VAL_LENGTH,
@@ -45,7 +45,13 @@ from steppe.validation import (
     check_timestamp,
 )
 
-__all__ = ["HTTP_STREAM_ID", "MAX_INFLIGHT_BATCHES", "IngestServicer", "Ingestor"]
+__all__ = [
+    "DEFAULT_KEEPALIVE_S",
+    "HTTP_STREAM_ID",
+    "MAX_INFLIGHT_BATCHES",
+    "IngestServicer",
+    "Ingestor",
+]
 
 logger = logging.getLogger("steppe.ingest.service")
 
@@ -58,6 +64,12 @@ _MAX_CACHED_KEYS = 100_000
 HTTP_STREAM_ID = "steppe-server-http"
 #: Stream ids with this prefix belong to the server; a client batch on one is refused.
 RESERVED_STREAM_PREFIX = "steppe-server-"
+#: How often the server pings a connection it heard nothing from (see _keepalive_options).
+DEFAULT_KEEPALIVE_S = 60.0
+#: The client pings every 30 s (steppe.channel); pings closer together than this are
+#: "bad" (two of them and gRPC closes the connection with GOAWAY too_many_pings).
+_MIN_CLIENT_PING_INTERVAL_MS = 10_000
+
 #: The highest seq a stream may use: watermarks are stored as SQLite (signed 64-bit) INTEGERs.
 MAX_SEQ = 2**63 - 1
 
@@ -200,6 +212,15 @@ class _Session:
         if not stream_id or seq < 1:
             return
         last = self._last_seq.get(stream_id)
+        if last is None and self._ingestor.store.forgotten(stream_id):
+            retention_s = self._ingestor.store.stream_retention_s
+            raise _Refused(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"stream_id: {stream_id!r} was opened more than the server's stream retention "
+                f"({retention_s:g} s, steppe server --stream-retention-s) ago and the server "
+                "no longer remembers which of its batches it stored; they are refused so that "
+                "no point is stored twice (deliver spools within the retention)",
+            )
         if last is None:
             owner = self._ingestor.streams.setdefault(stream_id, self)
             if owner is not self:
@@ -478,6 +499,25 @@ def _deny(handler: Any) -> Any:
     )
 
 
+def _keepalive_options(keepalive_ms: int) -> list[tuple[str, int]]:
+    """Server keepalive: ping each connection after ``keepalive_ms`` of silence and close it
+    if the ping is not answered within min(20 s, keepalive_ms), so a half-dead client
+    (a vanished host, a frozen NAT) does not hold its stream id live forever; and accept
+    the clients' own keepalive pings (every 30 s, also on an idle stream)."""
+    return [
+        ("grpc.keepalive_time_ms", keepalive_ms),
+        ("grpc.keepalive_timeout_ms", min(20_000, keepalive_ms)),
+        # gRPC core >= 1.5x also times out unanswered pings on its own (default 60 s).
+        ("grpc.http2.ping_timeout_ms", min(20_000, keepalive_ms)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # Keep pinging an idle stream (the default stops after two pings without data).
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_sent_ping_interval_without_data_ms", keepalive_ms),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", _MIN_CLIENT_PING_INTERVAL_MS),
+        ("grpc.http2.max_ping_strikes", 2),
+    ]
+
+
 class Ingestor:
     """Owns the ingest side of one data dir: catalog, metric store, compactor, gRPC server.
 
@@ -498,12 +538,19 @@ class Ingestor:
         max_message_bytes: int = 64 << 20,
         compaction_grace_s: float = 60.0,
         compaction_min_files: int = 8,
+        stream_retention_s: float = DEFAULT_STREAM_RETENTION_S,
+        keepalive_s: float = DEFAULT_KEEPALIVE_S,
     ) -> None:
         self.data_dir = data_dir
+        self._keepalive_ms = max(1, int(keepalive_s * 1000))
         data_dir.root.mkdir(parents=True, exist_ok=True)
         self.catalog: Catalog = SqliteCatalog(data_dir.catalog_file)
         self.store = MetricStore(
-            data_dir, self.catalog, flush_rows=flush_rows, flush_interval_s=flush_interval_s
+            data_dir,
+            self.catalog,
+            flush_rows=flush_rows,
+            flush_interval_s=flush_interval_s,
+            stream_retention_s=stream_retention_s,
         )
         self.compactor = Compactor(
             self.store,
@@ -523,6 +570,7 @@ class Ingestor:
         self._valid_keys: set[str] = set()
         self._run_keys: dict[str, set[str]] = {}  # metric keys per run, for the budget
         self._http_seq = 0
+        self._expirer: asyncio.Task[None] | None = None
 
     def touch(self) -> None:
         self.last_activity_monotonic = time.monotonic()
@@ -554,6 +602,7 @@ class Ingestor:
                 ("grpc.max_send_message_length", self._max_message_bytes),
                 # One owner per port as well as per data dir.
                 ("grpc.so_reuseport", 0),
+                *_keepalive_options(self._keepalive_ms),
             ],
         )
         wire.add_servicer(IngestServicer(self), server)
@@ -572,8 +621,21 @@ class Ingestor:
             await self.store.close()
             raise
         self._server = server
+        self._expirer = asyncio.get_running_loop().create_task(
+            self._expire_streams(), name="steppe-stream-expiry"
+        )
         logger.info("ingest listening on %s:%d", host, bound)
         return bound
+
+    async def _expire_streams(self) -> None:
+        """Forget idle streams' watermarks now and then (bounded memory and catalog rows)."""
+        interval_s = max(0.2, min(self.store.stream_retention_s / 4, 60.0))
+        while not self.closing:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.store.expire_streams(live=self.streams)
+            except Exception:  # kept, retried next round: expiry is only housekeeping
+                logger.exception("expiring idle stream watermarks failed")
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop accepting calls, ack in-flight batches and end streams with UNAVAILABLE,
@@ -586,6 +648,9 @@ class Ingestor:
 
     async def _stop(self, grace_s: float) -> None:
         self.closing = True
+        if self._expirer is not None:
+            self._expirer.cancel()
+            await asyncio.gather(self._expirer, return_exceptions=True)
         for session in list(self.sessions):
             session.stop_reading()
         if self._server is not None:

@@ -81,7 +81,8 @@ CREATE TABLE IF NOT EXISTS run_inputs (
 );
 CREATE TABLE IF NOT EXISTS stream_watermarks (
     stream_id TEXT PRIMARY KEY,
-    seq       INTEGER NOT NULL
+    seq       INTEGER NOT NULL,
+    last_ms   INTEGER NOT NULL DEFAULT 0
 );
 """
 
@@ -169,6 +170,11 @@ class SqliteCatalog:
             for statement in (_SCHEMA + MODELS_SCHEMA).split(";"):
                 if statement.strip():
                     db.execute(statement)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(stream_watermarks)")}
+            if "last_ms" not in columns:  # a data dir of a steppe before stream expiry
+                db.execute(
+                    "ALTER TABLE stream_watermarks ADD COLUMN last_ms INTEGER NOT NULL DEFAULT 0"
+                )
             if (
                 db.execute(
                     "SELECT 1 FROM experiments WHERE experiment_id = ?", (DEFAULT_EXPERIMENT_ID,)
@@ -605,10 +611,24 @@ class SqliteCatalog:
         with self._lock:
             return dict(self._db.execute("SELECT stream_id, seq FROM stream_watermarks"))
 
-    def save_stream_watermarks(self, watermarks: Mapping[str, int]) -> None:
+    def stream_last_ms(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._db.execute("SELECT stream_id, last_ms FROM stream_watermarks"))
+
+    def save_stream_watermarks(
+        self, watermarks: Mapping[str, int], last_ms: int | None = None
+    ) -> None:
+        now = _now_ms() if last_ms is None else last_ms
         with self._tx() as db:
             db.executemany(
-                "INSERT INTO stream_watermarks VALUES (?, ?) ON CONFLICT(stream_id) "
-                "DO UPDATE SET seq = MAX(seq, excluded.seq)",
-                list(watermarks.items()),
+                "INSERT INTO stream_watermarks VALUES (?, ?, ?) ON CONFLICT(stream_id) "
+                "DO UPDATE SET seq = MAX(seq, excluded.seq), "
+                "last_ms = MAX(last_ms, excluded.last_ms)",
+                [(stream_id, seq, now) for stream_id, seq in watermarks.items()],
+            )
+
+    def expire_stream_watermarks(self, stream_ids: Sequence[str]) -> None:
+        with self._tx() as db:
+            db.executemany(
+                "DELETE FROM stream_watermarks WHERE stream_id = ?", [(s,) for s in stream_ids]
             )

@@ -15,7 +15,7 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from steppe import stream_ids
 from steppe.errors import InvalidParameterValue
 from steppe.ingest import wire
 from steppe.ingest.catalog import Catalog
@@ -44,6 +45,7 @@ from steppe.ingest.wal import (
 )
 
 __all__ = [
+    "DEFAULT_STREAM_RETENTION_S",
     "LATEST_SEGMENT_KEY",
     "MAX_TAIL_BYTES",
     "TAIL_SCHEMA",
@@ -64,6 +66,11 @@ __all__ = [
 
 logger = logging.getLogger("steppe.ingest.store")
 
+#: How long the watermark of an idle stream is kept (see MetricStore.expire_streams).
+DEFAULT_STREAM_RETENTION_S = 7 * 86_400.0
+#: After a restart, every stream keeps its watermark at least this long (or the retention,
+#: if shorter), however long the server was down: its clients reconnect within seconds.
+_RESTART_GRACE_S = 3600.0
 #: Key-value metadata of latest.parquet: the last WAL segment the summary covers.
 LATEST_SEGMENT_KEY = b"steppe.last_segment"
 #: Rows per Parquet row group: big enough for good compression and few footers, small
@@ -108,6 +115,10 @@ _PARQUET_OPTIONS: dict[str, object] = {
     # and pyarrow see the same types as for a file written from string columns.
     "store_schema": False,
 }
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 class StoreClosed(RuntimeError):
@@ -820,8 +831,10 @@ class MetricStore:
         flush_interval_s: float = 10.0,
         max_tail_rows: int | None = None,
         max_tail_bytes: int = MAX_TAIL_BYTES,
+        stream_retention_s: float = DEFAULT_STREAM_RETENTION_S,
     ) -> None:
         self._dir = data_dir
+        self._retention_ms = int(stream_retention_s * 1000)
         self._catalog = catalog
         self._flush_rows = flush_rows
         self._flush_interval_s = flush_interval_s
@@ -841,6 +854,8 @@ class MetricStore:
         self._inflight_rows = 0
         self._inflight_bytes = 0
         self._watermarks: dict[str, int] = {}
+        #: When each expirable stream (an id with its creation time) last sent a batch, ms.
+        self._last_ms: dict[str, int] = {}
         #: Folded summary of every applied point, plus summaries applied since the last fold
         #: (folded on the next snapshot, or once they outnumber the folded rows).
         self._latest = _empty_latest()
@@ -870,6 +885,15 @@ class MetricStore:
         self._latest_flushed = recovered.latest_flushed
         self._latest_segment = recovered.latest_segment
         self._watermarks = recovered.watermarks
+        saved_ms = await asyncio.to_thread(self._catalog.stream_last_ms)
+        floor = (
+            _now_ms() - self._retention_ms + min(self._retention_ms, int(_RESTART_GRACE_S * 1e3))
+        )
+        self._last_ms = {
+            stream_id: max(saved_ms.get(stream_id, 0), floor)
+            for stream_id in self._watermarks
+            if stream_ids.created_ms(stream_id) is not None
+        }
         self._chunks = recovered.chunks
         self._tail_rows = sum(c.table.num_rows for c in self._chunks)
         self._tail_bytes = sum(c.nbytes for c in self._chunks)
@@ -926,7 +950,62 @@ class MetricStore:
         self._inflight_rows += table.num_rows
         self._inflight_bytes += nbytes
         self._watermarks[stream_id] = max(self._watermarks.get(stream_id, 0), seq)
+        if stream_id in self._last_ms or stream_ids.created_ms(stream_id) is not None:
+            self._last_ms[stream_id] = _now_ms()
         return future
+
+    def forgotten(self, stream_id: str) -> bool:
+        """Whether a batch on ``stream_id`` may belong to a stream whose watermark expired:
+        the server does not know it and its id says it was opened longer than the retention
+        ago. Such a batch is refused: the server cannot tell which of its batches it stored."""
+        if stream_id in self._watermarks:
+            return False
+        created = stream_ids.created_ms(stream_id)
+        return created is not None and created < _now_ms() - self._retention_ms
+
+    @property
+    def stream_retention_s(self) -> float:
+        return self._retention_ms / 1000
+
+    @property
+    def known_streams(self) -> int:
+        """Streams whose watermark the store holds (in memory and in the catalog)."""
+        return len(self._watermarks)
+
+    async def expire_streams(self, live: Container[str] = ()) -> int:
+        """Forget the watermarks of streams idle longer than the retention; returns how many.
+
+        Only ids that carry their creation time (steppe.stream_ids) expire, and only once
+        both that time and their last batch are older than the retention, so an expired
+        stream coming back is always recognised by ``forgotten`` (the same id time against
+        the same clock) and refused, never stored twice. Streams in ``live`` (a call is
+        writing them) or with points not yet in Parquet are kept. Other ids are kept forever.
+        """
+        if self._state != "open":
+            return 0
+        horizon = _now_ms() - self._retention_ms
+        pending = set(self._unsaved_watermarks)
+        pending.update(entry.stream_id for entry in self._inflight)
+        for chunk in self._chunks:
+            pending.update(chunk.watermarks)
+        expired = [
+            stream_id
+            for stream_id, last in self._last_ms.items()
+            if last < horizon
+            and stream_id not in pending
+            and stream_id not in live
+            and (stream_ids.created_ms(stream_id) or 0) < horizon
+        ]
+        if not expired:
+            return 0
+        # Forgotten in memory first (one loop step), so from now on a batch on one of them
+        # is refused; the catalog rows follow.
+        for stream_id in expired:
+            del self._last_ms[stream_id]
+            self._watermarks.pop(stream_id, None)
+        await asyncio.to_thread(self._catalog.expire_stream_watermarks, expired)
+        logger.info("forgot the watermarks of %d idle stream(s)", len(expired))
+        return len(expired)
 
     def barrier(self) -> asyncio.Future[None]:
         """Resolves when everything appended so far is durable and applied."""

@@ -25,6 +25,9 @@ _WILDCARD_BINDS = {"0.0.0.0", "::", ""}
 _STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 #: PUT carries raw artifact bytes; the other writes carry JSON (or nothing).
 _JSON_BODY_METHODS = {"POST", "PATCH", "DELETE"}
+#: Probed by load balancers and orchestrators with a Host of their own; read-only and
+#: token-free, so exempt from the Host check (as MLflow 3 exempts /health and /version).
+_HOST_EXEMPT_PATHS = {"/health"}
 
 
 def default_allowed_hosts(bind_host: str) -> list[str]:
@@ -81,6 +84,8 @@ def guard_middleware(allowed_hosts: Sequence[str], allowed_origins: Sequence[str
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         host = request.headers.get("Host")
+        if request.path in _HOST_EXEMPT_PATHS and request.method in ("GET", "HEAD"):
+            return await handler(request)
         if not host_allowed(hosts, host):
             return _refuse(
                 f"Host {host!r} is not allowed (a DNS rebinding guard): open the server by "

@@ -1,0 +1,291 @@
+"""Server hardening against a real ``steppe server``: idle stream watermarks expire without
+breaking exactly-once, HTTP connections are capped, half-dead gRPC calls are reaped, a full
+disk is a clear error, recovery opens what older versions acked, and health probes."""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from mlflow.tracking import MlflowClient
+
+import steppe
+from steppe import stream_ids, wire
+from tests.conftest import ServerProcess, start_server, wait_until
+
+
+def _batch(stream_id: str, seq: int, run_id: str, steps: list[int]) -> wire.MetricBatch:
+    n = len(steps)
+    return wire.MetricBatch(
+        stream_id=stream_id,
+        seq=seq,
+        run_ids=[run_id],
+        keys=["loss"],
+        count=n,
+        run_index=bytes(4 * n),
+        key_index=bytes(4 * n),
+        step=struct.pack(f"<{n}q", *steps),
+        timestamp_ms=struct.pack(f"<{n}q", *([1_700_000_000_000] * n)),
+        value=struct.pack(f"<{n}d", *(float(s) for s in steps)),
+    )
+
+
+def _stub(server: ServerProcess) -> tuple[grpc.Channel, wire.IngestStub]:
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    return channel, wire.IngestStub(channel)  # type: ignore[no-untyped-call]
+
+
+def _acked(stub: wire.IngestStub, batches: list[wire.MetricBatch]) -> int:
+    return max(ack.acked_seq for ack in stub.StreamMetrics(iter(batches), timeout=30))
+
+
+def _refused(stub: wire.IngestStub, batches: list[wire.MetricBatch]) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        for ack in stub.StreamMetrics(iter(batches), timeout=30):
+            assert ack.acked_seq == 0, "a refused batch must not be acked"
+    return info.value
+
+
+def _steps(server: ServerProcess, run_id: str) -> list[int]:
+    history = MlflowClient(server.http_url).get_metric_history(run_id, "loss")
+    return sorted(m.step for m in history)
+
+
+def _watermark_rows(data_dir: Path) -> set[str]:
+    db = sqlite3.connect(f"file:{data_dir / 'catalog.sqlite'}?mode=ro", uri=True)
+    try:
+        return {row[0] for row in db.execute("SELECT stream_id FROM stream_watermarks")}
+    finally:
+        db.close()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    proc = start_server(tmp_path / "data")
+    yield proc
+    assert proc.stop() == 0, "".join(proc.output)
+
+
+# -- item 10: idle stream watermarks expire ---------------------------------------------------
+
+
+def test_idle_stream_watermarks_expire_and_an_expired_stream_is_refused(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "data", "--stream-retention-s", "2")
+    try:
+        run_id = steppe.Client(server.http_url).create_run().info.run_id
+        channel, stub = _stub(server)
+        with channel:
+            streams = []
+            for i in range(200):
+                streams.append(stream_ids.new_stream_id())
+                assert _acked(stub, [_batch(streams[-1], 1, run_id, [i])]) == 1
+            # An id without a creation time (an older client) is never forgotten.
+            assert _acked(stub, [_batch("legacy-stream", 1, run_id, [1000])]) == 1
+            wait_until(lambda: _watermark_rows(server.data_dir) == {"legacy-stream"}, 60)
+            # Its batch again: the server no longer knows what it stored, so it refuses.
+            err = _refused(stub, [_batch(streams[0], 1, run_id, [0])])
+            assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert streams[0] in (err.details() or "") and "retention" in (err.details() or "")
+            assert _acked(stub, [_batch("legacy-stream", 1, run_id, [1000])]) == 1
+        assert _steps(server, run_id) == [*range(200), 1000]
+    finally:
+        assert server.stop() == 0, "".join(server.output)
+    # Forgotten for good: after a restart the rows stay gone and the stream stays refused.
+    again = start_server(tmp_path / "data", "--stream-retention-s", "2")
+    try:
+        assert _watermark_rows(again.data_dir) == {"legacy-stream"}
+        channel, stub = _stub(again)
+        with channel:
+            err = _refused(stub, [_batch(streams[1], 1, run_id, [1])])
+            assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert _steps(again, run_id) == [*range(200), 1000]
+    finally:
+        assert again.stop() == 0, "".join(again.output)
+
+
+def test_a_stream_reconnecting_within_the_retention_is_exactly_once(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "data", "--stream-retention-s", "3600")
+    stream = stream_ids.new_stream_id()
+    try:
+        run_id = steppe.Client(server.http_url).create_run().info.run_id
+        channel, stub = _stub(server)
+        with channel:
+            assert _acked(stub, [_batch(stream, s, run_id, [s]) for s in (1, 2, 3)]) == 3
+            # Reconnect: the unacked-looking batches go again, plus new ones.
+            assert _acked(stub, [_batch(stream, s, run_id, [s]) for s in range(1, 6)]) == 5
+            # A stream opened long ago that the server never knew could have been forgotten.
+            old = stream_ids.new_stream_id(int(time.time() * 1000) - 2 * 3600_000)
+            assert _refused(stub, [_batch(old, 1, run_id, [99])]).code() == (
+                grpc.StatusCode.FAILED_PRECONDITION
+            )
+        assert _steps(server, run_id) == [1, 2, 3, 4, 5]
+    finally:
+        assert server.stop() == 0, "".join(server.output)
+    again = start_server(tmp_path / "data", "--stream-retention-s", "3600")
+    try:
+        channel, stub = _stub(again)
+        with channel:
+            assert _acked(stub, [_batch(stream, s, run_id, [s]) for s in range(1, 7)]) == 6
+        assert _steps(again, run_id) == [1, 2, 3, 4, 5, 6]
+        assert stream in _watermark_rows(again.data_dir)
+    finally:
+        assert again.stop() == 0, "".join(again.output)
+
+
+def test_an_idle_sender_moves_to_a_new_stream_id(
+    tracking: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from steppe import sender
+
+    monkeypatch.setattr(sender, "STREAM_IDLE_S", 0.0)
+    with steppe.start_run() as run:
+        steppe.log_metric("loss", 1.0, step=1)
+        steppe.flush()
+        first = _sender_stream_id(tracking)
+        steppe.log_metric("loss", 2.0, step=2)
+        steppe.flush()
+        assert _sender_stream_id(tracking) != first
+        assert stream_ids.created_ms(first) is not None
+    history = MlflowClient(tracking).get_metric_history(run.info.run_id, "loss")
+    assert sorted((m.step, m.value) for m in history) == [(1, 1.0), (2, 2.0)]
+
+
+def _sender_stream_id(tracking_uri: str) -> str:
+    from steppe import connection
+
+    return connection.connect(tracking_uri).sender.stream_id
+
+
+# -- gRPC keepalive: a half-dead client does not hold its stream id -------------------------
+
+
+class _FreezableProxy:
+    """A TCP relay to ``port`` on 127.0.0.1 whose ``freeze()`` stops forwarding while keeping
+    both sockets open: the server then sees a peer that never answers (a half-dead host)."""
+
+    def __init__(self, port: int) -> None:
+        self._upstream = port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._frozen = threading.Event()
+        self._sockets: list[socket.socket] = [self._listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self._upstream))
+            self._sockets += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        while not self._frozen.is_set():
+            try:
+                data = src.recv(65536)
+            except OSError:
+                return
+            if not data or self._frozen.is_set():
+                return  # frozen: drop it and read no more, the socket stays open
+            dst.sendall(data)
+
+    def freeze(self) -> None:
+        self._frozen.set()
+
+    def close(self) -> None:
+        for sock in self._sockets:
+            sock.close()
+
+
+def test_a_half_dead_client_is_reaped_and_its_stream_id_freed(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "data", "--grpc-keepalive-s", "1")
+    proxy = _FreezableProxy(server.grpc_port)
+    try:
+        run_id = steppe.Client(server.http_url).create_run().info.run_id
+        stream = stream_ids.new_stream_id()
+        release = threading.Event()
+
+        def first() -> Iterator[wire.MetricBatch]:
+            yield _batch(stream, 1, run_id, [1])
+            release.wait(60)
+
+        dead = grpc.insecure_channel(f"127.0.0.1:{proxy.port}")
+        call = dead.stream_stream(
+            "/steppe.v1.Ingest/StreamMetrics",
+            request_serializer=wire.MetricBatch.SerializeToString,
+            response_deserializer=wire.StreamAck.FromString,
+        )(first(), timeout=60)
+        assert next(call).acked_seq == 1
+        proxy.freeze()  # the client's host "vanishes": no FIN, no RST, no answer to pings
+        channel, stub = _stub(server)
+        with channel:
+            outcomes: list[grpc.StatusCode] = []
+
+            def resent() -> bool:
+                try:
+                    return _acked(stub, [_batch(stream, s, run_id, [s]) for s in (1, 2)]) == 2
+                except grpc.RpcError as err:
+                    outcomes.append(err.code())
+                    return False
+
+            wait_until(resent, timeout_s=30, interval_s=0.2)
+            assert set(outcomes) <= {grpc.StatusCode.ALREADY_EXISTS}
+        assert _steps(server, run_id) == [1, 2]
+        release.set()
+        call.cancel()
+        dead.close()
+    finally:
+        proxy.close()
+        assert server.stop() == 0, "".join(server.output)
+
+
+@pytest.mark.parametrize("keepalive_s", [1.0, 60.0, 3600.0])
+def test_the_server_accepts_the_clients_keepalive_pings(keepalive_s: float) -> None:
+    """gRPC closes a connection (GOAWAY too_many_pings) whose peer pings more often than
+    min_recv_ping_interval, so that must stay below the client's keepalive interval."""
+    from steppe import channel
+    from steppe.ingest import service
+
+    options = dict(service._keepalive_options(int(keepalive_s * 1000)))
+    assert options["grpc.http2.min_recv_ping_interval_without_data_ms"] < channel.KEEPALIVE_TIME_MS
+    assert options["grpc.http2.max_pings_without_data"] == 0
+    assert options["grpc.keepalive_time_ms"] == int(keepalive_s * 1000)
+    assert options["grpc.keepalive_timeout_ms"] <= 20_000
+
+
+# -- health probes ---------------------------------------------------------------------------
+
+
+def _get(url: str, host: str) -> tuple[int, bytes]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Host": host})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def test_health_answers_a_probe_with_any_host_but_nothing_else_does(server: ServerProcess) -> None:
+    """MLflow 3 exempts its health probe from the Host allow-list (a load balancer probes
+    with its own Host); every other route, server-info included, still checks it."""
+    import json
+
+    status, body = _get(server.http_url + "/health", "10.1.2.3:8080")
+    assert status == 200 and json.loads(body) == {"status": "ok"}
+    status, body = _get(server.http_url + "/api/2.0/mlflow/experiments/search", "evil.example")
+    assert status == 403 and json.loads(body)["error_code"] == "PERMISSION_DENIED"
+    for path in ("/api/steppe/v1/server-info", "/api/3.0/mlflow/server-info", "/health/x"):
+        assert _get(server.http_url + path, "evil.example")[0] == 403, path
