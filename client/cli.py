@@ -120,6 +120,13 @@ def _parser() -> argparse.ArgumentParser:
         "answered within min(20 s, this), freeing its stream (default 60)",
     )
     server.add_argument(
+        "--http-max-connections",
+        type=_positive_int,
+        default=256,
+        help="serve at most this many HTTP connections at once; more get a 503 and are "
+        "closed (default 256; at most half the open-files limit)",
+    )
+    server.add_argument(
         "--background",
         action="store_true",
         help="detach; return once the server is ready (used by clients)",
@@ -286,7 +293,18 @@ def _server_options(data_dir: Path, args: argparse.Namespace) -> ServerOptions:
         http_idle_timeout_s=args.http_idle_timeout_s,
         stream_retention_s=args.stream_retention_s,
         grpc_keepalive_s=args.grpc_keepalive_s,
+        http_max_connections=args.http_max_connections,
     )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
 
 
 def _positive_float(text: str) -> float:

@@ -25,6 +25,7 @@ from steppe.ingest.service import Ingestor
 from steppe.lock import Owner, OwnerLock
 from steppe.query.app import make_app
 from steppe.query.artifacts import ArtifactStore
+from steppe.query.connections import CappedAppRunner
 from steppe.query.guard import default_allowed_hosts
 
 log = logging.getLogger("steppe.server")
@@ -48,21 +49,42 @@ class ServerOptions:
     http_idle_timeout_s: float = 15.0  # close HTTP connections idle (or mid-headers) this long
     stream_retention_s: float = 7 * 86_400.0  # forget idle streams' watermarks after this
     grpc_keepalive_s: float = 60.0  # ping a silent gRPC connection; close it if unanswered
+    http_max_connections: int = 256  # more concurrent HTTP connections get a 503 and close
 
 
 class WalUnwritable(RuntimeError):
     """The server stopped because its WAL could not write (the exit status is non-zero)."""
 
 
-def _raise_open_files_limit() -> None:
+def _raise_open_files_limit() -> int | None:
     """Raise the soft RLIMIT_NOFILE to the hard limit: WAL segments, Parquet files and
-    connections all need descriptors, and EMFILE would stop metric writes."""
-    with contextlib.suppress(ImportError, ValueError, OSError):
+    connections all need descriptors, and EMFILE would stop metric writes. Returns the
+    soft limit now in force (None if unknown or unlimited)."""
+    try:
         import resource
 
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft != hard:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, ValueError, OSError):  # no limit to raise here: keep going
+        return None
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def _connection_cap(wanted: int, open_files: int | None) -> int:
+    """At most half the descriptors go to HTTP connections: the rest stay for the WAL,
+    Parquet files, the catalog and gRPC."""
+    if open_files is None or wanted <= open_files // 2:
+        return wanted
+    cap = max(1, open_files // 2)
+    log.warning(
+        "--http-max-connections %d is above half the open-files limit (%d): using %d",
+        wanted,
+        open_files,
+        cap,
+    )
+    return cap
 
 
 async def serve(options: ServerOptions, on_ready: Callable[[Owner], None] | None = None) -> None:
@@ -102,7 +124,7 @@ async def _serve_locked(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    _raise_open_files_limit()
+    open_files = _raise_open_files_limit()
     ingestor = Ingestor(
         DataDir.at(options.data_dir),
         stream_retention_s=options.stream_retention_s,
@@ -126,7 +148,7 @@ async def _serve_locked(
     stale = await asyncio.get_running_loop().run_in_executor(None, artifacts.remove_stale_uploads)
     if stale:
         log.info("removed %d temporary file(s) of interrupted artifact uploads", stale)
-    runner = web.AppRunner(
+    runner = CappedAppRunner(
         make_app(
             ingestor.catalog,
             ingestor.store,
@@ -142,6 +164,7 @@ async def _serve_locked(
             ),
             allowed_origins=options.allowed_origins,
         ),
+        max_connections=_connection_cap(options.http_max_connections, open_files),
         access_log=None,
         handle_signals=False,
         # aiohttp starts this timer when a connection opens and only resets it after a

@@ -4,6 +4,7 @@ disk is a clear error, recovery opens what older versions acked, and health prob
 
 from __future__ import annotations
 
+import os
 import socket
 import sqlite3
 import struct
@@ -289,3 +290,44 @@ def test_health_answers_a_probe_with_any_host_but_nothing_else_does(server: Serv
     assert status == 403 and json.loads(body)["error_code"] == "PERMISSION_DENIED"
     for path in ("/api/steppe/v1/server-info", "/api/3.0/mlflow/server-info", "/health/x"):
         assert _get(server.http_url + path, "evil.example")[0] == 403, path
+
+
+# -- item 2: a cap on HTTP connections --------------------------------------------------------
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_idle_http_connections_are_capped_and_the_server_recovers(tmp_path: Path) -> None:
+    cap = 40
+    server = start_server(tmp_path / "data", "--http-max-connections", str(cap))
+    pid = server.proc.pid
+    port = int(server.http_url.rsplit(":", 1)[1])
+    try:
+        assert _get(server.http_url + "/health", "127.0.0.1")[0] == 200
+        before = _fds(pid)
+        sockets = [socket.create_connection(("127.0.0.1", port)) for _ in range(cap + 50)]
+        try:
+            # The last 50 are answered with a 503 and closed at once, without a request.
+            for sock in sockets[cap:]:
+                sock.settimeout(10)
+                answer = b""
+                while chunk := sock.recv(4096):
+                    answer += chunk
+                assert answer.startswith(b"HTTP/1.1 503"), answer[:100]
+                assert b"TEMPORARILY_UNAVAILABLE" in answer
+            # The server holds at most the cap (plus its own few), not one fd per socket.
+            assert _fds(pid) <= before + cap + 5, (_fds(pid), before)
+            assert _get(server.http_url + "/health", "127.0.0.1")[0] == 503
+        finally:
+            for sock in sockets:
+                sock.close()
+        wait_until(lambda: _get(server.http_url + "/health", "127.0.0.1")[0] == 200, 30)
+        wait_until(lambda: _fds(pid) <= before + 2, 30)
+        assert MlflowClient(server.http_url).search_experiments()
+    finally:
+        assert server.stop() == 0, "".join(server.output)
+    refusals = [line for line in server.output if "refused" in line and "HTTP conn" in line]
+    assert len(refusals) == 1 and "over the cap of 40" in refusals[0], server.output
+    assert not any("Traceback" in line for line in server.output), server.output
