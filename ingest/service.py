@@ -31,7 +31,13 @@ from steppe.ingest.catalog import DEFAULT_EXPERIMENT_ID, Catalog
 from steppe.ingest.compactor import Compactor
 from steppe.ingest.layout import METRICS_SCHEMA, DataDir
 from steppe.ingest.sqlite_catalog import SqliteCatalog
-from steppe.ingest.store import DEFAULT_STREAM_RETENTION_S, MetricStore, StoreClosed
+from steppe.ingest.store import (
+    DEFAULT_STREAM_RETENTION_S,
+    MAX_SEQ,
+    RESERVED_STREAM_PREFIX,
+    MetricStore,
+    StoreClosed,
+)
 from steppe.ingest.wal import WalFailed
 from steppe.validation import (
     MAX_EXPERIMENT_TAG_VAL_LENGTH,
@@ -62,16 +68,12 @@ _MAX_CACHED_KEYS = 100_000
 #: Its seq continues from the stored watermark after a restart, so no batch is ever dropped
 #: as a duplicate of an older one.
 HTTP_STREAM_ID = "steppe-server-http"
-#: Stream ids with this prefix belong to the server; a client batch on one is refused.
-RESERVED_STREAM_PREFIX = "steppe-server-"
 #: How often the server pings a connection it heard nothing from (see _keepalive_options).
 DEFAULT_KEEPALIVE_S = 60.0
 #: The client pings every 30 s (steppe.channel); pings closer together than this are
 #: "bad" (two of them and gRPC closes the connection with GOAWAY too_many_pings).
 _MIN_CLIENT_PING_INTERVAL_MS = 10_000
 
-#: The highest seq a stream may use: watermarks are stored as SQLite (signed 64-bit) INTEGERs.
-MAX_SEQ = 2**63 - 1
 
 _Request = TypeVar("_Request")
 _Response = TypeVar("_Response")

@@ -47,7 +47,9 @@ from steppe.ingest.wal import (
 __all__ = [
     "DEFAULT_STREAM_RETENTION_S",
     "LATEST_SEGMENT_KEY",
+    "MAX_SEQ",
     "MAX_TAIL_BYTES",
+    "RESERVED_STREAM_PREFIX",
     "TAIL_SCHEMA",
     "MetricStore",
     "Part",
@@ -66,6 +68,13 @@ __all__ = [
 
 logger = logging.getLogger("steppe.ingest.store")
 
+#: The highest seq a stream may use: watermarks are stored as SQLite (signed 64-bit) INTEGERs.
+MAX_SEQ = 2**63 - 1
+#: Stream ids with this prefix belong to the server; a client batch on one is refused.
+RESERVED_STREAM_PREFIX = "steppe-server-"
+#: The server's own streams count from 1 and could not reach this in millennia: a higher
+#: seq on one came from a client of an older steppe (which did not refuse them).
+_MAX_RESERVED_SEQ = 2**62
 #: How long the watermark of an idle stream is kept (see MetricStore.expire_streams).
 DEFAULT_STREAM_RETENTION_S = 7 * 86_400.0
 #: After a restart, every stream keeps its watermark at least this long (or the retention,
@@ -734,6 +743,28 @@ def _recover_latest(data_dir: DataDir, parts: list[Part], max_segment: int) -> p
     return latest
 
 
+def _storable_seq(stream_id: str, seq: object, where: str, warned: set[str]) -> bool:
+    """Whether a recovered (stream id, seq) may become a watermark. An older steppe acked
+    batches with a seq past MAX_SEQ (SQLite cannot store it, so every flush failed) and
+    client batches on the server's own stream ids; their points are kept, but such a seq
+    never becomes a watermark: a resend of it is refused at the door (never stored twice),
+    and the server's own seqs keep counting from their real watermark."""
+    limit = _MAX_RESERVED_SEQ if stream_id.startswith(RESERVED_STREAM_PREFIX) else MAX_SEQ
+    if isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq <= limit:
+        return True
+    if stream_id in warned:
+        return False
+    warned.add(stream_id)  # one warning per stream, however many records
+    logger.warning(
+        "%s: ignoring seq %r of stream %r as a watermark (out of range; written by an older "
+        "steppe); its points are kept",
+        where,
+        seq,
+        stream_id,
+    )
+    return False
+
+
 def _recover(data_dir: DataDir, catalog: Catalog) -> _Recovered:
     """Blocking recovery of the on-disk state (see MetricStore for the protocol)."""
     data_dir.metrics_dir.mkdir(parents=True, exist_ok=True)
@@ -742,7 +773,12 @@ def _recover(data_dir: DataDir, catalog: Catalog) -> _Recovered:
     parts = _live_parts(data_dir.metrics_dir)
     max_segment = max((p.last for p in parts), default=0)
     latest = _recover_latest(data_dir, parts, max_segment)
-    watermarks = catalog.stream_watermarks()
+    warned: set[str] = set()
+    watermarks = {
+        stream_id: seq
+        for stream_id, seq in catalog.stream_watermarks().items()
+        if _storable_seq(stream_id, seq, "catalog", warned)
+    }
     segments = list_segments(data_dir.wal_dir)
 
     # Segments already in Parquet only contribute watermarks: a crash may have hit between
@@ -752,7 +788,8 @@ def _recover(data_dir: DataDir, catalog: Catalog) -> _Recovered:
     for _, path in flushed:
         for payload in read_segment(path):
             stream_id, seq = wire.batch_position(payload)
-            held[stream_id] = max(held.get(stream_id, 0), seq)
+            if _storable_seq(stream_id, seq, path.name, warned):
+                held[stream_id] = max(held.get(stream_id, 0), seq)
     if held:
         catalog.save_stream_watermarks(held)
         for stream_id, seq in held.items():
@@ -782,9 +819,10 @@ def _recover(data_dir: DataDir, catalog: Catalog) -> _Recovered:
             except InvalidParameterValue as exc:  # validated before it was logged: corrupt
                 logger.error("WAL %s: skipping undecodable record: %s", path.name, exc)
                 continue
-            watermarks[batch.stream_id] = held[batch.stream_id] = batch.seq
+            if _storable_seq(batch.stream_id, batch.seq, path.name, warned):
+                watermarks[batch.stream_id] = held[batch.stream_id] = batch.seq
             tables.append(as_dictionary_table(decoded.table))
-        if held:
+        if tables:
             table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
             recovered.chunks.append(_Chunk(number, table, held, summarize_points(table)))
     recovered.next_segment = max([max_segment, *(n for n, _ in segments)]) + 1

@@ -331,3 +331,66 @@ def test_idle_http_connections_are_capped_and_the_server_recovers(tmp_path: Path
     refusals = [line for line in server.output if "refused" in line and "HTTP conn" in line]
     assert len(refusals) == 1 and "over the cap of 40" in refusals[0], server.output
     assert not any("Traceback" in line for line in server.output), server.output
+
+
+# -- item 1: recovery opens what an older steppe acked ---------------------------------------
+
+
+def _write_wal(wal_dir: Path, segment: int, batches: list[wire.MetricBatch]) -> None:
+    """Append ``batches`` with the real WAL writer, as an older steppe would have logged
+    them (no decode-time check in the way)."""
+    import asyncio
+
+    from steppe.ingest.wal import WriteAheadLog
+
+    async def write() -> None:
+        wal = WriteAheadLog(wal_dir, segment)
+        for batch in batches:
+            wal.append(batch.SerializeToString())
+        await wal.sync()
+        await wal.close()
+
+    asyncio.run(write())
+
+
+def test_a_data_dir_with_out_of_range_seqs_from_an_older_steppe_opens(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    server = start_server(data_dir)
+    try:
+        run_id = steppe.Client(server.http_url).create_run().info.run_id
+        MlflowClient(server.http_url).log_metric(run_id, "loss", 0.0, step=0)
+    finally:
+        assert server.stop() == 0, "".join(server.output)
+    segments = sorted(int(p.stem) for p in (data_dir / "wal").glob("*.wal")) or [0]
+    parts = [p.name for p in (data_dir / "metrics").glob("*.parquet")]
+    last = max([segments[-1], *(int(n.split("-")[2].split(".")[0]) for n in parts)])
+    _write_wal(
+        data_dir / "wal",
+        last + 1,
+        [
+            _batch("old-client", 2**63 + 5, run_id, [1]),
+            _batch("steppe-server-http", 2**64 - 1, run_id, [2]),
+            _batch("old-client-2", 3, run_id, [3]),
+        ],
+    )
+    for attempt in range(2):  # the first start replays them; the second reads the files
+        server = start_server(data_dir)
+        try:
+            assert _steps(server, run_id) == [0, 1, 2, 3] + [4] * attempt
+            # The server's own HTTP stream still works, and flushes can save watermarks.
+            MlflowClient(server.http_url).log_metric(run_id, "loss", 4.0 + attempt, step=4)
+            channel, stub = _stub(server)
+            with channel:
+                # A resend of the out-of-range batch is refused, never stored twice.
+                err = _refused(stub, [_batch("old-client", 2**63 + 5, run_id, [1])])
+                assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert _acked(stub, [_batch("old-client-2", 3, run_id, [3])]) == 3
+        finally:
+            assert server.stop() == 0, "".join(server.output)
+        warnings = [line for line in server.output if "out of range" in line]
+        assert len(warnings) == (2 if attempt == 0 else 0), warnings
+    again = start_server(data_dir)
+    try:
+        assert _steps(again, run_id) == [0, 1, 2, 3, 4, 4]
+    finally:
+        assert again.stop() == 0, "".join(again.output)
