@@ -394,3 +394,110 @@ def test_a_data_dir_with_out_of_range_seqs_from_an_older_steppe_opens(tmp_path: 
         assert _steps(again, run_id) == [0, 1, 2, 3, 4, 4]
     finally:
         assert again.stop() == 0, "".join(again.output)
+
+
+# -- item 9: disk full during an upload or a tag write ----------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 8 MiB tmpfs (needs root, as CI has; skipped where mounting is not allowed)."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _request(
+    method: str, url: str, body: bytes | None = None, content_type: str = "application/json"
+) -> tuple[int, dict[str, object]]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        url, data=body, method=method, headers={"Content-Type": content_type}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def _fill(disk: Path) -> Path:
+    """Fill ``disk`` up with one file; returns it (delete it to free the space)."""
+    filler = disk / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def _temp_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.name.endswith((".part", ".tmp"))]
+
+
+def test_disk_full_during_an_upload_or_a_tag_is_a_clear_507(small_disk: Path) -> None:
+    import json
+
+    data_dir = small_disk / "data"
+    server = start_server(data_dir)
+    api = server.http_url + "/api/2.0/mlflow"
+    try:
+        run = MlflowClient(server.http_url).create_run("0")
+        run_id, experiment_id = run.info.run_id, run.info.experiment_id
+        artifacts = (
+            f"{server.http_url}/api/2.0/mlflow-artifacts/artifacts/"
+            f"{experiment_id}/{run_id}/artifacts"
+        )
+        # An upload larger than the disk: refused whole, its temp file removed.
+        status, body = _request(
+            "PUT", f"{artifacts}/big.bin", b"\1" * (16 << 20), "application/octet-stream"
+        )
+        assert status == 507, body
+        assert body["error_code"] == "RESOURCE_EXHAUSTED" and "disk is full" in str(body["message"])
+        assert _temp_files(data_dir) == []
+        listed = MlflowClient(server.http_url).list_artifacts(run_id)
+        assert listed == []
+        # A tag write while the disk is full: refused, the run unchanged.
+        filler = _fill(small_disk)
+        try:
+            tag = {"run_id": run_id, "key": "note", "value": "x" * 8000}
+            status, body = _request("POST", f"{api}/runs/set-tag", json.dumps(tag).encode())
+            assert status == 507, body
+            assert body["error_code"] == "RESOURCE_EXHAUSTED"
+            assert "note" not in MlflowClient(server.http_url).get_run(run_id).data.tags
+            assert _get(server.http_url + "/health", "127.0.0.1")[0] == 200
+        finally:
+            filler.unlink()
+        # Space is back: the same writes succeed and the server never stopped serving.
+        status, _ = _request("POST", f"{api}/runs/set-tag", json.dumps(tag).encode())
+        assert status == 200
+        status, _ = _request("PUT", f"{artifacts}/small.txt", b"hello", "text/plain")
+        assert status == 200
+        client = MlflowClient(server.http_url)
+        assert client.get_run(run_id).data.tags["note"] == "x" * 8000
+        assert [f.path for f in client.list_artifacts(run_id)] == ["small.txt"]
+        client.log_metric(run_id, "loss", 1.0, step=1)
+        assert _steps(server, run_id) == [1]
+        assert server.proc.poll() is None
+        assert not any("Traceback" in line for line in server.output), server.output
+    finally:
+        assert server.stop() == 0, "".join(server.output)
+    assert _temp_files(data_dir) == []
