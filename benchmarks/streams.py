@@ -1,7 +1,10 @@
 """Many short streams: the server's memory and catalog rows after N one-batch streams, and
 again once their watermarks expired (``--stream-retention-s``).
 
-    python benchmarks/streams.py [--streams 50000] [--retention-s 5] [--smoke] [--json]
+    python benchmarks/streams.py [--streams 50000] [--rounds 1] [--retention-s 180] [--smoke]
+
+Each round opens N streams, waits until their watermarks are saved (rows = N), then until
+they expired (rows = 0): with expiry, RSS and rows stay flat from round to round.
 """
 
 from __future__ import annotations
@@ -72,13 +75,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--streams", type=int, default=50_000)
     parser.add_argument("--retention-s", type=float, default=180.0)
-    parser.add_argument("--smoke", action="store_true", help="500 streams")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--smoke", action="store_true", help="300 streams, 20 s retention")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    count = 500 if args.smoke else args.streams
+    count = 300 if args.smoke else args.streams
+    retention_s = 20.0 if args.smoke else args.retention_s
+    rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="steppe-bench-streams-") as tmp:
         data_dir = Path(tmp) / "data"
-        server = Server.start(data_dir, "--stream-retention-s", str(args.retention_s))
+        server = Server.start(data_dir, "--stream-retention-s", str(retention_s))
         try:
             info = server.get("/api/steppe/v1/server-info")
             run = json.loads(
@@ -87,37 +93,41 @@ def main() -> int:
             run_id = run["info"]["run_id"]
             pid = server.proc.pid
             base = rss_mib(pid)
-            started = time.monotonic()
-            open_streams(int(info["grpc_port"]), run_id, count)
-            elapsed = time.monotonic() - started
-            deadline = time.monotonic() + 60
-            while catalog_rows(data_dir) < count and time.monotonic() < deadline:
-                time.sleep(0.2)  # waiting for the periodic flush to save the watermarks
-            rows_after = catalog_rows(data_dir)
-            rss_after = rss_mib(pid)
-            deadline = time.monotonic() + args.retention_s + 120
-            while catalog_rows(data_dir) > 0 and time.monotonic() < deadline:
-                time.sleep(0.2)  # waiting for the expiry sweep
-            rows_expired = catalog_rows(data_dir)
-            rss_expired = rss_mib(pid)
+            for round_ in range(1, args.rounds + 1):
+                started = time.monotonic()
+                open_streams(int(info["grpc_port"]), run_id, count)
+                elapsed = time.monotonic() - started
+                deadline = time.monotonic() + 60
+                while catalog_rows(data_dir) < count and time.monotonic() < deadline:
+                    time.sleep(0.2)  # waiting for the periodic flush to save the watermarks
+                rows_after, rss_after = catalog_rows(data_dir), rss_mib(pid)
+                deadline = time.monotonic() + retention_s + 120
+                while catalog_rows(data_dir) > 0 and time.monotonic() < deadline:
+                    time.sleep(0.2)  # waiting for the expiry sweep
+                rows.append(
+                    {
+                        "round": round_,
+                        "streams": count,
+                        "streams_per_s": count / elapsed,
+                        "rss_start_mib": base,
+                        "rss_after_mib": rss_after,
+                        "rows_after": rows_after,
+                        "rss_expired_mib": rss_mib(pid),
+                        "rows_expired": catalog_rows(data_dir),
+                    }
+                )
             stored = server.stored_points(run_id)
         finally:
             server.stop()
-    row = {
-        "streams": count,
-        "streams_per_s": count / elapsed,
-        "rss_start_mib": base,
-        "rss_after_mib": rss_after,
-        "rows_after": rows_after,
-        "rss_expired_mib": rss_expired,
-        "rows_expired": rows_expired,
-        "stored": stored,
-    }
+    for row in rows:
+        row["stored"] = stored
     if args.json:
-        print(json.dumps(row))
+        for row in rows:
+            print(json.dumps(row))
     else:
-        print(table([row], list(row)))
-    return 0 if stored == count and rows_expired == 0 else 1
+        print(table(rows, list(rows[0])))
+    ok = stored == count * args.rounds and all(r["rows_expired"] == 0 for r in rows)
+    return 0 if ok else 1
 
 
 def _post(url: str, body: dict[str, object]) -> str:

@@ -501,3 +501,25 @@ def test_disk_full_during_an_upload_or_a_tag_is_a_clear_507(small_disk: Path) ->
     finally:
         assert server.stop() == 0, "".join(server.output)
     assert _temp_files(data_dir) == []
+
+
+def test_streams_benchmark_smoke() -> None:
+    """benchmarks/streams.py at smoke size: every point stored, every watermark expired."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import clean_env
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "streams.py"), "--smoke", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        env=clean_env(),
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    (row,) = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert row["stored"] == row["streams"] == row["rows_after"] == 300
+    assert row["rows_expired"] == 0
