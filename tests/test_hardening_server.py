@@ -140,6 +140,31 @@ def test_a_stream_reconnecting_within_the_retention_is_exactly_once(tmp_path: Pa
         assert again.stop() == 0, "".join(again.output)
 
 
+def test_sync_of_a_spool_older_than_the_retention_is_refused_and_kept(
+    tmp_path: Path,
+) -> None:
+    from steppe.spool import Spool
+    from tests.conftest import clean_env, run_sync
+
+    server = start_server(tmp_path / "data", "--stream-retention-s", "3600")
+    try:
+        run_id = steppe.Client(server.http_url).create_run().info.run_id
+        spool_root = tmp_path / "spool"
+        # A spool a killed process left two hours ago (its stream id says when it began).
+        old = stream_ids.new_stream_id(int(time.time() * 1000) - 2 * 3600_000)
+        spool = Spool(spool_root, old, server.http_url)
+        for seq in (1, 2):
+            spool.append(seq, _batch(old, seq, run_id, [seq]).SerializeToString())
+        spool.close(all_acked=False)
+        done = run_sync(clean_env(STEPPE_SPOOL_DIR=str(spool_root)))
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "retention" in done.stderr and "kept for the next try" in done.stderr
+        assert (spool_root / old).is_dir()
+        assert _steps(server, run_id) == []
+    finally:
+        assert server.stop() == 0, "".join(server.output)
+
+
 def test_an_idle_sender_moves_to_a_new_stream_id(
     tracking: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
