@@ -829,13 +829,15 @@ async def _series(request: web.Request) -> web.Response:
         snapshot: Snapshot, catalog: Catalog, reader: Reader, ask: _SeriesRequest
     ) -> bytes:
         _require_run(catalog, ask.run_id)
-        series = reader.series(snapshot, ask.run_id, ask.key, ask.buckets, ask.x_min, ask.x_max)
+        key = SeriesKey(ask.run_id, ask.key)
+        found = multi_series(reader, snapshot, [key], ask.buckets, x_min=ask.x_min, x_max=ask.x_max)
+        series = found.series[0]
         table = series.table
         out: dict[str, object] = {
             "run_id": ask.run_id,
             "key": ask.key,
             "bucketed": series.bucketed,
-            "step": table.column("step").to_pylist(),
+            "step": table.column("x").to_pylist(),
         }
         if not series.bucketed:
             out["value"] = float_list(table.column("value"))

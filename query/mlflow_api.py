@@ -36,7 +36,7 @@ from steppe.ingest.layout import Snapshot
 from steppe.query.app import CATALOG, CATALOG_TABLES, READER, SQL_TIME_LIMIT_S, with_snapshot
 from steppe.query.artifacts import clean_path
 from steppe.query.jsonenc import dumps, float_value, parse_body
-from steppe.query.reader import MetricSummary, Reader
+from steppe.query.reader import MetricSummary, Reader, points_sql
 from steppe.query.search import (
     VIEW_TYPES,
     Comparison,
@@ -1178,15 +1178,6 @@ async def _search_runs(request: web.Request) -> web.Response:
 # -- metrics ------------------------------------------------------------------------------
 
 
-def _points_sql(snapshot: Snapshot, columns: str, where: str) -> str:
-    """Points of the snapshot (files, then the tail the Reader registers as ``tail``)."""
-    sources = []
-    if snapshot.files:
-        sources.append(f"SELECT {columns} FROM read_parquet($files) WHERE {where}")
-    sources.append(f"SELECT {columns} FROM tail WHERE {where}")
-    return "\nUNION ALL\n".join(sources)
-
-
 _HISTORY_SCHEMA = pa.schema(
     [("step", pa.int64()), ("timestamp", pa.int64()), ("value", pa.float64())]
 )
@@ -1197,7 +1188,7 @@ _VALUE_ORDER = "CASE WHEN isnan(value) THEN 0 ELSE value END, isnan(value)"
 def _history_page(
     snapshot: Snapshot, reader: Reader, run_id: str, key: str, limit: int, offset: int
 ) -> pa.Table:
-    points = _points_sql(snapshot, 'step, "timestamp", value', "run_id = $run_id AND key = $key")
+    points = points_sql(snapshot, "run_id = $run_id AND key = $key", 'step, "timestamp", value')
     # MLflow's order for a history: timestamp, then step, then value.
     sql = (
         f'SELECT step, "timestamp", value FROM ({points}) '
@@ -1275,7 +1266,7 @@ def _sampled_history(
     if steps is not None:
         where += " AND step BETWEEN $lo AND $hi"
         params["lo"], params["hi"] = steps
-    points = _points_sql(snapshot, 'run_id, step, "timestamp", value', where)
+    points = points_sql(snapshot, where, 'run_id, step, "timestamp", value')
     order = f'step, "timestamp", {_VALUE_ORDER}'
     backwards = (
         'step DESC, "timestamp" DESC, CASE WHEN isnan(value) THEN 0 ELSE value END DESC, '
