@@ -8,11 +8,8 @@ of steppe.query.mlflow_api and steppe.query.artifacts, registered by make_app, d
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import errno
 import functools
-import json
 import logging
 import math
 import re
@@ -35,6 +32,7 @@ from steppe.ingest.layout import Snapshot, SnapshotSource
 from steppe.query.artifacts import ArtifactStore, add_artifact_routes
 from steppe.query.guard import LOOPBACK_HOSTS, guard_middleware
 from steppe.query.jsonenc import dumps, float_list, float_value, parse_body, table_rows
+from steppe.query.paging import page_offset, page_token
 from steppe.query.reader import MetricSummary, Reader
 from steppe.query.search import (
     VIEW_TYPES,
@@ -495,24 +493,6 @@ def _choice(document: dict[str, Any], name: str, choices: Sequence[str | None]) 
     return value
 
 
-def _page_token(offset: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"offset": offset}).encode()).decode()
-
-
-def _page_offset(token: object) -> int:
-    if token is None or token == "":
-        return 0
-    try:
-        assert isinstance(token, str)
-        offset = json.loads(base64.urlsafe_b64decode(token.encode()))["offset"]
-        assert isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0
-        return offset
-    except (AssertionError, ValueError, KeyError, TypeError, binascii.Error):
-        raise InvalidParameterValue(
-            "page_token", token, "is not a page token from a previous search"
-        ) from None
-
-
 def _search_runs_request(body: bytes) -> _SearchRunsRequest:
     document = _json_object(
         body,
@@ -547,7 +527,7 @@ def _search_runs_request(body: bytes) -> _SearchRunsRequest:
         filters=parse_filter(filter_string),
         order_by=parse_order_by(order_by),
         lifecycle_stages=VIEW_TYPES[view_type],
-        offset=_page_offset(document.get("page_token")),
+        offset=page_offset(document.get("page_token")),
         paged="page_token" in document,
     )
 
@@ -772,7 +752,7 @@ async def _search_runs(request: web.Request) -> web.Response:
         runs = [view.records[run_id] for run_id in run_ids[: ask.max_results]]
         out: dict[str, object] = {"runs": _runs_json(reader, snapshot, runs)}
         if ask.paged and len(run_ids) > ask.max_results:
-            out["next_page_token"] = _page_token(ask.offset + ask.max_results)
+            out["next_page_token"] = page_token(ask.offset + ask.max_results)
         return dumps(out)
 
     ask = _search_runs_request(await request.read())

@@ -10,9 +10,6 @@ is read-only.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import math
 import re
 import time
@@ -36,6 +33,8 @@ from steppe.ingest.layout import Snapshot
 from steppe.query.app import CATALOG, CATALOG_TABLES, READER, SQL_TIME_LIMIT_S, with_snapshot
 from steppe.query.artifacts import clean_path
 from steppe.query.jsonenc import dumps, float_value, parse_body
+from steppe.query.paging import page_offset as _page_offset
+from steppe.query.paging import page_token as _page_token
 from steppe.query.reader import MetricSummary, Reader, points_sql
 from steppe.query.search import (
     VIEW_TYPES,
@@ -496,23 +495,6 @@ def _dataset_inputs(items: Sequence[Mapping[str, Any]]) -> list[DatasetInputReco
             )
         )
     return out
-
-
-def _page_token(offset: int) -> str:
-    # MLflow's token format: base64 of {"offset": N}.
-    return base64.b64encode(json.dumps({"offset": offset}).encode()).decode()
-
-
-def _page_offset(token: str) -> int:
-    if not token:
-        return 0
-    try:
-        offset = json.loads(base64.b64decode(token.encode(), validate=False))["offset"]
-    except (ValueError, KeyError, TypeError, binascii.Error):
-        offset = None
-    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-        raise InvalidParameterValue("page_token", token, "is not a token from a previous page")
-    return offset
 
 
 # -- documents ----------------------------------------------------------------------------
