@@ -26,7 +26,12 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from steppe import auth
-from steppe.errors import InvalidParameterValue, ResourceDoesNotExist, SteppeError
+from steppe.errors import (
+    CODE_BY_HTTP_STATUS,
+    InvalidParameterValue,
+    ResourceDoesNotExist,
+    SteppeError,
+)
 from steppe.ingest.catalog import Catalog, ExperimentRecord, RunRecord
 from steppe.ingest.layout import Snapshot, SnapshotSource
 from steppe.query.artifacts import ArtifactStore, add_artifact_routes
@@ -124,15 +129,6 @@ _PLACEHOLDER_PAGE = """<!doctype html>
 <body><h1>steppe</h1><p>The web UI is not installed. The JSON API is at
 <a href="/api/steppe/v1/experiments">/api/steppe/v1/experiments</a>.</p></body></html>
 """
-
-# error_code for aiohttp's own HTTP errors (unknown route, wrong method, body too large...).
-_HTTP_ERROR_CODES = {
-    403: "PERMISSION_DENIED",
-    404: "ENDPOINT_NOT_FOUND",
-    405: "METHOD_NOT_ALLOWED",
-    413: "REQUEST_LIMIT_EXCEEDED",
-    503: "TEMPORARILY_UNAVAILABLE",
-}
 
 
 def make_app(
@@ -301,7 +297,7 @@ async def _error_middleware(
             message = f"Method {request.method} is not allowed for {request.path}"
         else:
             message = f"{exc.reason}: {request.method} {request.path}"
-        code = _HTTP_ERROR_CODES.get(
+        code = CODE_BY_HTTP_STATUS.get(
             exc.status, "BAD_REQUEST" if exc.status < 500 else "INTERNAL_ERROR"
         )
         response = _error(exc.status, code, message)
@@ -863,7 +859,6 @@ async def _multi_series(request: web.Request) -> web.Response:
 
 class _Busy(SteppeError):
     error_code = "RESOURCE_EXHAUSTED"
-    http_status = 429
 
 
 async def _sql(request: web.Request) -> web.Response:

@@ -21,7 +21,13 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 import pyarrow as pa
 from aiohttp import web
 
-from steppe.errors import InvalidParameterValue, ResourceDoesNotExist, SteppeError
+from steppe.errors import (
+    ERROR_CODES,
+    InvalidParameterValue,
+    ResourceDoesNotExist,
+    SteppeError,
+    http_status,
+)
 from steppe.ingest.catalog import (
     DEFAULT_EXPERIMENT_ID,
     Catalog,
@@ -30,11 +36,10 @@ from steppe.ingest.catalog import (
     RunRecord,
 )
 from steppe.ingest.layout import Snapshot
+from steppe.query import paging
 from steppe.query.app import CATALOG, CATALOG_TABLES, READER, SQL_TIME_LIMIT_S, with_snapshot
 from steppe.query.artifacts import clean_path
 from steppe.query.jsonenc import dumps, float_value, parse_body
-from steppe.query.paging import page_offset as _page_offset
-from steppe.query.paging import page_token as _page_token
 from steppe.query.reader import MetricSummary, Reader, points_sql
 from steppe.query.search import (
     VIEW_TYPES,
@@ -71,26 +76,11 @@ T = TypeVar("T")
 MLFLOW_PREFIXES = ("/api/2.0/mlflow", "/ajax-api/2.0/mlflow")
 _SERVER_INFO_PATHS = ("/api/3.0/mlflow/server-info", "/ajax-api/3.0/mlflow/server-info")
 
-#: MLflow's error codes and the HTTP status its server answers with (mlflow.exceptions).
-HTTP_STATUS: dict[str, int] = {
-    "BAD_REQUEST": 400,
-    "INVALID_PARAMETER_VALUE": 400,
-    "RESOURCE_ALREADY_EXISTS": 400,
-    "PERMISSION_DENIED": 403,
-    "ENDPOINT_NOT_FOUND": 404,
-    "NOT_FOUND": 404,
-    "RESOURCE_DOES_NOT_EXIST": 404,
-    "ABORTED": 409,
-    "ALREADY_EXISTS": 409,
-    "RESOURCE_CONFLICT": 409,
-    "REQUEST_LIMIT_EXCEEDED": 429,
-    "RESOURCE_EXHAUSTED": 429,
-    "INTERNAL_ERROR": 500,
-    "INVALID_STATE": 500,
-    "NOT_IMPLEMENTED": 501,
-    "TEMPORARILY_UNAVAILABLE": 503,
-    "DEADLINE_EXCEEDED": 504,
-}
+#: MLflow's error codes and the HTTP status its server answers with (steppe.errors' table).
+HTTP_STATUS: dict[str, int] = {code: status.http for code, status in ERROR_CODES.items()}
+
+_page_token = paging.page_token
+_page_offset = paging.page_offset
 
 #: MLflow's limits beyond the naming ones (mlflow.utils.validation, mlflow.server.handlers).
 MAX_BATCH_REQUEST_BYTES = 1_000_000
@@ -122,12 +112,12 @@ _FLOAT_RE = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 
 class ApiError(SteppeError):
     """An MLflow error with a code other than steppe.errors' own; its HTTP status comes
-    from HTTP_STATUS."""
+    from steppe.errors.ERROR_CODES."""
 
     def __init__(self, error_code: str, message: str) -> None:
         super().__init__(message)
         self.error_code = error_code
-        self.http_status = HTTP_STATUS.get(error_code, 500)
+        self.http_status = http_status(error_code)
 
 
 class MetricWriter(Protocol):
