@@ -204,13 +204,6 @@ class Unary:
         self._call("DeleteTag", pb.DeleteTagRequest(run_id=run_id, key=key))
 
 
-_CODE_BY_STATUS = {
-    grpc.StatusCode.INVALID_ARGUMENT: "INVALID_PARAMETER_VALUE",
-    grpc.StatusCode.NOT_FOUND: "RESOURCE_DOES_NOT_EXIST",
-    grpc.StatusCode.ALREADY_EXISTS: "RESOURCE_ALREADY_EXISTS",
-}
-
-
 def error_from_rpc(exc: grpc.RpcError) -> errors.SteppeError:
     """Map a failed call to steppe's exception tree (the server sends MLflow's code)."""
     code = exc.code() if hasattr(exc, "code") else None
@@ -223,6 +216,7 @@ def error_from_rpc(exc: grpc.RpcError) -> errors.SteppeError:
         return errors.Unauthenticated(details or "the server wants a token (STEPPE_TOKEN)")
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return errors.ServerUnavailable(f"steppe server unavailable ({code.name}): {details}")
-    return errors.from_code(
-        error_code or _CODE_BY_STATUS.get(code, "INTERNAL_ERROR"), details or ""
-    )
+    if error_code is None:
+        name = code.name if isinstance(code, grpc.StatusCode) else ""
+        error_code = errors.CODE_BY_GRPC_STATUS.get(name, "INTERNAL_ERROR")
+    return errors.from_code(error_code, details or "")

@@ -17,9 +17,8 @@ import pyarrow.compute as pc
 
 from steppe.errors import (
     InvalidParameterValue,
-    ResourceAlreadyExists,
-    ResourceDoesNotExist,
     SteppeError,
+    grpc_status_name,
 )
 from steppe.ingest.catalog import RUN_STATUSES, ExperimentRecord, RunRecord
 from steppe.ingest.layout import METRICS_SCHEMA
@@ -344,20 +343,11 @@ def run_to_pb(record: RunRecord) -> pb.Run:
 
 # -- errors -------------------------------------------------------------------------------
 
-_STATUS_BY_ERROR: tuple[tuple[type[SteppeError], grpc.StatusCode], ...] = (
-    (InvalidParameterValue, grpc.StatusCode.INVALID_ARGUMENT),
-    (ResourceDoesNotExist, grpc.StatusCode.NOT_FOUND),
-    (ResourceAlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
-)
-
 
 def grpc_error(err: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
     """(status code, details, trailing metadata) for a failed call; metadata carries error_code."""
     if isinstance(err, SteppeError):
-        code = next(
-            (status for cls, status in _STATUS_BY_ERROR if isinstance(err, cls)),
-            grpc.StatusCode.INTERNAL,
-        )
+        code = getattr(grpc.StatusCode, grpc_status_name(err.error_code))
         return code, err.message, ((ERROR_CODE_KEY, err.error_code),)
     details = f"internal error: {type(err).__name__}: {err}"
     return grpc.StatusCode.INTERNAL, details, ((ERROR_CODE_KEY, SteppeError.error_code),)

@@ -8,11 +8,8 @@ of steppe.query.mlflow_api and steppe.query.artifacts, registered by make_app, d
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import errno
 import functools
-import json
 import logging
 import math
 import re
@@ -29,12 +26,18 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from steppe import auth
-from steppe.errors import InvalidParameterValue, ResourceDoesNotExist, SteppeError
+from steppe.errors import (
+    CODE_BY_HTTP_STATUS,
+    InvalidParameterValue,
+    ResourceDoesNotExist,
+    SteppeError,
+)
 from steppe.ingest.catalog import Catalog, ExperimentRecord, RunRecord
 from steppe.ingest.layout import Snapshot, SnapshotSource
 from steppe.query.artifacts import ArtifactStore, add_artifact_routes
 from steppe.query.guard import LOOPBACK_HOSTS, guard_middleware
 from steppe.query.jsonenc import dumps, float_list, float_value, parse_body, table_rows
+from steppe.query.paging import page_offset, page_token
 from steppe.query.reader import MetricSummary, Reader
 from steppe.query.search import (
     VIEW_TYPES,
@@ -126,15 +129,6 @@ _PLACEHOLDER_PAGE = """<!doctype html>
 <body><h1>steppe</h1><p>The web UI is not installed. The JSON API is at
 <a href="/api/steppe/v1/experiments">/api/steppe/v1/experiments</a>.</p></body></html>
 """
-
-# error_code for aiohttp's own HTTP errors (unknown route, wrong method, body too large...).
-_HTTP_ERROR_CODES = {
-    403: "PERMISSION_DENIED",
-    404: "ENDPOINT_NOT_FOUND",
-    405: "METHOD_NOT_ALLOWED",
-    413: "REQUEST_LIMIT_EXCEEDED",
-    503: "TEMPORARILY_UNAVAILABLE",
-}
 
 
 def make_app(
@@ -303,7 +297,7 @@ async def _error_middleware(
             message = f"Method {request.method} is not allowed for {request.path}"
         else:
             message = f"{exc.reason}: {request.method} {request.path}"
-        code = _HTTP_ERROR_CODES.get(
+        code = CODE_BY_HTTP_STATUS.get(
             exc.status, "BAD_REQUEST" if exc.status < 500 else "INTERNAL_ERROR"
         )
         response = _error(exc.status, code, message)
@@ -495,24 +489,6 @@ def _choice(document: dict[str, Any], name: str, choices: Sequence[str | None]) 
     return value
 
 
-def _page_token(offset: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"offset": offset}).encode()).decode()
-
-
-def _page_offset(token: object) -> int:
-    if token is None or token == "":
-        return 0
-    try:
-        assert isinstance(token, str)
-        offset = json.loads(base64.urlsafe_b64decode(token.encode()))["offset"]
-        assert isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0
-        return offset
-    except (AssertionError, ValueError, KeyError, TypeError, binascii.Error):
-        raise InvalidParameterValue(
-            "page_token", token, "is not a page token from a previous search"
-        ) from None
-
-
 def _search_runs_request(body: bytes) -> _SearchRunsRequest:
     document = _json_object(
         body,
@@ -547,7 +523,7 @@ def _search_runs_request(body: bytes) -> _SearchRunsRequest:
         filters=parse_filter(filter_string),
         order_by=parse_order_by(order_by),
         lifecycle_stages=VIEW_TYPES[view_type],
-        offset=_page_offset(document.get("page_token")),
+        offset=page_offset(document.get("page_token")),
         paged="page_token" in document,
     )
 
@@ -772,7 +748,7 @@ async def _search_runs(request: web.Request) -> web.Response:
         runs = [view.records[run_id] for run_id in run_ids[: ask.max_results]]
         out: dict[str, object] = {"runs": _runs_json(reader, snapshot, runs)}
         if ask.paged and len(run_ids) > ask.max_results:
-            out["next_page_token"] = _page_token(ask.offset + ask.max_results)
+            out["next_page_token"] = page_token(ask.offset + ask.max_results)
         return dumps(out)
 
     ask = _search_runs_request(await request.read())
@@ -829,13 +805,15 @@ async def _series(request: web.Request) -> web.Response:
         snapshot: Snapshot, catalog: Catalog, reader: Reader, ask: _SeriesRequest
     ) -> bytes:
         _require_run(catalog, ask.run_id)
-        series = reader.series(snapshot, ask.run_id, ask.key, ask.buckets, ask.x_min, ask.x_max)
+        key = SeriesKey(ask.run_id, ask.key)
+        found = multi_series(reader, snapshot, [key], ask.buckets, x_min=ask.x_min, x_max=ask.x_max)
+        series = found.series[0]
         table = series.table
         out: dict[str, object] = {
             "run_id": ask.run_id,
             "key": ask.key,
             "bucketed": series.bucketed,
-            "step": table.column("step").to_pylist(),
+            "step": table.column("x").to_pylist(),
         }
         if not series.bucketed:
             out["value"] = float_list(table.column("value"))
@@ -881,7 +859,6 @@ async def _multi_series(request: web.Request) -> web.Response:
 
 class _Busy(SteppeError):
     error_code = "RESOURCE_EXHAUSTED"
-    http_status = 429
 
 
 async def _sql(request: web.Request) -> web.Response:

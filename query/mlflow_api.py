@@ -10,9 +10,6 @@ is read-only.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import math
 import re
 import time
@@ -24,7 +21,13 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 import pyarrow as pa
 from aiohttp import web
 
-from steppe.errors import InvalidParameterValue, ResourceDoesNotExist, SteppeError
+from steppe.errors import (
+    ERROR_CODES,
+    InvalidParameterValue,
+    ResourceDoesNotExist,
+    SteppeError,
+    http_status,
+)
 from steppe.ingest.catalog import (
     DEFAULT_EXPERIMENT_ID,
     Catalog,
@@ -33,10 +36,11 @@ from steppe.ingest.catalog import (
     RunRecord,
 )
 from steppe.ingest.layout import Snapshot
+from steppe.query import paging
 from steppe.query.app import CATALOG, CATALOG_TABLES, READER, SQL_TIME_LIMIT_S, with_snapshot
 from steppe.query.artifacts import clean_path
 from steppe.query.jsonenc import dumps, float_value, parse_body
-from steppe.query.reader import MetricSummary, Reader
+from steppe.query.reader import MetricSummary, Reader, points_sql
 from steppe.query.search import (
     VIEW_TYPES,
     Comparison,
@@ -72,26 +76,11 @@ T = TypeVar("T")
 MLFLOW_PREFIXES = ("/api/2.0/mlflow", "/ajax-api/2.0/mlflow")
 _SERVER_INFO_PATHS = ("/api/3.0/mlflow/server-info", "/ajax-api/3.0/mlflow/server-info")
 
-#: MLflow's error codes and the HTTP status its server answers with (mlflow.exceptions).
-HTTP_STATUS: dict[str, int] = {
-    "BAD_REQUEST": 400,
-    "INVALID_PARAMETER_VALUE": 400,
-    "RESOURCE_ALREADY_EXISTS": 400,
-    "PERMISSION_DENIED": 403,
-    "ENDPOINT_NOT_FOUND": 404,
-    "NOT_FOUND": 404,
-    "RESOURCE_DOES_NOT_EXIST": 404,
-    "ABORTED": 409,
-    "ALREADY_EXISTS": 409,
-    "RESOURCE_CONFLICT": 409,
-    "REQUEST_LIMIT_EXCEEDED": 429,
-    "RESOURCE_EXHAUSTED": 429,
-    "INTERNAL_ERROR": 500,
-    "INVALID_STATE": 500,
-    "NOT_IMPLEMENTED": 501,
-    "TEMPORARILY_UNAVAILABLE": 503,
-    "DEADLINE_EXCEEDED": 504,
-}
+#: MLflow's error codes and the HTTP status its server answers with (steppe.errors' table).
+HTTP_STATUS: dict[str, int] = {code: status.http for code, status in ERROR_CODES.items()}
+
+_page_token = paging.page_token
+_page_offset = paging.page_offset
 
 #: MLflow's limits beyond the naming ones (mlflow.utils.validation, mlflow.server.handlers).
 MAX_BATCH_REQUEST_BYTES = 1_000_000
@@ -123,12 +112,12 @@ _FLOAT_RE = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 
 class ApiError(SteppeError):
     """An MLflow error with a code other than steppe.errors' own; its HTTP status comes
-    from HTTP_STATUS."""
+    from steppe.errors.ERROR_CODES."""
 
     def __init__(self, error_code: str, message: str) -> None:
         super().__init__(message)
         self.error_code = error_code
-        self.http_status = HTTP_STATUS.get(error_code, 500)
+        self.http_status = http_status(error_code)
 
 
 class MetricWriter(Protocol):
@@ -496,23 +485,6 @@ def _dataset_inputs(items: Sequence[Mapping[str, Any]]) -> list[DatasetInputReco
             )
         )
     return out
-
-
-def _page_token(offset: int) -> str:
-    # MLflow's token format: base64 of {"offset": N}.
-    return base64.b64encode(json.dumps({"offset": offset}).encode()).decode()
-
-
-def _page_offset(token: str) -> int:
-    if not token:
-        return 0
-    try:
-        offset = json.loads(base64.b64decode(token.encode(), validate=False))["offset"]
-    except (ValueError, KeyError, TypeError, binascii.Error):
-        offset = None
-    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-        raise InvalidParameterValue("page_token", token, "is not a token from a previous page")
-    return offset
 
 
 # -- documents ----------------------------------------------------------------------------
@@ -1178,15 +1150,6 @@ async def _search_runs(request: web.Request) -> web.Response:
 # -- metrics ------------------------------------------------------------------------------
 
 
-def _points_sql(snapshot: Snapshot, columns: str, where: str) -> str:
-    """Points of the snapshot (files, then the tail the Reader registers as ``tail``)."""
-    sources = []
-    if snapshot.files:
-        sources.append(f"SELECT {columns} FROM read_parquet($files) WHERE {where}")
-    sources.append(f"SELECT {columns} FROM tail WHERE {where}")
-    return "\nUNION ALL\n".join(sources)
-
-
 _HISTORY_SCHEMA = pa.schema(
     [("step", pa.int64()), ("timestamp", pa.int64()), ("value", pa.float64())]
 )
@@ -1197,7 +1160,7 @@ _VALUE_ORDER = "CASE WHEN isnan(value) THEN 0 ELSE value END, isnan(value)"
 def _history_page(
     snapshot: Snapshot, reader: Reader, run_id: str, key: str, limit: int, offset: int
 ) -> pa.Table:
-    points = _points_sql(snapshot, 'step, "timestamp", value', "run_id = $run_id AND key = $key")
+    points = points_sql(snapshot, "run_id = $run_id AND key = $key", 'step, "timestamp", value')
     # MLflow's order for a history: timestamp, then step, then value.
     sql = (
         f'SELECT step, "timestamp", value FROM ({points}) '
@@ -1275,7 +1238,7 @@ def _sampled_history(
     if steps is not None:
         where += " AND step BETWEEN $lo AND $hi"
         params["lo"], params["hi"] = steps
-    points = _points_sql(snapshot, 'run_id, step, "timestamp", value', where)
+    points = points_sql(snapshot, where, 'run_id, step, "timestamp", value')
     order = f'step, "timestamp", {_VALUE_ORDER}'
     backwards = (
         'step DESC, "timestamp" DESC, CASE WHEN isnan(value) THEN 0 ELSE value END DESC, '

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict
+from typing import Literal, TypedDict
 
 import duckdb
 import pyarrow as pa
@@ -21,21 +21,25 @@ import pyarrow.parquet as pq
 from steppe.ingest.layout import LATEST_SCHEMA, METRICS_SCHEMA, DataDir, Snapshot
 
 __all__ = [
+    "NO_POINTS",
+    "TAIL",
+    "Bounds",
     "DirectorySnapshot",
     "MetricSummary",
     "Reader",
-    "Series",
+    "Window",
     "deadline",
+    "points_sql",
+    "window_sql",
 ]
 
 #: The tail is registered under this name on each query's own cursor.
-_TAIL = "tail"
+TAIL = "tail"
 
 _HISTORY_SCHEMA = pa.schema(
     [("step", pa.int64()), ("value", pa.float64()), ("timestamp", pa.int64())]
 )
-_EXACT_SCHEMA = pa.schema([("step", pa.int64()), ("value", pa.float64())])
-_BOUNDS_CACHE_SIZE = 1024
+_BOUNDS_CACHE_SIZE = 8192
 
 
 @contextmanager
@@ -84,110 +88,82 @@ class MetricSummary(TypedDict):
     count: int
 
 
-@dataclass(frozen=True)
-class Series:
-    """A series answer. Exact: columns step, value (every point, step then timestamp order).
-    Bucketed: one row per non-empty bucket with step (first step in the bucket), min, max
-    (exact, NaN ignored), first, last (by step then timestamp), mean (NaN if any value is),
-    count (every point)."""
-
-    bucketed: bool
-    table: pa.Table
-
-
-# The points of one (run, key), filtered inside each source so DuckDB pushes run_id, key and
-# the step window into the Parquet scan (row-group statistics prune) and the Arrow scan. An
-# empty tail is left out (no UNION ALL branch to plan and run).
-def _points_sql(snapshot: Snapshot, where: str, columns: str = 'step, "timestamp", value') -> str:
+# The points of a snapshot, filtered inside each source so DuckDB pushes the run_id, key and
+# window predicates into the Parquet scan (row-group statistics prune) and the Arrow scan.
+# An empty tail is left out (no UNION ALL branch to plan and run). The one builder of
+# steppe's points SQL: every query over metrics (series, history, MLflow's routes) uses it.
+def points_sql(snapshot: Snapshot, where: str, columns: str = 'step, "timestamp", value') -> str:
+    """``SELECT columns`` of the points matching ``where``, from the files (bound as
+    ``$files`` by ``Reader.query``) and the tail (registered as ``tail``)."""
     sources = []
     if snapshot.files:
         sources.append(f"SELECT {columns} FROM read_parquet($files) WHERE {where}")
     if snapshot.tail.num_rows or not sources:
-        sources.append(f"SELECT {columns} FROM {_TAIL} WHERE {where}")
+        sources.append(f"SELECT {columns} FROM {TAIL} WHERE {where}")
     return "\nUNION ALL\n".join(sources)
 
 
-def _point_filter(x_min: int | None, x_max: int | None) -> str:
-    where = "run_id = $run_id AND key = $key"
-    if x_min is not None:
-        where += " AND step >= $x_min"
-    if x_max is not None:
-        where += " AND step <= $x_max"
-    return where
-
-
-_INT64_MAX = 2**63 - 1
-
-# The count and the step and timestamp ranges of the points in the window: they decide
-# exact or bucketed, and fix the bucket grid before the one scan that groups.
+# Count and step/timestamp ranges per series of the points in a window: they decide exact or
+# bucketed, and fix the bucket grid, before the one scan that groups.
 _BOUNDS_SQL = """
-SELECT count(*) AS n, min(step) AS lo, max(step) AS hi, min("timestamp") AS t_lo,
-       max("timestamp") AS t_hi
+SELECT run_id, key, count(*) AS n, min(step) AS step_lo, max(step) AS step_hi,
+       min("timestamp") AS t_lo, max("timestamp") AS t_hi
 FROM ({points})
+GROUP BY run_id, key
 """
 
-_EXACT_SQL = 'SELECT step, value FROM ({points}) ORDER BY step, "timestamp"'
-
-# One row per non-empty bucket of `buckets` equal step ranges over [lo, hi]. {bucket} and
-# {order} are integer expressions chosen in Python (BIGINT when the products fit, else
-# HUGEINT or a (step, timestamp) struct) so DuckDB groups and compares plain integers.
-# min/max skip NaN so a NaN cannot hide the envelope (DuckDB orders NaN above every number,
-# so min needs no filter, and NaN = NaN, so nullif drops it for max); the mean propagates
-# NaN so a bucket holding one still shows it.
-_BUCKETS_SQL = """
-SELECT min(step) AS step,
-       coalesce(min(value), 'NaN'::DOUBLE) AS "min",
-       coalesce(max(nullif(value, 'NaN'::DOUBLE)), 'NaN'::DOUBLE) AS "max",
-       arg_min(value, {order}) AS "first",
-       arg_max(value, {order}) AS "last",
-       avg(value) AS mean, count(*) AS "count"
-FROM ({points})
-GROUP BY {bucket}
-ORDER BY step
-"""
+_STARTS_SQL = 'SELECT run_id, min("timestamp") AS t0 FROM ({points}) GROUP BY run_id'
 
 
 @dataclass(frozen=True)
-class _Bounds:
+class Bounds:
+    """Count and ranges of one series' points in a window (all 0 when there are none)."""
+
     n: int
-    lo: int
-    hi: int
+    step_lo: int
+    step_hi: int
     t_lo: int
     t_hi: int
 
-    def merge(self, other: _Bounds) -> _Bounds:
+    def merge(self, other: Bounds) -> Bounds:
         if not other.n:
             return self
         if not self.n:
             return other
-        return _Bounds(
+        return Bounds(
             self.n + other.n,
-            min(self.lo, other.lo),
-            max(self.hi, other.hi),
+            min(self.step_lo, other.step_lo),
+            max(self.step_hi, other.step_hi),
             min(self.t_lo, other.t_lo),
             max(self.t_hi, other.t_hi),
         )
 
 
-_NO_POINTS = _Bounds(0, 0, 0, 0, 0)
+NO_POINTS = Bounds(0, 0, 0, 0, 0)
+
+#: A window on one column of the points: (column, lowest, highest), inclusive, None = open.
+Window = tuple[Literal["step", "timestamp"], int | None, int | None]
 
 
-def _bucket_sql(bounds: _Bounds, buckets: int, params: dict[str, object]) -> tuple[str, str]:
-    """The GROUP BY and first/last ordering expressions for this grid; binds what they use."""
-    span = bounds.hi - bounds.lo + 1
-    params.update(lo=bounds.lo, span=span, buckets=buckets)
-    if (span - 1) * buckets <= _INT64_MAX:
-        bucket = "(step - $lo) * $buckets // $span"
-    else:
-        bucket = "(step::HUGEINT - $lo) * $buckets // $span"
-    t_width = bounds.t_hi - bounds.t_lo + 1
-    if t_width == 1:
-        return bucket, "step"  # one timestamp: step alone is the (step, timestamp) order
-    if span * t_width > _INT64_MAX:
-        return bucket, '(step, "timestamp")'
-    # One BIGINT orders by step then timestamp: (step - lo) * t_width + (timestamp - t_lo).
-    params.update(t_lo=bounds.t_lo, t_width=t_width)
-    return bucket, '(step - $lo) * $t_width + ("timestamp" - $t_lo)'
+def window_sql(window: Window, params: dict[str, object], prefix: str) -> str:
+    """`` AND column >= $lo AND column <= $hi`` for the window's closed ends (binds them)."""
+    column, lo, hi = window
+    sql = ""
+    if lo is not None:
+        params[f"{prefix}lo"] = lo
+        sql += f' AND "{column}" >= ${prefix}lo'
+    if hi is not None:
+        params[f"{prefix}hi"] = hi
+        sql += f' AND "{column}" <= ${prefix}hi'
+    return sql
+
+
+def _in_list(prefix: str, values: Sequence[str], params: dict[str, object]) -> str:
+    names = []
+    for index, value in enumerate(values):
+        params[f"{prefix}{index}"] = value
+        names.append(f"${prefix}{index}")
+    return ", ".join(names)
 
 
 # MLflow's latest: highest step, then newest timestamp, then largest value (the order in
@@ -230,8 +206,9 @@ class Reader:
         self._db.execute("SET parquet_metadata_cache = true")
         self._lock = threading.Lock()
         self._closed = False
-        # (files, filter, params) -> _Bounds of those files' matching points; oldest dropped.
-        self._bounds_cache: dict[tuple[object, ...], _Bounds] = {}
+        # (files, run_id, key, window) -> Bounds of those files' points of that series in
+        # that window, and (files, run_id, "t0") -> the run's first timestamp in them.
+        self._bounds_cache: dict[tuple[object, ...], Bounds] = {}
 
     def close(self) -> None:
         """Close the database. Queries still running on other threads fail."""
@@ -248,13 +225,10 @@ class Reader:
                 raise RuntimeError("Reader is closed")
             cursor = self._db.cursor()
         try:
-            cursor.register(_TAIL, snapshot.tail)
+            cursor.register(TAIL, snapshot.tail)
             yield cursor
         finally:
             cursor.close()
-
-    def _query(self, snapshot: Snapshot, sql: str, params: dict[str, object]) -> pa.Table:
-        return self.query(snapshot, sql, params)
 
     def query(
         self,
@@ -290,66 +264,89 @@ class Reader:
     def metric_history(self, snapshot: Snapshot, run_id: str, key: str) -> pa.Table:
         """Every point of one metric: columns step, value, timestamp, ordered by step then
         timestamp (NaN and +/-inf included)."""
-        points = _points_sql(snapshot, _point_filter(None, None))
+        points = points_sql(snapshot, "run_id = $run_id AND key = $key")
         sql = f'SELECT step, value, "timestamp" FROM ({points}) ORDER BY step, "timestamp"'
-        table = self._query(snapshot, sql, {"run_id": run_id, "key": key})
+        table = self.query(snapshot, sql, {"run_id": run_id, "key": key})
         return table.cast(_HISTORY_SCHEMA)
 
-    def series(
-        self,
-        snapshot: Snapshot,
-        run_id: str,
-        key: str,
-        buckets: int,
-        x_min: int | None = None,
-        x_max: int | None = None,
-    ) -> Series:
-        """Points with ``x_min <= step <= x_max``: exact when there are at most
-        ``2 * buckets`` of them, else one row per non-empty bucket of ``buckets`` equal step
-        ranges (see ``Series``)."""
-        if buckets < 1:
-            raise ValueError(f"buckets must be >= 1, got {buckets}")
-        params: dict[str, object] = {"run_id": run_id, "key": key}
-        if x_min is not None:
-            params["x_min"] = x_min
-        if x_max is not None:
-            params["x_max"] = x_max
-        where = _point_filter(x_min, x_max)
-        bounds = self._bounds(snapshot, where, params)
-        if bounds.n <= 2 * buckets:
-            sql = _EXACT_SQL.format(points=_points_sql(snapshot, where))
-            table = self._query(snapshot, sql, params) if bounds.n else _EXACT_SCHEMA.empty_table()
-            return Series(bucketed=False, table=table.cast(_EXACT_SCHEMA))
-        bucket, order = _bucket_sql(bounds, buckets, params)
-        sql = _BUCKETS_SQL.format(points=_points_sql(snapshot, where), bucket=bucket, order=order)
-        return Series(bucketed=True, table=self._query(snapshot, sql, params))
-
-    def _bounds(self, snapshot: Snapshot, where: str, params: dict[str, object]) -> _Bounds:
-        """Count and ranges of the matching points: the files' part is cached (they are
-        immutable, so a snapshot's file list names their content), the tail's is computed."""
-        ident = (snapshot.files, where, tuple(sorted(params.items())))
+    def series_bounds(
+        self, snapshot: Snapshot, series: Sequence[tuple[str, str]], window: Window
+    ) -> list[Bounds]:
+        """``Bounds`` of each (run_id, key) over the points in ``window``. The files' part is
+        cached (they are immutable, so a snapshot's file list names their content) and
+        computed for every uncached series in one query; the tail's is computed each time."""
+        idents = [(snapshot.files, run_id, key, window) for run_id, key in series]
         with self._lock:
-            cached = self._bounds_cache.get(ident)
-        if cached is None:
-            cached = _NO_POINTS
-            if snapshot.files:
-                files_only = Snapshot(snapshot.files, snapshot.tail.slice(0, 0), snapshot.latest)
-                cached = self._bounds_query(files_only, where, params)
+            found = {i: self._bounds_cache.get(i) for i in idents}
+        missing = [ident[1:3] for ident, got in found.items() if got is None]
+        if missing:
+            files_only = Snapshot(snapshot.files, snapshot.tail.slice(0, 0), snapshot.latest)
+            computed = self._bounds_query(files_only, missing, window) if snapshot.files else {}
             with self._lock:
-                if len(self._bounds_cache) >= _BOUNDS_CACHE_SIZE:
-                    self._bounds_cache.pop(next(iter(self._bounds_cache)))
-                self._bounds_cache[ident] = cached
+                for run_id, key in missing:
+                    ident = (snapshot.files, run_id, key, window)
+                    found[ident] = self._cache(ident, computed.get((run_id, key), NO_POINTS))
+        out = [found[ident] or NO_POINTS for ident in idents]
         if not snapshot.tail.num_rows:
-            return cached
+            return out
         tail_only = Snapshot((), snapshot.tail, snapshot.latest)
-        return cached.merge(self._bounds_query(tail_only, where, params))
+        tail = self._bounds_query(tail_only, series, window)
+        return [b.merge(tail.get(s, NO_POINTS)) for b, s in zip(out, series, strict=True)]
 
-    def _bounds_query(self, snapshot: Snapshot, where: str, params: dict[str, object]) -> _Bounds:
-        sql = _BOUNDS_SQL.format(points=_points_sql(snapshot, where, 'step, "timestamp"'))
-        row = self._query(snapshot, sql, params).to_pylist()[0]
-        if not row["n"]:
-            return _NO_POINTS
-        return _Bounds(row["n"], row["lo"], row["hi"], row["t_lo"], row["t_hi"])
+    def run_starts(self, snapshot: Snapshot, run_ids: Sequence[str]) -> dict[str, int]:
+        """The first timestamp of each run (any key); runs without points are absent.
+        Cached for the files like ``series_bounds``."""
+        idents = [(snapshot.files, run_id, "t0") for run_id in run_ids]
+        with self._lock:
+            found = {i: self._bounds_cache.get(i) for i in idents}
+        missing = [ident[1] for ident, got in found.items() if got is None]
+        if missing and snapshot.files:
+            files_only = Snapshot(snapshot.files, snapshot.tail.slice(0, 0), snapshot.latest)
+            computed = self._starts_query(files_only, missing)
+        else:
+            computed = {}
+        with self._lock:
+            for run_id in missing:
+                t0 = computed.get(run_id)
+                bounds = NO_POINTS if t0 is None else Bounds(1, 0, 0, t0, t0)
+                found[(snapshot.files, run_id, "t0")] = self._cache(
+                    (snapshot.files, run_id, "t0"), bounds
+                )
+        starts = {i[1]: b.t_lo for i, b in found.items() if b is not None and b.n}
+        if snapshot.tail.num_rows:
+            tail_only = Snapshot((), snapshot.tail, snapshot.latest)
+            for run_id, t0 in self._starts_query(tail_only, list(run_ids)).items():
+                starts[run_id] = min(starts.get(run_id, t0), t0)
+        return starts
+
+    def _cache(self, ident: tuple[object, ...], bounds: Bounds) -> Bounds:
+        # Called with self._lock held. Oldest entry dropped first.
+        if len(self._bounds_cache) >= _BOUNDS_CACHE_SIZE:
+            self._bounds_cache.pop(next(iter(self._bounds_cache)))
+        self._bounds_cache[ident] = bounds
+        return bounds
+
+    def _bounds_query(
+        self, snapshot: Snapshot, series: Sequence[tuple[str, str]], window: Window
+    ) -> dict[tuple[str, str], Bounds]:
+        params: dict[str, object] = {}
+        runs = _in_list("r", sorted({run_id for run_id, _ in series}), params)
+        keys = _in_list("k", sorted({key for _, key in series}), params)
+        where = f"run_id IN ({runs}) AND key IN ({keys})" + window_sql(window, params, "w")
+        columns = 'run_id, key, step, "timestamp"'
+        sql = _BOUNDS_SQL.format(points=points_sql(snapshot, where, columns))
+        return {
+            (row["run_id"], row["key"]): Bounds(
+                row["n"], row["step_lo"], row["step_hi"], row["t_lo"], row["t_hi"]
+            )
+            for row in self.query(snapshot, sql, params).to_pylist()
+        }
+
+    def _starts_query(self, snapshot: Snapshot, run_ids: Sequence[str]) -> dict[str, int]:
+        params: dict[str, object] = {}
+        where = f"run_id IN ({_in_list('r', sorted(set(run_ids)), params)})"
+        sql = _STARTS_SQL.format(points=points_sql(snapshot, where, 'run_id, "timestamp"'))
+        return {row["run_id"]: row["t0"] for row in self.query(snapshot, sql, params).to_pylist()}
 
     def latest_metrics(
         self, snapshot: Snapshot, run_ids: Sequence[str]

@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from steppe.ingest.layout import LATEST_SCHEMA, DataDir, Snapshot
-from steppe.query.reader import DirectorySnapshot, Reader, Series, compute_latest
+from steppe.query.reader import DirectorySnapshot, Reader, compute_latest
+from steppe.query.series import SeriesData, SeriesKey, multi_series
 from tests.query_data import (
     Point,
     history,
@@ -42,7 +43,23 @@ def data_dir(tmp_path: Path) -> DataDir:
     return DataDir.at(tmp_path / "data")
 
 
-def rows(series: Series) -> list[dict[str, object]]:
+def one_series(
+    reader: Reader,
+    snapshot: Snapshot,
+    run_id: str,
+    key: str,
+    buckets: int,
+    x_min: int | None = None,
+    x_max: int | None = None,
+) -> SeriesData:
+    """One series by step, as GET /series asks it, with x named ``step`` as that route does."""
+    keys = [SeriesKey(run_id, key)]
+    data = multi_series(reader, snapshot, keys, buckets, x_min=x_min, x_max=x_max).series[0]
+    names = ["step", *data.table.column_names[1:]]
+    return SeriesData(data.series, data.bucketed, data.table.rename_columns(names))
+
+
+def rows(series: SeriesData) -> list[dict[str, object]]:
     table: list[dict[str, object]] = series.table.to_pylist()
     return table
 
@@ -100,7 +117,7 @@ def test_point_in_tail_and_point_in_file_each_appear_once(reader: Reader, data_d
 def test_history_with_no_files_and_empty_tail(reader: Reader, data_dir: DataDir):
     empty = snapshot_of(data_dir, [], [])
     assert history_of(reader, empty, "r", "m") == []
-    series = reader.series(empty, "r", "m", 10)
+    series = one_series(reader, empty, "r", "m", 10)
     assert not series.bucketed and series.table.num_rows == 0
     assert series.table.schema.names == ["step", "value"]
     tail_only = snapshot_of(data_dir, [], [("r", "m", 7, 70, 7.0)])
@@ -135,10 +152,10 @@ def test_concurrent_queries_on_one_reader(reader: Reader, data_dir: DataDir):
 def test_series_is_exact_up_to_twice_the_buckets(reader: Reader, data_dir: DataDir):
     points: list[Point] = [("r", "m", s, 1000 + s, float(s)) for s in range(20)]
     snapshot = snapshot_of(data_dir, [points[:10]], points[10:])
-    exact = reader.series(snapshot, "r", "m", buckets=10)
+    exact = one_series(reader, snapshot, "r", "m", buckets=10)
     assert not exact.bucketed
     assert rows(exact) == [{"step": s, "value": float(s)} for s in range(20)]
-    bucketed = reader.series(snapshot, "r", "m", buckets=9)  # 20 > 2 * 9
+    bucketed = one_series(reader, snapshot, "r", "m", buckets=9)  # 20 > 2 * 9
     assert bucketed.bucketed
     assert bucketed.table.schema.names == ["step", "min", "max", "first", "last", "mean", "count"]
     assert sum(r["count"] for r in rows(bucketed)) == 20
@@ -147,22 +164,22 @@ def test_series_is_exact_up_to_twice_the_buckets(reader: Reader, data_dir: DataD
 def test_series_windows_are_inclusive_and_exact_when_small(reader: Reader, data_dir: DataDir):
     points: list[Point] = [("r", "m", s, s, float(s % 7)) for s in range(0, 100_000, 3)]
     snapshot = snapshot_of(data_dir, [points[: len(points) // 2]], points[len(points) // 2 :])
-    window = reader.series(snapshot, "r", "m", buckets=100, x_min=30, x_max=60)
+    window = one_series(reader, snapshot, "r", "m", buckets=100, x_min=30, x_max=60)
     assert not window.bucketed
     assert [r["step"] for r in rows(window)] == list(range(30, 61, 3))
     assert [r["value"] for r in rows(window)] == [float(s % 7) for s in range(30, 61, 3)]
-    only_low = reader.series(snapshot, "r", "m", buckets=5, x_max=9)
+    only_low = one_series(reader, snapshot, "r", "m", buckets=5, x_max=9)
     assert [r["step"] for r in rows(only_low)] == [0, 3, 6, 9]
-    only_high = reader.series(snapshot, "r", "m", buckets=5, x_min=99_990)
+    only_high = one_series(reader, snapshot, "r", "m", buckets=5, x_min=99_990)
     assert [r["step"] for r in rows(only_high)] == [99_990, 99_993, 99_996, 99_999]
-    big = reader.series(snapshot, "r", "m", buckets=100, x_min=30_000, x_max=60_000)
+    big = one_series(reader, snapshot, "r", "m", buckets=100, x_min=30_000, x_max=60_000)
     assert big.bucketed
     assert rows(big)[0]["step"] >= 30_000 and rows(big)[-1]["step"] <= 60_000
     assert sum(r["count"] for r in rows(big)) == len(range(30_000, 60_001, 3))
-    assert reader.series(snapshot, "r", "m", 10, x_min=61, x_max=62).table.num_rows == 0
+    assert one_series(reader, snapshot, "r", "m", 10, x_min=61, x_max=62).table.num_rows == 0
 
 
-def check_buckets(points: list[Point], series: Series, buckets: int) -> None:
+def check_buckets(points: list[Point], series: SeriesData, buckets: int) -> None:
     """Every bucket's min, max, first, last, count and mean are those of the points between
     its first step and the next bucket's; the global min and max survive."""
     assert series.bucketed
@@ -202,7 +219,7 @@ def test_series_buckets_keep_spikes(reader: Reader, data_dir: DataDir):
     points[4322] = ("r", "m", 4322, 4322, -1e9)
     points[7000] = ("r", "m", 7000, 7000, NAN)
     snapshot = snapshot_of(data_dir, [points[:6000]], points[6000:])
-    series = reader.series(snapshot, "r", "m", buckets=50)
+    series = one_series(reader, snapshot, "r", "m", buckets=50)
     check_buckets(points, series, 50)
     got = rows(series)
     assert max(r["max"] for r in got) == 1e9
@@ -234,7 +251,7 @@ def test_series_property(reader: Reader, data, buckets: int, split: float):
     cut = int(len(points) * split)
     with tempfile.TemporaryDirectory() as tmp:
         snapshot = snapshot_of(DataDir.at(tmp), [points[:cut]] if cut else [], points[cut:])
-        series = reader.series(snapshot, "r", "m", buckets)
+        series = one_series(reader, snapshot, "r", "m", buckets)
         history_rows = history_of(reader, snapshot, "r", "m")
     assert_same_history(history_rows, history(points, "r", "m"))
     if len(points) <= 2 * buckets:
