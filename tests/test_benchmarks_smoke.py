@@ -79,5 +79,5 @@ def test_query_benchmark_smoke() -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    assert len(rows) == 4
+    assert len(rows) == 6
     assert all(r["steppe_ms"] > 0 for r in rows)
