@@ -766,7 +766,7 @@ class Ingestor:
         for run_id, key in pairs:
             known = self._run_keys.get(run_id)
             if known is None:
-                latest = self.store.snapshot().latest
+                latest = self.store.latest()
                 mine = latest.filter(pc.equal(latest["run_id"], run_id))
                 known = self._run_keys[run_id] = set(mine["key"].to_pylist())
             if key not in known:

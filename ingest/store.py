@@ -1157,6 +1157,12 @@ class MetricStore:
                 self._flush_wanted.set()
         return Snapshot(tuple(p.path for p in self._parts), self._tail_cache, self._latest)
 
+    def latest(self) -> pa.Table:
+        """The latest summary at this instant (LATEST_SCHEMA), without expanding the tail:
+        for the write path, which must never pay for a read snapshot."""
+        self._fold_latest()
+        return self._latest
+
     def _fold_latest(self) -> None:
         if self._unfolded:
             self._latest = fold_latest([self._latest, *self._unfolded])
