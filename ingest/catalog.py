@@ -163,7 +163,8 @@ class Catalog(Protocol):
 
     @property
     def version(self) -> int:
-        """Bumped on every committed write, so readers can cache derived tables."""
+        """Grows with every committed write, by this process or another sharing the
+        catalog, so readers (here or elsewhere) can cache derived tables."""
         ...
 
     def close(self) -> None: ...

@@ -155,17 +155,26 @@ def readable_run_name() -> str:
 class SqliteCatalog:
     """``Catalog`` on one SQLite file. ``artifact_root`` prefixes new artifact URIs."""
 
-    def __init__(self, path: str | Path, artifact_root: str = "mlflow-artifacts:") -> None:
+    def __init__(
+        self, path: str | Path, artifact_root: str = "mlflow-artifacts:", *, read_only: bool = False
+    ) -> None:
+        """Open (and create, migrate) the catalog at ``path``. ``read_only=True`` opens an
+        existing file with SQLite's ``mode=ro`` and writes nothing, ever (for ``steppe sql``
+        on a data dir no server owns); its write methods then fail."""
         self._path = Path(path)
         self._artifact_root = artifact_root.rstrip("/")
+        self._lock = threading.RLock()
+        self._version = 0
+        if read_only:
+            uri = self._path.resolve().as_uri() + "?mode=ro"
+            self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            return
         # check_same_thread=False: the server calls from its loop and from executor threads,
         # always one at a time under self._lock.
         self._db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._lock = threading.RLock()
-        self._version = 0
         with self._tx() as db:
             for statement in (_SCHEMA + MODELS_SCHEMA).split(";"):
                 if statement.strip():
@@ -207,7 +216,11 @@ class SqliteCatalog:
 
     @property
     def version(self) -> int:
-        return self._version
+        # Own commits count in _version; SQLite's data_version moves when any other
+        # connection, in this process or another, commits to the file.
+        with self._lock:
+            row = self._db.execute("PRAGMA data_version").fetchone()
+        return self._version + int(row[0])
 
     def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         """One write transaction on this file, for the per-entity repositories sharing it."""

@@ -310,23 +310,6 @@ def register_views(
     conn.table(_LATEST).select(latest_columns).create_view("latest_metrics")
 
 
-class _ReadOnlySqliteCatalog(SqliteCatalog):
-    """SqliteCatalog's read methods over a connection opened with ``mode=ro``.
-
-    SqliteCatalog's constructor creates the schema and the default experiment (a write), so
-    this one skips it and sets the attributes its read methods use. Replace with a read-only
-    open in steppe.ingest once it offers one.
-    """
-
-    def __init__(self, path: Path) -> None:  # deliberately not calling super().__init__
-        self._path = path
-        self._artifact_root = ""
-        uri = path.resolve().as_uri() + "?mode=ro"
-        self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-        self._lock = threading.RLock()
-        self._version = 0
-
-
 def open_catalog_read_only(path: Path) -> Catalog:
     """The catalog file at ``path``, opened without any write (no server owns it)."""
-    return _ReadOnlySqliteCatalog(path)
+    return SqliteCatalog(path, read_only=True)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -406,3 +408,23 @@ async def test_sql_sees_catalog_writes(client: Client, world: World) -> None:
     assert (await (await post_sql(client, query)).json())["rows"] == [[2]]
     world.catalog.create_run("c" * 32, "0", "gamma", start_time=3000)
     assert (await (await post_sql(client, query)).json())["rows"] == [[3]]
+
+
+def test_catalog_version_sees_writes_of_another_process(tmp_path: Path) -> None:
+    """The version a reader caches on moves when another process commits to the file."""
+    path = tmp_path / "catalog.db"
+    SqliteCatalog(path).close()
+    reader = open_catalog_read_only(path)
+    try:
+        before = reader.version
+        assert reader.version == before  # no write, no change
+        code = (
+            "import sys; from steppe.ingest.sqlite_catalog import SqliteCatalog; "
+            "c = SqliteCatalog(sys.argv[1]); c.create_experiment('from-elsewhere'); c.close()"
+        )
+        subprocess.run([sys.executable, "-c", code, str(path)], check=True, timeout=60)
+        assert reader.version != before
+        names = {e.name for e in reader.list_experiments()}
+        assert "from-elsewhere" in names
+    finally:
+        reader.close()
