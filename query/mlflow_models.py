@@ -274,25 +274,22 @@ async def _delete_logged_model(request: web.Request) -> web.Response:
 async def _set_logged_model_tags(request: web.Request) -> web.Response:
     _writer(request)
     fields = await _fields(request)
-    tags = list(_tags(fields).items())
-    await _blocking(_service(request).repository.set_logged_model_tags, _model_id(request), tags)
+    await _blocking(_service(request).set_logged_model_tags, _model_id(request), _tags(fields))
     return _ok()
 
 
 async def _delete_logged_model_tag(request: web.Request) -> web.Response:
     _writer(request)
     key = request.match_info["tag_key"]
-    await _blocking(_service(request).repository.delete_logged_model_tag, _model_id(request), key)
+    await _blocking(_service(request).delete_logged_model_tag, _model_id(request), key)
     return _ok()
 
 
 async def _log_logged_model_params(request: web.Request) -> web.Response:
     _writer(request)
     fields = await _fields(request)
-    params = list(_tags(fields, "params").items())
-    await _blocking(
-        _service(request).repository.log_logged_model_params, _model_id(request), params
-    )
+    params = _tags(fields, "params")
+    await _blocking(_service(request).log_logged_model_params, _model_id(request), params)
     return _ok()
 
 
@@ -330,7 +327,7 @@ async def _search_logged_models(request: web.Request) -> web.Response:
     def search() -> list[LoggedModelRecord]:
         found = [
             m
-            for m in service.repository.list_logged_models(experiment_ids)
+            for m in service.search_logged_models(experiment_ids)
             if _matches(terms, functools.partial(get, m), text)
         ]
         found.sort(key=lambda m: m.model_id)
@@ -389,7 +386,7 @@ async def _get_registered_model(request: web.Request) -> web.Response:
     name = fields.string("name", required=True)
 
     def get() -> dict[str, object]:
-        return _registered_doc(service, service.repository.get_registered_model(name))
+        return _registered_doc(service, service.get_registered_model(name))
 
     return _json({"registered_model": await _blocking(get)})
 
@@ -424,7 +421,7 @@ async def _delete_registered_model(request: web.Request) -> web.Response:
     _writer(request)
     fields = await _fields(request)
     name = fields.string("name", required=True)
-    await _blocking(_service(request).repository.delete_registered_model, name)
+    await _blocking(_service(request).delete_registered_model, name)
     return _ok()
 
 
@@ -464,7 +461,7 @@ async def _search_registered_models(request: web.Request) -> web.Response:
     def search() -> tuple[list[dict[str, object]], str]:
         found = [
             r
-            for r in service.repository.list_registered_models()
+            for r in service.search_registered_models()
             if _matches(terms, functools.partial(get, r), text)
         ]
         for key, ascending in reversed(order or [("name", True)]):
@@ -495,7 +492,7 @@ async def _set_registered_model_tag(request: web.Request) -> web.Response:
     _writer(request)
     fields = await _fields(request)
     await _blocking(
-        _service(request).repository.set_registered_model_tag,
+        _service(request).set_registered_model_tag,
         fields.string("name", required=True),
         fields.string("key", required=True),
         fields.string("value"),
@@ -507,7 +504,7 @@ async def _delete_registered_model_tag(request: web.Request) -> web.Response:
     _writer(request)
     fields = await _fields(request)
     await _blocking(
-        _service(request).repository.delete_registered_model_tag,
+        _service(request).delete_registered_model_tag,
         fields.string("name", required=True),
         fields.string("key", required=True),
     )
@@ -675,7 +672,7 @@ async def _search_model_versions(request: web.Request) -> web.Response:
     def search() -> list[ModelVersionRecord]:
         found = [
             v
-            for v in service.repository.list_model_versions()
+            for v in service.search_model_versions()
             if _matches(terms, functools.partial(get, v), text)
         ]
         for key, ascending in reversed(
