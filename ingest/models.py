@@ -9,6 +9,7 @@ from __future__ import annotations
 import posixpath
 import re
 import time
+import urllib.parse
 import uuid
 from collections.abc import Mapping, Sequence
 
@@ -73,6 +74,23 @@ def check_registry_tag(key: str, value: str, field: str = "key") -> tuple[str, s
 
 def check_registry_tags(tags: Mapping[str, str] | None) -> dict[str, str]:
     return dict(check_registry_tag(k, v, f"tags[{k!r}].key") for k, v in (tags or {}).items())
+
+
+def _within(uri: str, root: str) -> bool:
+    root = root.rstrip("/")
+    return uri == root or uri.startswith(root + "/")
+
+
+def check_source_path(source: str) -> str:
+    """No '..' segment or NUL, even percent-encoded: a source never walks out of its root."""
+    text = source
+    while (unquoted := urllib.parse.unquote_plus(text)) != text:
+        text = unquoted
+    if "\x00" in text or ".." in text.split("/"):
+        raise InvalidParameterValue(
+            "source", source, "must be an absolute location without '..' path segments"
+        )
+    return source
 
 
 def check_logged_model_name(name: str) -> str:
@@ -286,18 +304,7 @@ class ModelService:
         if not source:
             raise InvalidParameterValue("source", source, "is a required parameter")
         clean_tags = check_registry_tags(tags)
-        storage_location = source
-        if source.startswith("models:/"):
-            target = source[len("models:/") :]
-            if target.startswith("m-") and "/" not in target:
-                logged = self.get_logged_model(target)
-                storage_location = logged.artifact_uri
-                run_id = run_id or logged.source_run_id
-            else:
-                ref_name, _, ref_version = target.partition("/")
-                storage_location = self.get_model_version(ref_name, ref_version).storage_location
-        if model_id:
-            run_id = run_id or self.get_logged_model(model_id).source_run_id
+        storage_location, run_id = self._check_source(check_source_path(source), run_id, model_id)
         now = _now_ms()
         version = self.repository.create_model_version(
             ModelVersionRecord(
@@ -318,6 +325,57 @@ class ModelService:
             )
         )
         return self.repository.get_model_version(name, version)
+
+    def _check_source(self, source: str, run_id: str, model_id: str) -> tuple[str, str]:
+        """MLflow 3's rule for a version's source (mlflow.server.handlers): ``runs:/<id>/...``
+        needs that ``run_id``; ``models:/<model_id>`` that ``model_id``; a location under the
+        artifact store must lie inside the run's (or the model's) artifact root; a local path
+        is refused (steppe's artifacts are served, never read from the server's disk).
+        Returns where the files are and the run id."""
+        scheme = urllib.parse.urlsplit(source).scheme
+        storage_location = source
+        logged = self.get_logged_model(model_id) if model_id else None
+        if logged is not None:
+            run_id = run_id or logged.source_run_id
+        if scheme == "models":
+            target = source[len("models:/") :].strip("/")
+            if target.startswith("m-") and "/" not in target:
+                if logged is None or logged.model_id != target:
+                    raise InvalidParameterValue(
+                        "model_id", model_id, f"must be {target!r}, the model of source {source!r}"
+                    )
+                storage_location = logged.artifact_uri
+            else:
+                ref_name, _, ref = target.partition("/")
+                referenced = (
+                    self.version_by_alias(ref_name.partition("@")[0], ref_name.partition("@")[2])
+                    if "@" in ref_name
+                    else self.get_model_version(ref_name, ref)
+                )
+                storage_location = referenced.storage_location
+                run_id = run_id or referenced.run_id
+        elif scheme == "runs":
+            source_run = source[len("runs:/") :].split("/", 1)[0]
+            if logged is not None or not run_id or run_id != source_run:
+                raise InvalidParameterValue(
+                    "run_id", run_id, f"must be {source_run!r}, the run of source {source!r}"
+                )
+            self._catalog.get_run(run_id)  # 404 for an unknown run
+        elif scheme in ("", "file"):
+            raise InvalidParameterValue(
+                "source", source, "a local path cannot be a model version source on a server"
+            )
+        elif scheme == "mlflow-artifacts":
+            roots = [logged.artifact_uri] if logged is not None else []
+            if run_id and logged is None:
+                roots.append(self._catalog.get_run(run_id).artifact_uri)
+            if not any(_within(source, root) for root in roots):
+                raise InvalidParameterValue(
+                    "source",
+                    source,
+                    "must lie inside the artifact root of the run (run_id) or model (model_id)",
+                )
+        return storage_location, run_id
 
     def search_model_versions(self) -> list[ModelVersionRecord]:
         """Every version of every model (the caller filters, sorts and pages)."""

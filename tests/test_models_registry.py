@@ -246,7 +246,26 @@ def test_registry_errors_over_raw_http_change_nothing(mlflow_uri: str) -> None:
     cases = [
         ("POST", "/registered-models/create", {"name": "a/b"}, 400, "INVALID_PARAMETER_VALUE"),
         ("POST", "/registered-models/create", {"name": ""}, 400, "INVALID_PARAMETER_VALUE"),
-        ("POST", "/model-versions/create", {"name": name + "x", "source": "s"}, 404, None),
+        ("POST", "/model-versions/create", {"name": name + "x", "source": "s3://b/m"}, 404, None),
+        *[
+            (
+                "POST",
+                "/model-versions/create",
+                {"name": name, **body},
+                400,
+                "INVALID_PARAMETER_VALUE",
+            )
+            for body in (
+                {"source": "/etc/passwd"},
+                {"source": "file:///tmp/m"},
+                {"source": "s3://b/m/../../other"},
+                {"source": "s3://b/m/%2E%2E/other"},
+                {"source": "runs:/abc/model"},
+                {"source": "runs:/abc/model", "run_id": "def"},
+                {"source": "models:/m-0123456789abcdef0123456789abcdef"},
+                {"source": "mlflow-artifacts:/0/other/artifacts/model"},
+            )
+        ],
         (
             "POST",
             "/registered-models/alias",
@@ -280,3 +299,72 @@ def test_registry_errors_over_raw_http_change_nothing(mlflow_uri: str) -> None:
     got = call(mlflow_uri, "GET", f"{API}/registered-models/get", name=name).body
     assert got["registered_model"]["aliases"] == []
     assert got["registered_model"]["latest_versions"][0]["current_stage"] == "None"
+    assert len(got["registered_model"]["latest_versions"]) == 1  # no version was created
+
+
+def _search_story(client: MlflowClient, prefix: str) -> list[Any]:
+    """Updates, tags, searches with order_by and paging: what MLflow's store answers."""
+    seen: list[Any] = []
+    names = [f"{prefix}-{c}" for c in ("b", "a", "C")]
+    for i, name in enumerate(names):
+        client.create_registered_model(name, tags={"team.x": str(i % 2)})
+        client.create_model_version(name, f"s3://bucket/{name}", tags={"n": str(i)})
+    seen.append(client.update_registered_model(names[0], "new text").description)
+    client.set_registered_model_tag(names[0], "extra", "1")
+    client.delete_registered_model_tag(names[0], "extra")
+    seen.append(client.get_registered_model(names[0]).tags)
+    seen.append(client.update_model_version(names[0], "1", "v text").description)
+    client.set_model_version_tag(names[0], "1", "ok", "yes")
+    client.delete_model_version_tag(names[0], "1", "n")
+    seen.append(client.get_model_version(names[0], "1").tags)
+
+    def found(models: Any) -> list[str]:
+        return [m.name for m in models]
+
+    seen.append(
+        found(client.search_registered_models(f"name LIKE '{prefix}-%'", order_by=["name"]))
+    )
+    seen.append(found(client.search_registered_models(f"name ILIKE '{prefix}-c'")))
+    seen.append(found(client.search_registered_models(f"name LIKE '{prefix}-c'")))
+    seen.append(
+        found(
+            client.search_registered_models(
+                f"name LIKE '{prefix}%' AND tags.`team.x` = '0'", order_by=["name DESC"]
+            )
+        )
+    )
+    page = client.search_registered_models(
+        f"name LIKE '{prefix}%'", max_results=2, order_by=["name ASC"]
+    )
+    rest = client.search_registered_models(
+        f"name LIKE '{prefix}%'", max_results=2, order_by=["name ASC"], page_token=page.token
+    )
+    seen.append((found(page), found(rest), rest.token or None))  # REST: "", store: None
+    versions = client.search_model_versions(f"name = '{names[0]}' AND tags.ok = 'yes'")
+    seen.append([(v.name, str(v.version)) for v in versions])
+    first = client.search_model_versions(
+        f"name LIKE '{prefix}%'", max_results=2, order_by=["name ASC"]
+    )
+    second = client.search_model_versions(
+        f"name LIKE '{prefix}%'", max_results=2, order_by=["name ASC"], page_token=first.token
+    )
+    seen.append(([v.name for v in first], [v.name for v in second]))
+    with pytest.raises(MlflowException) as too_long:
+        client.set_registered_model_tag(names[0], "k" * 251, "v")
+    seen.append(str(too_long.value.error_code))
+    with pytest.raises(MlflowException) as bad_version:
+        client.get_model_version(names[0], "one")
+    seen.append(str(bad_version.value.error_code))
+    return seen
+
+
+def test_search_and_update_semantics_match_mlflows_sqlite_store(
+    mlflow_uri: str, tmp_path: Path
+) -> None:
+    prefix = _unique("find")
+    ours = _search_story(MlflowClient(mlflow_uri, mlflow_uri), prefix)
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    theirs = _search_story(MlflowClient(db, db), prefix)
+    assert ours == theirs
+    assert ours[5] == [f"{prefix}-C"]  # ILIKE ignores case, LIKE does not
+    assert ours[6] == []
