@@ -7,6 +7,7 @@ Registered next to the tracking routes by steppe.query.mlflow_api.add_mlflow_rou
 from __future__ import annotations
 
 import functools
+import posixpath
 import re
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +27,7 @@ from steppe.ingest.models_catalog import (
 )
 from steppe.ingest.sqlite_catalog import SqliteCatalog
 from steppe.query.app import CATALOG
+from steppe.query.artifacts import ARTIFACT_STORE, _file_json, _one, _send, clean_path
 from steppe.query.mlflow_api import (
     MLFLOW_PREFIXES,
     ApiError,
@@ -291,6 +293,45 @@ async def _log_logged_model_params(request: web.Request) -> web.Response:
     params = _tags(fields, "params")
     await _blocking(_service(request).log_logged_model_params, _model_id(request), params)
     return _ok()
+
+
+_PROXY_SCHEME = "mlflow-artifacts:"
+
+
+async def _logged_model_root(request: web.Request) -> tuple[LoggedModelRecord, str]:
+    """The model and its folder in the artifact store (only mlflow-artifacts: roots)."""
+    record = await _blocking(_service(request).get_logged_model, _model_id(request))
+    uri = record.artifact_uri
+    if not uri.startswith(_PROXY_SCHEME):
+        raise InvalidParameterValue(
+            "model_id", record.model_id, f"its files live at {uri!r}, which steppe does not serve"
+        )
+    rest = uri[len(_PROXY_SCHEME) :]
+    if rest.startswith("//"):  # mlflow-artifacts://host:port/path: the host is this server
+        rest = "/" + rest[2:].partition("/")[2]
+    return record, clean_path(rest.lstrip("/"), "artifact_uri")
+
+
+async def _list_logged_model_artifacts(request: web.Request) -> web.Response:
+    """MLflow's ListLoggedModelArtifacts: one folder of the model, paths model-relative."""
+    record, root = await _logged_model_root(request)
+    relative = clean_path(
+        _one(request, "artifact_directory_path", required=False) or "",
+        "artifact_directory_path",
+        allow_root=True,
+    )
+    entries = await _blocking(request.app[ARTIFACT_STORE].list, posixpath.join(root, relative))
+    files = [_file_json(posixpath.join(relative, e.name), e) for e in entries]
+    return _json({"root_uri": record.artifact_uri, "files": files})
+
+
+async def _get_logged_model_artifact(request: web.Request) -> web.StreamResponse:
+    """One file of the model, streamed (MLflow's ajax-api route)."""
+    _, root = await _logged_model_root(request)
+    path = clean_path(
+        _one(request, "artifact_file_path", required=False) or "", "artifact_file_path"
+    )
+    return await _send(request, posixpath.join(root, path), attachment=True)
 
 
 _LM_ATTRIBUTES: dict[str, Callable[[LoggedModelRecord], str | int]] = {
@@ -697,6 +738,8 @@ _ROUTES = (
     ("PATCH", "/logged-models/{model_id}/tags", _set_logged_model_tags),
     ("DELETE", "/logged-models/{model_id}/tags/{tag_key}", _delete_logged_model_tag),
     ("POST", "/logged-models/{model_id}/params", _log_logged_model_params),
+    ("GET", "/logged-models/{model_id}/artifacts/directories", _list_logged_model_artifacts),
+    ("GET", "/logged-models/{model_id}/artifacts/files", _get_logged_model_artifact),
     ("POST", "/runs/outputs", _log_outputs),
     ("POST", "/registered-models/create", _create_registered_model),
     ("GET", "/registered-models/get", _get_registered_model),

@@ -4,6 +4,7 @@ MLflow's own sqlite-backed store."""
 
 from __future__ import annotations
 
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -368,3 +369,26 @@ def test_search_and_update_semantics_match_mlflows_sqlite_store(
     assert ours == theirs
     assert ours[5] == [f"{prefix}-C"]  # ILIKE ignores case, LIKE does not
     assert ours[6] == []
+
+
+def test_logged_model_artifact_routes_list_and_download(mlflow_uri: str) -> None:
+    model, _ = _fitted()
+    mlflow.set_experiment(_unique("lm-files"))
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(model, name="model")
+    base = f"{API}/logged-models/{info.model_id}/artifacts"
+    listed = call(mlflow_uri, "GET", base + "/directories")
+    assert listed.status == 200, listed.body
+    assert listed.body["root_uri"].endswith(f"/models/{info.model_id}/artifacts")
+    paths = {f["path"]: f for f in listed.body["files"]}
+    assert "MLmodel" in paths and paths["MLmodel"]["is_dir"] is False
+    url = f"{mlflow_uri}/ajax-api/2.0/mlflow/logged-models/{info.model_id}/artifacts/files"
+    with urllib.request.urlopen(url + "?artifact_file_path=MLmodel", timeout=30) as response:
+        assert b"flavors" in response.read()
+    for query in ({"artifact_directory_path": "../../.."}, {"artifact_directory_path": "/etc"}):
+        bad = call(mlflow_uri, "GET", base + "/directories", **query)
+        assert bad.status == 400 and bad.body["error_code"] == "INVALID_PARAMETER_VALUE", bad.body
+    bad = call(mlflow_uri, "GET", base + "/files", artifact_file_path="../../../x")
+    assert bad.status == 400, bad.body
+    missing = call(mlflow_uri, "GET", f"{API}/logged-models/m-{'0' * 32}/artifacts/directories")
+    assert missing.status == 404
