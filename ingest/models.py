@@ -18,6 +18,7 @@ from steppe.errors import InvalidParameterValue, ResourceDoesNotExist
 from steppe.ingest.catalog import Catalog
 from steppe.ingest.models_catalog import (
     LoggedModelRecord,
+    ModelMetricRecord,
     ModelRepository,
     ModelVersionRecord,
     RegisteredModelRecord,
@@ -229,6 +230,15 @@ class ModelService:
 
     def delete_logged_model(self, model_id: str) -> None:
         self.repository.delete_logged_model(model_id, _now_ms())
+
+    def log_model_metrics(self, metrics: Sequence[ModelMetricRecord]) -> None:
+        """Points logged with a ``model_id`` (already in the run's stream): the model's
+        ``data.metrics``. An unknown model id is a 404, and nothing of the batch is kept."""
+        if metrics:
+            self.repository.log_model_metrics(metrics)
+
+    def model_metrics(self, model_ids: Sequence[str]) -> dict[str, list[ModelMetricRecord]]:
+        return self.repository.model_metrics(model_ids)
 
     def log_outputs(self, run_id: str, outputs: Sequence[tuple[str, int]]) -> None:
         run = self._catalog.get_run(run_id)

@@ -392,3 +392,55 @@ def test_logged_model_artifact_routes_list_and_download(mlflow_uri: str) -> None
     assert bad.status == 400, bad.body
     missing = call(mlflow_uri, "GET", f"{API}/logged-models/m-{'0' * 32}/artifacts/directories")
     assert missing.status == 404
+
+
+def test_logged_model_metrics_and_search_by_metric(mlflow_uri: str) -> None:
+    client = MlflowClient()
+    experiment_id = client.create_experiment(_unique("lm-metrics"))
+    run_id = client.create_run(experiment_id).info.run_id
+    models = [client.create_logged_model(experiment_id, name=f"m{i}") for i in range(3)]
+    for model, acc in zip(models[:2], (0.4, 0.9), strict=True):
+        client.log_metric(run_id, "acc", round(acc - 0.3, 2), step=0, model_id=model.model_id)
+        client.log_metric(
+            run_id,
+            "acc",
+            acc,
+            step=1,
+            model_id=model.model_id,
+            dataset_name="val",
+            dataset_digest="d1",
+        )
+    client.log_batch(
+        run_id,
+        metrics=[mlflow.entities.Metric("loss", 0.25, 1, 0, model_id=models[2].model_id)],
+    )
+    got = client.get_logged_model(models[1].model_id)
+    assert sorted((m.key, m.value, m.step) for m in got.metrics) == [
+        ("acc", 0.6, 0),
+        ("acc", 0.9, 1),
+    ]
+    assert {m.dataset_name for m in got.metrics} == {None, "val"}
+    assert [m.key for m in client.get_logged_model(models[2].model_id).metrics] == ["loss"]
+
+    def names(**kwargs: Any) -> list[str]:
+        return [m.name for m in client.search_logged_models([experiment_id], **kwargs)]
+
+    assert names(filter_string="metrics.acc > 0.5") == ["m1"]
+    assert sorted(names(filter_string="metrics.acc >= 0.4")) == ["m0", "m1"]
+    assert names(order_by=[{"field_name": "metrics.acc", "ascending": False}]) == ["m1", "m0", "m2"]
+    assert names(order_by=[{"field_name": "metrics.acc", "ascending": True}]) == ["m0", "m1", "m2"]
+    assert sorted(names(datasets=[{"dataset_name": "val"}], filter_string="metrics.acc > 0")) == [
+        "m0",
+        "m1",
+    ]
+    assert names(datasets=[{"dataset_name": "other"}], filter_string="metrics.acc > 0") == []
+
+    history = call(
+        mlflow_uri, "GET", f"{API}/metrics/get-history", run_id=run_id, metric_key="acc"
+    ).body
+    before = len(history["metrics"])
+    with pytest.raises(MlflowException) as unknown:
+        client.log_metric(run_id, "acc", 1.0, model_id=f"m-{'0' * 32}")
+    assert unknown.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+    after = call(mlflow_uri, "GET", f"{API}/metrics/get-history", run_id=run_id, metric_key="acc")
+    assert len(after.body["metrics"]) == before == 4  # the rejected point was not logged
