@@ -357,11 +357,16 @@ class ModelService:
                 storage_location = logged.artifact_uri
             else:
                 ref_name, _, ref = target.partition("/")
-                referenced = (
-                    self.version_by_alias(ref_name.partition("@")[0], ref_name.partition("@")[2])
-                    if "@" in ref_name
-                    else self.get_model_version(ref_name, ref)
-                )
+                if "@" in ref_name:
+                    model_name, _, alias = ref_name.partition("@")
+                    referenced = self.version_by_alias(model_name, alias)
+                elif ref.lower() == "latest":
+                    versions = self.repository.list_model_versions(check_model_name(ref_name))
+                    if not versions:
+                        raise ResourceDoesNotExist(f"Registered model {ref_name!r} has no versions")
+                    referenced = versions[-1]
+                else:
+                    referenced = self.get_model_version(ref_name, ref)
                 storage_location = referenced.storage_location
                 run_id = run_id or referenced.run_id
         elif scheme == "runs":

@@ -309,3 +309,24 @@ def test_what_mlflow_writes_steppe_reads(
     assert [m.name for m in found] == [name]
     model = mlflow_client.create_logged_model(run.info.experiment_id, name="lm")
     assert client.get_logged_model(model.model_id).name == "lm"
+
+
+def test_a_version_can_copy_another_by_version_alias_or_latest(client: steppe.Client) -> None:
+    source_name, copy_name = _unique("src"), _unique("copy")
+    client.create_registered_model(source_name)
+    client.create_registered_model(copy_name)
+    run = _run_with_model(client)
+    for path in ("a", "b"):
+        client.create_model_version(source_name, f"{run.info.artifact_uri}/{path}", run.info.run_id)
+    client.set_registered_model_alias(source_name, "champ", "1")
+    for uri, expected in (
+        (f"models:/{source_name}/2", "b"),
+        (f"models:/{source_name}@champ", "a"),
+        (f"models:/{source_name}/latest", "b"),
+    ):
+        version = client.create_model_version(copy_name, uri)
+        assert version.source == uri and version.run_id == run.info.run_id
+        download = client.get_model_version_download_uri(copy_name, version.version)
+        assert download == f"{run.info.artifact_uri}/{expected}", uri
+    with pytest.raises(InvalidParameterValue, match="alias"):
+        client.create_model_version(copy_name, f"models:/{source_name}@nobody")
