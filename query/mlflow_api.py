@@ -1078,11 +1078,12 @@ async def _log_batch(request: web.Request) -> web.Response:
     catalog = _catalog(request)
     from steppe.query import mlflow_models  # LoggedModel metrics (model_id); imports us
 
-    linked = [(i, m) for i, m in enumerate(fields.objects("metrics")) if m.get("model_id")]
+    raw = fields.objects("metrics")
+    linked = raw if any(m.get("model_id") for m in raw) else []  # the points, before dedup
     model_metrics = mlflow_models.model_metrics_of(
         batch.run_id,
-        [m for _, m in linked],
-        [_metric(m, f"metrics[{i}].") for i, m in linked],
+        linked,
+        [_metric(m, f"metrics[{i}].") for i, m in enumerate(linked)],
         "metrics",
     )
     await mlflow_models.check_model_metrics(request, model_metrics)
