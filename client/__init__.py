@@ -115,3 +115,38 @@ __all__ = [
     "set_tracking_uri",
     "start_run",
 ]
+
+# --- Model Registry and LoggedModels (steppe.registry) ----------------------------------------
+from steppe.model_entities import (  # noqa: E402
+    LoggedModel,
+    LoggedModelStatus,
+    ModelVersion,
+    RegisteredModel,
+)
+from steppe.registry import (  # noqa: E402
+    delete_logged_model_tag,
+    finalize_logged_model,
+    get_logged_model,
+    register_model,
+    search_logged_models,
+    search_model_versions,
+    search_registered_models,
+    set_logged_model_tags,
+    set_model_version_tag,
+)
+
+__all__ += [
+    "LoggedModel",
+    "LoggedModelStatus",
+    "ModelVersion",
+    "RegisteredModel",
+    "delete_logged_model_tag",
+    "finalize_logged_model",
+    "get_logged_model",
+    "register_model",
+    "search_logged_models",
+    "search_model_versions",
+    "search_registered_models",
+    "set_logged_model_tags",
+    "set_model_version_tag",
+]

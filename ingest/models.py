@@ -6,15 +6,19 @@ Blocking (SQLite commits): call it from a thread. It knows nothing of HTTP or JS
 
 from __future__ import annotations
 
+import posixpath
 import re
 import time
+import urllib.parse
 import uuid
 from collections.abc import Mapping, Sequence
 
+from steppe import validation
 from steppe.errors import InvalidParameterValue, ResourceDoesNotExist
 from steppe.ingest.catalog import Catalog
 from steppe.ingest.models_catalog import (
     LoggedModelRecord,
+    ModelMetricRecord,
     ModelRepository,
     ModelVersionRecord,
     RegisteredModelRecord,
@@ -30,6 +34,12 @@ LOGGED_MODEL_STATUSES = (
 #: MLflow's stages, in their canonical spelling (input is case-insensitive).
 STAGES = ("None", "Staging", "Production", "Archived")
 MAX_ALIAS_LENGTH = 255
+#: MLflow's registry tag limits (mlflow.utils.validation); keys as run tag keys otherwise.
+MAX_REGISTRY_TAG_KEY_LENGTH = 250
+MAX_REGISTRY_TAG_VALUE_LENGTH = 100_000
+#: MLflow's logged_model_tags / logged_model_params key column; values are unbounded TEXT.
+MAX_LOGGED_MODEL_KEY_LENGTH = 255
+_LOGGED_MODEL_NAME_BAD = ("/", ":", ".", "%", '"', "'")
 _ALIAS_RE = re.compile(r"[\w\-]*")
 _VERSION_ALIAS_RE = re.compile(r"[vV]\d+")
 
@@ -44,7 +54,63 @@ def check_model_name(name: str, field: str = "name") -> str:
         raise InvalidParameterValue(field, name, "is a required parameter")
     if "/" in name or ":" in name:
         raise InvalidParameterValue(field, name, "names cannot contain '/' or ':'")
+    if posixpath.normpath(name) != name or name.startswith(".."):
+        raise InvalidParameterValue(field, name, "names must not resolve to other names as paths")
     return name
+
+
+def check_registry_tag(key: str, value: str, field: str = "key") -> tuple[str, str]:
+    """MLflow's registered-model / model-version tag rule: a key as a run tag key (at most
+    250 characters), a value of at most 100,000."""
+    validation.check_name(field, key, "tag key")
+    if len(value) > MAX_REGISTRY_TAG_VALUE_LENGTH:
+        value_field = field.removesuffix("key") + "value" if field.endswith("key") else "value"
+        raise InvalidParameterValue(
+            value_field,
+            value,
+            f"tag value exceeds the maximum length of {MAX_REGISTRY_TAG_VALUE_LENGTH} characters",
+        )
+    return key, value
+
+
+def check_registry_tags(tags: Mapping[str, str] | None) -> dict[str, str]:
+    return dict(check_registry_tag(k, v, f"tags[{k!r}].key") for k, v in (tags or {}).items())
+
+
+def _within(uri: str, root: str) -> bool:
+    root = root.rstrip("/")
+    return uri == root or uri.startswith(root + "/")
+
+
+def check_source_path(source: str) -> str:
+    """No '..' segment or NUL, even percent-encoded: a source never walks out of its root."""
+    text = source
+    while (unquoted := urllib.parse.unquote_plus(text)) != text:
+        text = unquoted
+    if "\x00" in text or ".." in text.split("/"):
+        raise InvalidParameterValue(
+            "source", source, "must be an absolute location without '..' path segments"
+        )
+    return source
+
+
+def check_logged_model_name(name: str) -> str:
+    """MLflow's LoggedModel name rule (empty: the server picks one)."""
+    if any(c in name for c in _LOGGED_MODEL_NAME_BAD):
+        raise InvalidParameterValue(
+            "name", name, f"must not contain any of {' '.join(_LOGGED_MODEL_NAME_BAD)}"
+        )
+    return name
+
+
+def check_logged_model_pairs(field: str, pairs: Mapping[str, str] | None) -> dict[str, str]:
+    """LoggedModel tags or params: non-empty keys of at most 255 characters."""
+    for key in pairs or {}:
+        if not key or len(key) > MAX_LOGGED_MODEL_KEY_LENGTH:
+            raise InvalidParameterValue(
+                f"{field}.key", key, f"must be 1 to {MAX_LOGGED_MODEL_KEY_LENGTH} characters"
+            )
+    return dict(pairs or {})
 
 
 def check_version(version: str | int) -> int:
@@ -99,6 +165,9 @@ class ModelService:
         params: Mapping[str, str] | None = None,
     ) -> LoggedModelRecord:
         """A PENDING model whose files go under the experiment's ``models/<id>/artifacts``."""
+        check_logged_model_name(name)
+        tags = check_logged_model_pairs("tags", tags)
+        params = check_logged_model_pairs("params", params)
         experiment = self._catalog.get_experiment(experiment_id)
         if experiment.lifecycle_stage != "active":
             raise InvalidParameterValue(
@@ -120,11 +189,30 @@ class ModelService:
             lifecycle_stage="active",
             creation_time=now,
             last_update_time=now,
-            tags=dict(tags or {}),
-            params=dict(params or {}),
+            tags=tags,
+            params=params,
         )
         self.repository.create_logged_model(record)
         return record
+
+    def search_logged_models(self, experiment_ids: Sequence[str]) -> list[LoggedModelRecord]:
+        """The active LoggedModels of these experiments (the caller filters and sorts)."""
+        if not experiment_ids:
+            raise InvalidParameterValue(
+                "experiment_ids", list(experiment_ids), "give at least one experiment id"
+            )
+        return self.repository.list_logged_models(experiment_ids)
+
+    def set_logged_model_tags(self, model_id: str, tags: Mapping[str, str]) -> None:
+        pairs = check_logged_model_pairs("tags", tags)
+        self.repository.set_logged_model_tags(model_id, list(pairs.items()))
+
+    def delete_logged_model_tag(self, model_id: str, key: str) -> None:
+        self.repository.delete_logged_model_tag(model_id, key)
+
+    def log_logged_model_params(self, model_id: str, params: Mapping[str, str]) -> None:
+        pairs = check_logged_model_pairs("params", params)
+        self.repository.log_logged_model_params(model_id, list(pairs.items()))
 
     def get_logged_model(self, model_id: str, *, allow_deleted: bool = False) -> LoggedModelRecord:
         record = self.repository.get_logged_model(model_id)
@@ -143,6 +231,15 @@ class ModelService:
     def delete_logged_model(self, model_id: str) -> None:
         self.repository.delete_logged_model(model_id, _now_ms())
 
+    def log_model_metrics(self, metrics: Sequence[ModelMetricRecord]) -> None:
+        """Points logged with a ``model_id`` (already in the run's stream): the model's
+        ``data.metrics``. An unknown model id is a 404, and nothing of the batch is kept."""
+        if metrics:
+            self.repository.log_model_metrics(metrics)
+
+    def model_metrics(self, model_ids: Sequence[str]) -> dict[str, list[ModelMetricRecord]]:
+        return self.repository.model_metrics(model_ids)
+
     def log_outputs(self, run_id: str, outputs: Sequence[tuple[str, int]]) -> None:
         run = self._catalog.get_run(run_id)
         if run.lifecycle_stage != "active":
@@ -155,11 +252,30 @@ class ModelService:
         self, name: str, description: str = "", tags: Mapping[str, str] | None = None
     ) -> RegisteredModelRecord:
         check_model_name(name)
+        clean = check_registry_tags(tags)
         now = _now_ms()
         self.repository.create_registered_model(
-            RegisteredModelRecord(name, description, "", now, now, dict(tags or {}))
+            RegisteredModelRecord(name, description, "", now, now, clean)
         )
         return self.repository.get_registered_model(name)
+
+    def get_registered_model(self, name: str) -> RegisteredModelRecord:
+        return self.repository.get_registered_model(check_model_name(name))
+
+    def search_registered_models(self) -> list[RegisteredModelRecord]:
+        """Every registered model by name (the caller filters, sorts and pages)."""
+        return self.repository.list_registered_models()
+
+    def delete_registered_model(self, name: str) -> None:
+        """With its versions, tags and aliases."""
+        self.repository.delete_registered_model(check_model_name(name))
+
+    def set_registered_model_tag(self, name: str, key: str, value: str) -> None:
+        check_registry_tag(key, value)
+        self.repository.set_registered_model_tag(check_model_name(name), key, value)
+
+    def delete_registered_model_tag(self, name: str, key: str) -> None:
+        self.repository.delete_registered_model_tag(check_model_name(name), key)
 
     def rename_registered_model(self, name: str, new_name: str) -> RegisteredModelRecord:
         check_model_name(name)
@@ -197,18 +313,8 @@ class ModelService:
         check_model_name(name)
         if not source:
             raise InvalidParameterValue("source", source, "is a required parameter")
-        storage_location = source
-        if source.startswith("models:/"):
-            target = source[len("models:/") :]
-            if target.startswith("m-") and "/" not in target:
-                logged = self.get_logged_model(target)
-                storage_location = logged.artifact_uri
-                run_id = run_id or logged.source_run_id
-            else:
-                ref_name, _, ref_version = target.partition("/")
-                storage_location = self.get_model_version(ref_name, ref_version).storage_location
-        if model_id:
-            run_id = run_id or self.get_logged_model(model_id).source_run_id
+        clean_tags = check_registry_tags(tags)
+        storage_location, run_id = self._check_source(check_source_path(source), run_id, model_id)
         now = _now_ms()
         version = self.repository.create_model_version(
             ModelVersionRecord(
@@ -225,10 +331,70 @@ class ModelService:
                 status="READY",
                 creation_time=now,
                 last_update_time=now,
-                tags=dict(tags or {}),
+                tags=clean_tags,
             )
         )
         return self.repository.get_model_version(name, version)
+
+    def _check_source(self, source: str, run_id: str, model_id: str) -> tuple[str, str]:
+        """MLflow 3's rule for a version's source (mlflow.server.handlers): ``runs:/<id>/...``
+        needs that ``run_id``; ``models:/<model_id>`` that ``model_id``; a location under the
+        artifact store must lie inside the run's (or the model's) artifact root; a local path
+        is refused (steppe's artifacts are served, never read from the server's disk).
+        Returns where the files are and the run id."""
+        scheme = urllib.parse.urlsplit(source).scheme
+        storage_location = source
+        logged = self.get_logged_model(model_id) if model_id else None
+        if logged is not None:
+            run_id = run_id or logged.source_run_id
+        if scheme == "models":
+            target = source[len("models:/") :].strip("/")
+            if target.startswith("m-") and "/" not in target:
+                if logged is None or logged.model_id != target:
+                    raise InvalidParameterValue(
+                        "model_id", model_id, f"must be {target!r}, the model of source {source!r}"
+                    )
+                storage_location = logged.artifact_uri
+            else:
+                ref_name, _, ref = target.partition("/")
+                if "@" in ref_name:
+                    model_name, _, alias = ref_name.partition("@")
+                    referenced = self.version_by_alias(model_name, alias)
+                elif ref.lower() == "latest":
+                    versions = self.repository.list_model_versions(check_model_name(ref_name))
+                    if not versions:
+                        raise ResourceDoesNotExist(f"Registered model {ref_name!r} has no versions")
+                    referenced = versions[-1]
+                else:
+                    referenced = self.get_model_version(ref_name, ref)
+                storage_location = referenced.storage_location
+                run_id = run_id or referenced.run_id
+        elif scheme == "runs":
+            source_run = source[len("runs:/") :].split("/", 1)[0]
+            if logged is not None or not run_id or run_id != source_run:
+                raise InvalidParameterValue(
+                    "run_id", run_id, f"must be {source_run!r}, the run of source {source!r}"
+                )
+            self._catalog.get_run(run_id)  # 404 for an unknown run
+        elif scheme in ("", "file"):
+            raise InvalidParameterValue(
+                "source", source, "a local path cannot be a model version source on a server"
+            )
+        elif scheme == "mlflow-artifacts":
+            roots = [logged.artifact_uri] if logged is not None else []
+            if run_id and logged is None:
+                roots.append(self._catalog.get_run(run_id).artifact_uri)
+            if not any(_within(source, root) for root in roots):
+                raise InvalidParameterValue(
+                    "source",
+                    source,
+                    "must lie inside the artifact root of the run (run_id) or model (model_id)",
+                )
+        return storage_location, run_id
+
+    def search_model_versions(self) -> list[ModelVersionRecord]:
+        """Every version of every model (the caller filters, sorts and pages)."""
+        return self.repository.list_model_versions()
 
     def get_model_version(self, name: str, version: str | int) -> ModelVersionRecord:
         return self.repository.get_model_version(check_model_name(name), check_version(version))
@@ -264,9 +430,10 @@ class ModelService:
         self.repository.delete_model_version(check_model_name(name), check_version(version))
 
     def set_model_version_tag(self, name: str, version: str | int, key: str, value: str) -> None:
-        if not key:
-            raise InvalidParameterValue("key", key, "is a required parameter")
-        self.repository.set_model_version_tag(name, check_version(version), key, value)
+        check_registry_tag(key, value)
+        self.repository.set_model_version_tag(
+            check_model_name(name), check_version(version), key, value
+        )
 
     def delete_model_version_tag(self, name: str, version: str | int, key: str) -> None:
         self.repository.delete_model_version_tag(name, check_version(version), key)

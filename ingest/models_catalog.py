@@ -7,6 +7,7 @@ steppe.ingest.models'. It knows nothing of HTTP.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -18,6 +19,7 @@ from steppe.errors import ResourceAlreadyExists, ResourceDoesNotExist
 __all__ = [
     "MODELS_SCHEMA",
     "LoggedModelRecord",
+    "ModelMetricRecord",
     "ModelRepository",
     "ModelVersionRecord",
     "RegisteredModelRecord",
@@ -52,6 +54,17 @@ CREATE TABLE IF NOT EXISTS logged_model_params (
     value    TEXT NOT NULL,
     PRIMARY KEY (model_id, key)
 );
+CREATE TABLE IF NOT EXISTS logged_model_metrics (
+    model_id       TEXT NOT NULL,
+    key            TEXT NOT NULL,
+    value          REAL,  -- SQLite keeps NaN as NULL
+    timestamp      INTEGER NOT NULL,
+    step           INTEGER NOT NULL,
+    run_id         TEXT NOT NULL,
+    dataset_name   TEXT NOT NULL,
+    dataset_digest TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS logged_model_metrics_by_model ON logged_model_metrics(model_id);
 CREATE TABLE IF NOT EXISTS run_outputs (
     run_id   TEXT NOT NULL,
     model_id TEXT NOT NULL,
@@ -122,6 +135,20 @@ class LoggedModelRecord:
 
 
 @dataclass(frozen=True)
+class ModelMetricRecord:
+    """One metric point logged with a ``model_id`` (MLflow 3's LoggedModel metrics)."""
+
+    model_id: str
+    key: str
+    value: float
+    timestamp: int
+    step: int
+    run_id: str
+    dataset_name: str = ""
+    dataset_digest: str = ""
+
+
+@dataclass(frozen=True)
 class ModelVersionRecord:
     name: str
     version: int
@@ -166,6 +193,8 @@ class ModelRepository(Protocol):
     def log_logged_model_params(self, model_id: str, params: Sequence[tuple[str, str]]) -> None: ...
     def log_outputs(self, run_id: str, outputs: Sequence[tuple[str, int]]) -> None: ...
     def run_outputs(self, run_ids: Sequence[str]) -> dict[str, list[tuple[str, int]]]: ...
+    def log_model_metrics(self, metrics: Sequence[ModelMetricRecord]) -> None: ...
+    def model_metrics(self, model_ids: Sequence[str]) -> dict[str, list[ModelMetricRecord]]: ...
 
     # registry
     def create_registered_model(self, record: RegisteredModelRecord) -> None: ...
@@ -368,6 +397,45 @@ class SqliteModelRepository:
                 tuple(run_ids),
             ):
                 out.setdefault(run_id, []).append((model_id, step))
+        return out
+
+    def log_model_metrics(self, metrics: Sequence[ModelMetricRecord]) -> None:
+        with self._catalog.transaction() as db:
+            for model_id in {m.model_id for m in metrics}:
+                self._require_logged_model(db, model_id)
+            db.executemany(
+                "INSERT INTO logged_model_metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        m.model_id,
+                        m.key,
+                        m.value,
+                        m.timestamp,
+                        m.step,
+                        m.run_id,
+                        m.dataset_name,
+                        m.dataset_digest,
+                    )
+                    for m in metrics
+                ],
+            )
+
+    def model_metrics(self, model_ids: Sequence[str]) -> dict[str, list[ModelMetricRecord]]:
+        out: dict[str, list[ModelMetricRecord]] = {}
+        if not model_ids:
+            return out
+        marks = ", ".join("?" for _ in model_ids)
+        with self._catalog.reading() as db:
+            for row in db.execute(
+                "SELECT model_id, key, value, timestamp, step, run_id, dataset_name, "
+                f"dataset_digest FROM logged_model_metrics WHERE model_id IN ({marks}) "
+                "ORDER BY rowid",
+                tuple(model_ids),
+            ):
+                value = math.nan if row[2] is None else float(row[2])
+                out.setdefault(row[0], []).append(
+                    ModelMetricRecord(row[0], row[1], value, *row[3:])
+                )
         return out
 
     # -- registered models --------------------------------------------------------------

@@ -985,8 +985,14 @@ async def _log_metric(request: web.Request) -> web.Response:
     fields = await _fields(request)
     run_id = _run_id(fields)
     point = _metric({name: fields.raw(name) for name in ("key", "value", "timestamp", "step")}, "")
+    from steppe.query import mlflow_models  # LoggedModel metrics (model_id); imports us
+
+    linked = {name: fields.raw(name) for name in ("model_id", "dataset_name", "dataset_digest")}
+    model_metrics = mlflow_models.model_metrics_of(run_id, [linked], [point])
     await _blocking(_active_run, _catalog(request), run_id)
+    await mlflow_models.check_model_metrics(request, model_metrics)
     await _log_points(request, run_id, [point])
+    await mlflow_models.save_model_metrics(request, model_metrics)
     return _ok()
 
 
@@ -1039,8 +1045,20 @@ async def _delete_tag(request: web.Request) -> web.Response:
 
 async def _log_batch(request: web.Request) -> web.Response:
     _writer(request)
-    batch = _log_batch_request(await _fields(request, MAX_BATCH_REQUEST_BYTES))
+    fields = await _fields(request, MAX_BATCH_REQUEST_BYTES)
+    batch = _log_batch_request(fields)
     catalog = _catalog(request)
+    from steppe.query import mlflow_models  # LoggedModel metrics (model_id); imports us
+
+    raw = fields.objects("metrics")
+    linked = raw if any(m.get("model_id") for m in raw) else []  # the points, before dedup
+    model_metrics = mlflow_models.model_metrics_of(
+        batch.run_id,
+        linked,
+        [_metric(m, f"metrics[{i}].") for i, m in enumerate(linked)],
+        "metrics",
+    )
+    await mlflow_models.check_model_metrics(request, model_metrics)
 
     def params() -> None:
         _active_run(catalog, batch.run_id)
@@ -1050,6 +1068,7 @@ async def _log_batch(request: web.Request) -> web.Response:
     # MLflow's order: params (a changed value rejects the request), metrics, then tags.
     await _blocking(params)
     await _log_points(request, batch.run_id, batch.metrics)
+    await mlflow_models.save_model_metrics(request, model_metrics)
     if batch.tags:
         await _blocking(catalog.set_tags, batch.run_id, batch.tags)
     return _ok()

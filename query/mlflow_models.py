@@ -7,6 +7,7 @@ Registered next to the tracking routes by steppe.query.mlflow_api.add_mlflow_rou
 from __future__ import annotations
 
 import functools
+import posixpath
 import re
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
@@ -20,12 +21,14 @@ from steppe.ingest.catalog import Catalog
 from steppe.ingest.models import LOGGED_MODEL_STATUSES, ModelService
 from steppe.ingest.models_catalog import (
     LoggedModelRecord,
+    ModelMetricRecord,
     ModelRepository,
     ModelVersionRecord,
     RegisteredModelRecord,
 )
 from steppe.ingest.sqlite_catalog import SqliteCatalog
 from steppe.query.app import CATALOG
+from steppe.query.artifacts import ARTIFACT_STORE, _file_json, _one, _send, clean_path
 from steppe.query.mlflow_api import (
     MLFLOW_PREFIXES,
     ApiError,
@@ -41,14 +44,21 @@ from steppe.query.mlflow_api import (
     _writer,
 )
 
-__all__ = ["add_model_routes", "model_repository", "run_outputs_json"]
+__all__ = [
+    "add_model_routes",
+    "check_model_metrics",
+    "model_metrics_of",
+    "model_repository",
+    "run_outputs_json",
+    "save_model_metrics",
+]
 
 _STATUS_NUMBERS = {i + 1: name for i, name in enumerate(LOGGED_MODEL_STATUSES)}
 _TERM_RE = re.compile(
-    r"""\s*(?:(?P<prefix>attributes?|attr|tags?|params?)\.)?
+    r"""\s*(?:(?P<prefix>attributes?|attr|tags?|params?|metrics?)\.)?
     (?P<key>`[^`]+`|"[^"]+"|[\w.\-]+)\s*
     (?P<op>!=|<=|>=|=|<|>|(?:NOT\s+)?I?LIKE)\s*
-    (?P<value>'(?:[^']|'')*'|"(?:[^"]|"")*"|-?[0-9]+)\s*""",
+    (?P<value>'(?:[^']|'')*'|"(?:[^"]|"")*"|-?[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)\s*""",
     re.IGNORECASE | re.VERBOSE,
 )
 
@@ -78,6 +88,49 @@ def run_outputs_json(catalog: Catalog, run_ids: Sequence[str]) -> dict[str, dict
     }
 
 
+# -- metrics logged with a model_id (called by mlflow_api's log-metric and log-batch) -------
+
+
+def model_metrics_of(
+    run_id: str, items: Sequence[Mapping[str, Any]], points: Sequence[Any], path: str = ""
+) -> list[ModelMetricRecord]:
+    """The points of ``items`` (MLflow Metric messages) that name a ``model_id``."""
+    out = []
+    for index, (item, point) in enumerate(zip(items, points, strict=True)):
+        model_id = item.get("model_id")
+        if model_id is None or model_id == "":
+            continue
+        where = f"{path}[{index}]." if path else ""
+        if not isinstance(model_id, str) or not re.fullmatch(r"[\w\-]{1,64}", model_id):
+            raise InvalidParameterValue(f"{where}model_id", model_id, "is not a logged model id")
+        out.append(
+            ModelMetricRecord(
+                model_id,
+                point.key,
+                point.value,
+                point.timestamp,
+                point.step,
+                run_id,
+                str(item.get("dataset_name") or ""),
+                str(item.get("dataset_digest") or ""),
+            )
+        )
+    return list(dict.fromkeys(out))  # a point sent twice in one request is kept once
+
+
+async def check_model_metrics(request: web.Request, records: Sequence[ModelMetricRecord]) -> None:
+    """404 before anything is logged when a point names an unknown model."""
+    service = _service(request) if records else None
+    for model_id in sorted({r.model_id for r in records}):
+        assert service is not None
+        await _blocking(service.get_logged_model, model_id)
+
+
+async def save_model_metrics(request: web.Request, records: Sequence[ModelMetricRecord]) -> None:
+    if records:
+        await _blocking(_service(request).log_model_metrics, records)
+
+
 # -- filters ------------------------------------------------------------------------------
 
 
@@ -86,7 +139,7 @@ class _Term:
     kind: str  # attribute | tag | param
     key: str
     op: str
-    value: str | int
+    value: str | int | float
 
 
 def _terms(text: str) -> list[_Term]:
@@ -103,13 +156,21 @@ def _terms(text: str) -> list[_Term]:
             if prefix.startswith("tag")
             else "param"
             if prefix.startswith("param")
+            else "metric"
+            if prefix.startswith("metric")
             else ("attribute")
         )
         key = match.group("key")
         if key[:1] in '`"':
             key = key[1:-1]
         raw = match.group("value")
-        value: str | int = raw[1:-1].replace(raw[0] * 2, raw[0]) if raw[0] in "'\"" else int(raw)
+        value: str | int | float = (
+            raw[1:-1].replace(raw[0] * 2, raw[0])
+            if raw[0] in "'\""
+            else int(raw)
+            if raw.lstrip("-").isdigit()
+            else float(raw)
+        )
         terms.append(_Term(kind, key, re.sub(r"\s+", " ", match.group("op").upper()), value))
     return terms
 
@@ -123,7 +184,7 @@ def _matches(terms: Sequence[_Term], get: Callable[[_Term], Any], text: str) -> 
             if term.op == "!=":
                 continue
             return False
-        if isinstance(actual, int) != isinstance(term.value, int):
+        if isinstance(actual, str) != isinstance(term.value, str):
             raise InvalidParameterValue(
                 "filter", text, f"{term.key} compares with {type(actual).__name__} values"
             )
@@ -150,7 +211,25 @@ def _pairs(values: Mapping[str, str]) -> list[dict[str, str]]:
     return [{"key": k, "value": v} for k, v in values.items()]
 
 
-def _logged_model_json(record: LoggedModelRecord) -> dict[str, object]:
+def _metric_json(metric: ModelMetricRecord) -> dict[str, object]:
+    out: dict[str, object] = {
+        "key": metric.key,
+        "value": metric.value,
+        "timestamp": metric.timestamp,
+        "step": metric.step,
+        "model_id": metric.model_id,
+        "run_id": metric.run_id,
+    }
+    if metric.dataset_name:
+        out["dataset_name"] = metric.dataset_name
+    if metric.dataset_digest:
+        out["dataset_digest"] = metric.dataset_digest
+    return out
+
+
+def _logged_model_json(
+    record: LoggedModelRecord, metrics: Sequence[ModelMetricRecord] = ()
+) -> dict[str, object]:
     info: dict[str, object] = {
         "model_id": record.model_id,
         "experiment_id": record.experiment_id,
@@ -168,7 +247,16 @@ def _logged_model_json(record: LoggedModelRecord) -> dict[str, object]:
     ):
         if value:
             info[key] = value
-    return {"info": info, "data": {"params": _pairs(record.params), "metrics": []}}
+    return {
+        "info": info,
+        "data": {"params": _pairs(record.params), "metrics": [_metric_json(m) for m in metrics]},
+    }
+
+
+def _logged_model_doc(service: ModelService, record: LoggedModelRecord) -> dict[str, object]:
+    return _logged_model_json(
+        record, service.model_metrics([record.model_id]).get(record.model_id, [])
+    )
 
 
 def _version_json(record: ModelVersionRecord) -> dict[str, object]:
@@ -254,15 +342,16 @@ async def _get_logged_model(request: web.Request) -> web.Response:
     record = await _blocking(
         _service(request).get_logged_model, _model_id(request), allow_deleted=allow
     )
-    return _json({"model": _logged_model_json(record)})
+    return _json({"model": await _blocking(_logged_model_doc, _service(request), record)})
 
 
 async def _finalize_logged_model(request: web.Request) -> web.Response:
     _writer(request)
     fields = await _fields(request)
     status = fields.enum("status", _STATUS_NUMBERS, "")
-    record = await _blocking(_service(request).finalize_logged_model, _model_id(request), status)
-    return _json({"model": _logged_model_json(record)})
+    service = _service(request)
+    record = await _blocking(service.finalize_logged_model, _model_id(request), status)
+    return _json({"model": await _blocking(_logged_model_doc, service, record)})
 
 
 async def _delete_logged_model(request: web.Request) -> web.Response:
@@ -274,26 +363,62 @@ async def _delete_logged_model(request: web.Request) -> web.Response:
 async def _set_logged_model_tags(request: web.Request) -> web.Response:
     _writer(request)
     fields = await _fields(request)
-    tags = list(_tags(fields).items())
-    await _blocking(_service(request).repository.set_logged_model_tags, _model_id(request), tags)
+    await _blocking(_service(request).set_logged_model_tags, _model_id(request), _tags(fields))
     return _ok()
 
 
 async def _delete_logged_model_tag(request: web.Request) -> web.Response:
     _writer(request)
     key = request.match_info["tag_key"]
-    await _blocking(_service(request).repository.delete_logged_model_tag, _model_id(request), key)
+    await _blocking(_service(request).delete_logged_model_tag, _model_id(request), key)
     return _ok()
 
 
 async def _log_logged_model_params(request: web.Request) -> web.Response:
     _writer(request)
     fields = await _fields(request)
-    params = list(_tags(fields, "params").items())
-    await _blocking(
-        _service(request).repository.log_logged_model_params, _model_id(request), params
-    )
+    params = _tags(fields, "params")
+    await _blocking(_service(request).log_logged_model_params, _model_id(request), params)
     return _ok()
+
+
+_PROXY_SCHEME = "mlflow-artifacts:"
+
+
+async def _logged_model_root(request: web.Request) -> tuple[LoggedModelRecord, str]:
+    """The model and its folder in the artifact store (only mlflow-artifacts: roots)."""
+    record = await _blocking(_service(request).get_logged_model, _model_id(request))
+    uri = record.artifact_uri
+    if not uri.startswith(_PROXY_SCHEME):
+        raise InvalidParameterValue(
+            "model_id", record.model_id, f"its files live at {uri!r}, which steppe does not serve"
+        )
+    rest = uri[len(_PROXY_SCHEME) :]
+    if rest.startswith("//"):  # mlflow-artifacts://host:port/path: the host is this server
+        rest = "/" + rest[2:].partition("/")[2]
+    return record, clean_path(rest.lstrip("/"), "artifact_uri")
+
+
+async def _list_logged_model_artifacts(request: web.Request) -> web.Response:
+    """MLflow's ListLoggedModelArtifacts: one folder of the model, paths model-relative."""
+    record, root = await _logged_model_root(request)
+    relative = clean_path(
+        _one(request, "artifact_directory_path", required=False) or "",
+        "artifact_directory_path",
+        allow_root=True,
+    )
+    entries = await _blocking(request.app[ARTIFACT_STORE].list, posixpath.join(root, relative))
+    files = [_file_json(posixpath.join(relative, e.name), e) for e in entries]
+    return _json({"root_uri": record.artifact_uri, "files": files})
+
+
+async def _get_logged_model_artifact(request: web.Request) -> web.StreamResponse:
+    """One file of the model, streamed (MLflow's ajax-api route)."""
+    _, root = await _logged_model_root(request)
+    path = clean_path(
+        _one(request, "artifact_file_path", required=False) or "", "artifact_file_path"
+    )
+    return await _send(request, posixpath.join(root, path), attachment=True)
 
 
 _LM_ATTRIBUTES: dict[str, Callable[[LoggedModelRecord], str | int]] = {
@@ -308,45 +433,95 @@ _LM_ATTRIBUTES: dict[str, Callable[[LoggedModelRecord], str | int]] = {
 }
 
 
+def _latest_metrics(
+    metrics: Sequence[ModelMetricRecord], datasets: Sequence[Mapping[str, Any]]
+) -> dict[str, float]:
+    """key -> the value at the highest step (then newest), of the given datasets only."""
+    wanted = [
+        (str(d.get("dataset_name", "")), str(d.get("dataset_digest") or "")) for d in datasets
+    ]
+    latest: dict[str, ModelMetricRecord] = {}
+    for m in metrics:
+        if wanted and not any(
+            m.dataset_name == name and (not digest or m.dataset_digest == digest)
+            for name, digest in wanted
+        ):
+            continue
+        old = latest.get(m.key)
+        if old is None or (m.step, m.timestamp) >= (old.step, old.timestamp):
+            latest[m.key] = m
+    return {key: m.value for key, m in latest.items()}
+
+
 async def _search_logged_models(request: web.Request) -> web.Response:
     fields = await _fields(request)
     experiment_ids = fields.strings("experiment_ids")
     text = fields.string("filter")
     terms = _terms(text)
     order = fields.objects("order_by")
+    datasets = fields.objects("datasets")
+    for index, dataset in enumerate(datasets):
+        if not isinstance(dataset.get("dataset_name"), str) or not dataset["dataset_name"]:
+            raise InvalidParameterValue(
+                f"datasets[{index}].dataset_name", dataset.get("dataset_name"), "is required"
+            )
     service = _service(request)
 
-    def get(record: LoggedModelRecord, term: _Term) -> str | int | None:
+    def get(
+        record: LoggedModelRecord, metrics: Mapping[str, float], term: _Term
+    ) -> str | int | float | None:
         if term.kind == "tag":
             return record.tags.get(term.key)
         if term.kind == "param":
             return record.params.get(term.key)
+        if term.kind == "metric":
+            if isinstance(term.value, str):
+                raise InvalidParameterValue("filter", text, f"metrics.{term.key} is a number")
+            return metrics.get(term.key)
         if term.key not in _LM_ATTRIBUTES:
             raise InvalidParameterValue(
                 "filter", text, f"unknown attribute {term.key!r}: use {', '.join(_LM_ATTRIBUTES)}"
             )
         return _LM_ATTRIBUTES[term.key](record)
 
-    def search() -> list[LoggedModelRecord]:
+    def search() -> tuple[list[LoggedModelRecord], dict[str, list[ModelMetricRecord]]]:
+        candidates = service.search_logged_models(experiment_ids)
+        points = service.model_metrics([m.model_id for m in candidates])
+        latest = {
+            m.model_id: _latest_metrics(points.get(m.model_id, []), datasets) for m in candidates
+        }
         found = [
             m
-            for m in service.repository.list_logged_models(experiment_ids)
-            if _matches(terms, functools.partial(get, m), text)
+            for m in candidates
+            if _matches(terms, functools.partial(get, m, latest[m.model_id]), text)
         ]
         found.sort(key=lambda m: m.model_id)
         keys = [(o.get("field_name", ""), o.get("ascending", True)) for o in order] or [
             ("creation_timestamp", False)
         ]
         for name, ascending in reversed(keys):
+            if isinstance(name, str) and name.startswith("metrics."):
+                key = name[len("metrics.") :]
+                # models without the metric sort last, either direction
+                present = [m for m in found if key in latest[m.model_id]]
+                absent = [m for m in found if key not in latest[m.model_id]]
+                present.sort(key=lambda m: latest[m.model_id][key], reverse=not ascending)
+                found = present + absent
+                continue
             if name not in _LM_ATTRIBUTES:
                 raise InvalidParameterValue(
-                    "order_by.field_name", name, f"order by one of {', '.join(_LM_ATTRIBUTES)}"
+                    "order_by.field_name",
+                    name,
+                    f"order by metrics.<key> or one of {', '.join(_LM_ATTRIBUTES)}",
                 )
             found.sort(key=_LM_ATTRIBUTES[name], reverse=not ascending)
-        return found
+        return found, points
 
-    models, token = _page(await _blocking(search), fields, 100, 1000)
-    out: dict[str, object] = {"models": [_logged_model_json(m) for m in models]}
+    found, points = await _blocking(search)
+    models, token = _page(found, fields, 100, 1000)
+    out: dict[str, object] = {
+        "models": [_logged_model_json(m, points.get(m.model_id, [])) for m in models]
+    }
     if token:
         out["next_page_token"] = token
     return _json(out)
@@ -389,7 +564,7 @@ async def _get_registered_model(request: web.Request) -> web.Response:
     name = fields.string("name", required=True)
 
     def get() -> dict[str, object]:
-        return _registered_doc(service, service.repository.get_registered_model(name))
+        return _registered_doc(service, service.get_registered_model(name))
 
     return _json({"registered_model": await _blocking(get)})
 
@@ -424,7 +599,7 @@ async def _delete_registered_model(request: web.Request) -> web.Response:
     _writer(request)
     fields = await _fields(request)
     name = fields.string("name", required=True)
-    await _blocking(_service(request).repository.delete_registered_model, name)
+    await _blocking(_service(request).delete_registered_model, name)
     return _ok()
 
 
@@ -464,7 +639,7 @@ async def _search_registered_models(request: web.Request) -> web.Response:
     def search() -> tuple[list[dict[str, object]], str]:
         found = [
             r
-            for r in service.repository.list_registered_models()
+            for r in service.search_registered_models()
             if _matches(terms, functools.partial(get, r), text)
         ]
         for key, ascending in reversed(order or [("name", True)]):
@@ -495,7 +670,7 @@ async def _set_registered_model_tag(request: web.Request) -> web.Response:
     _writer(request)
     fields = await _fields(request)
     await _blocking(
-        _service(request).repository.set_registered_model_tag,
+        _service(request).set_registered_model_tag,
         fields.string("name", required=True),
         fields.string("key", required=True),
         fields.string("value"),
@@ -507,7 +682,7 @@ async def _delete_registered_model_tag(request: web.Request) -> web.Response:
     _writer(request)
     fields = await _fields(request)
     await _blocking(
-        _service(request).repository.delete_registered_model_tag,
+        _service(request).delete_registered_model_tag,
         fields.string("name", required=True),
         fields.string("key", required=True),
     )
@@ -675,7 +850,7 @@ async def _search_model_versions(request: web.Request) -> web.Response:
     def search() -> list[ModelVersionRecord]:
         found = [
             v
-            for v in service.repository.list_model_versions()
+            for v in service.search_model_versions()
             if _matches(terms, functools.partial(get, v), text)
         ]
         for key, ascending in reversed(
@@ -700,6 +875,8 @@ _ROUTES = (
     ("PATCH", "/logged-models/{model_id}/tags", _set_logged_model_tags),
     ("DELETE", "/logged-models/{model_id}/tags/{tag_key}", _delete_logged_model_tag),
     ("POST", "/logged-models/{model_id}/params", _log_logged_model_params),
+    ("GET", "/logged-models/{model_id}/artifacts/directories", _list_logged_model_artifacts),
+    ("GET", "/logged-models/{model_id}/artifacts/files", _get_logged_model_artifact),
     ("POST", "/runs/outputs", _log_outputs),
     ("POST", "/registered-models/create", _create_registered_model),
     ("GET", "/registered-models/get", _get_registered_model),

@@ -4,6 +4,7 @@ MLflow's own sqlite-backed store."""
 
 from __future__ import annotations
 
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -246,7 +247,26 @@ def test_registry_errors_over_raw_http_change_nothing(mlflow_uri: str) -> None:
     cases = [
         ("POST", "/registered-models/create", {"name": "a/b"}, 400, "INVALID_PARAMETER_VALUE"),
         ("POST", "/registered-models/create", {"name": ""}, 400, "INVALID_PARAMETER_VALUE"),
-        ("POST", "/model-versions/create", {"name": name + "x", "source": "s"}, 404, None),
+        ("POST", "/model-versions/create", {"name": name + "x", "source": "s3://b/m"}, 404, None),
+        *[
+            (
+                "POST",
+                "/model-versions/create",
+                {"name": name, **body},
+                400,
+                "INVALID_PARAMETER_VALUE",
+            )
+            for body in (
+                {"source": "/etc/passwd"},
+                {"source": "file:///tmp/m"},
+                {"source": "s3://b/m/../../other"},
+                {"source": "s3://b/m/%2E%2E/other"},
+                {"source": "runs:/abc/model"},
+                {"source": "runs:/abc/model", "run_id": "def"},
+                {"source": "models:/m-0123456789abcdef0123456789abcdef"},
+                {"source": "mlflow-artifacts:/0/other/artifacts/model"},
+            )
+        ],
         (
             "POST",
             "/registered-models/alias",
@@ -280,3 +300,147 @@ def test_registry_errors_over_raw_http_change_nothing(mlflow_uri: str) -> None:
     got = call(mlflow_uri, "GET", f"{API}/registered-models/get", name=name).body
     assert got["registered_model"]["aliases"] == []
     assert got["registered_model"]["latest_versions"][0]["current_stage"] == "None"
+    assert len(got["registered_model"]["latest_versions"]) == 1  # no version was created
+
+
+def _search_story(client: MlflowClient, prefix: str) -> list[Any]:
+    """Updates, tags, searches with order_by and paging: what MLflow's store answers."""
+    seen: list[Any] = []
+    names = [f"{prefix}-{c}" for c in ("b", "a", "C")]
+    for i, name in enumerate(names):
+        client.create_registered_model(name, tags={"team.x": str(i % 2)})
+        client.create_model_version(name, f"s3://bucket/{name}", tags={"n": str(i)})
+    seen.append(client.update_registered_model(names[0], "new text").description)
+    client.set_registered_model_tag(names[0], "extra", "1")
+    client.delete_registered_model_tag(names[0], "extra")
+    seen.append(client.get_registered_model(names[0]).tags)
+    seen.append(client.update_model_version(names[0], "1", "v text").description)
+    client.set_model_version_tag(names[0], "1", "ok", "yes")
+    client.delete_model_version_tag(names[0], "1", "n")
+    seen.append(client.get_model_version(names[0], "1").tags)
+
+    def found(models: Any) -> list[str]:
+        return [m.name for m in models]
+
+    seen.append(
+        found(client.search_registered_models(f"name LIKE '{prefix}-%'", order_by=["name"]))
+    )
+    seen.append(found(client.search_registered_models(f"name ILIKE '{prefix}-c'")))
+    seen.append(found(client.search_registered_models(f"name LIKE '{prefix}-c'")))
+    seen.append(
+        found(
+            client.search_registered_models(
+                f"name LIKE '{prefix}%' AND tags.`team.x` = '0'", order_by=["name DESC"]
+            )
+        )
+    )
+    page = client.search_registered_models(
+        f"name LIKE '{prefix}%'", max_results=2, order_by=["name ASC"]
+    )
+    rest = client.search_registered_models(
+        f"name LIKE '{prefix}%'", max_results=2, order_by=["name ASC"], page_token=page.token
+    )
+    seen.append((found(page), found(rest), rest.token or None))  # REST: "", store: None
+    versions = client.search_model_versions(f"name = '{names[0]}' AND tags.ok = 'yes'")
+    seen.append([(v.name, str(v.version)) for v in versions])
+    first = client.search_model_versions(
+        f"name LIKE '{prefix}%'", max_results=2, order_by=["name ASC"]
+    )
+    second = client.search_model_versions(
+        f"name LIKE '{prefix}%'", max_results=2, order_by=["name ASC"], page_token=first.token
+    )
+    seen.append(([v.name for v in first], [v.name for v in second]))
+    with pytest.raises(MlflowException) as too_long:
+        client.set_registered_model_tag(names[0], "k" * 251, "v")
+    seen.append(str(too_long.value.error_code))
+    with pytest.raises(MlflowException) as bad_version:
+        client.get_model_version(names[0], "one")
+    seen.append(str(bad_version.value.error_code))
+    return seen
+
+
+def test_search_and_update_semantics_match_mlflows_sqlite_store(
+    mlflow_uri: str, tmp_path: Path
+) -> None:
+    prefix = _unique("find")
+    ours = _search_story(MlflowClient(mlflow_uri, mlflow_uri), prefix)
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    theirs = _search_story(MlflowClient(db, db), prefix)
+    assert ours == theirs
+    assert ours[5] == [f"{prefix}-C"]  # ILIKE ignores case, LIKE does not
+    assert ours[6] == []
+
+
+def test_logged_model_artifact_routes_list_and_download(mlflow_uri: str) -> None:
+    model, _ = _fitted()
+    mlflow.set_experiment(_unique("lm-files"))
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(model, name="model")
+    base = f"{API}/logged-models/{info.model_id}/artifacts"
+    listed = call(mlflow_uri, "GET", base + "/directories")
+    assert listed.status == 200, listed.body
+    assert listed.body["root_uri"].endswith(f"/models/{info.model_id}/artifacts")
+    paths = {f["path"]: f for f in listed.body["files"]}
+    assert "MLmodel" in paths and paths["MLmodel"]["is_dir"] is False
+    url = f"{mlflow_uri}/ajax-api/2.0/mlflow/logged-models/{info.model_id}/artifacts/files"
+    with urllib.request.urlopen(url + "?artifact_file_path=MLmodel", timeout=30) as response:
+        assert b"flavors" in response.read()
+    for query in ({"artifact_directory_path": "../../.."}, {"artifact_directory_path": "/etc"}):
+        bad = call(mlflow_uri, "GET", base + "/directories", **query)
+        assert bad.status == 400 and bad.body["error_code"] == "INVALID_PARAMETER_VALUE", bad.body
+    bad = call(mlflow_uri, "GET", base + "/files", artifact_file_path="../../../x")
+    assert bad.status == 400, bad.body
+    missing = call(mlflow_uri, "GET", f"{API}/logged-models/m-{'0' * 32}/artifacts/directories")
+    assert missing.status == 404
+
+
+def test_logged_model_metrics_and_search_by_metric(mlflow_uri: str) -> None:
+    client = MlflowClient()
+    experiment_id = client.create_experiment(_unique("lm-metrics"))
+    run_id = client.create_run(experiment_id).info.run_id
+    models = [client.create_logged_model(experiment_id, name=f"m{i}") for i in range(3)]
+    for model, acc in zip(models[:2], (0.4, 0.9), strict=True):
+        client.log_metric(run_id, "acc", round(acc - 0.3, 2), step=0, model_id=model.model_id)
+        client.log_metric(
+            run_id,
+            "acc",
+            acc,
+            step=1,
+            model_id=model.model_id,
+            dataset_name="val",
+            dataset_digest="d1",
+        )
+    client.log_batch(
+        run_id,
+        metrics=[mlflow.entities.Metric("loss", 0.25, 1, 0, model_id=models[2].model_id)],
+    )
+    got = client.get_logged_model(models[1].model_id)
+    assert sorted((m.key, m.value, m.step) for m in got.metrics) == [
+        ("acc", 0.6, 0),
+        ("acc", 0.9, 1),
+    ]
+    assert {m.dataset_name for m in got.metrics} == {None, "val"}
+    assert [m.key for m in client.get_logged_model(models[2].model_id).metrics] == ["loss"]
+
+    def names(**kwargs: Any) -> list[str]:
+        return [m.name for m in client.search_logged_models([experiment_id], **kwargs)]
+
+    assert names(filter_string="metrics.acc > 0.5") == ["m1"]
+    assert sorted(names(filter_string="metrics.acc >= 0.4")) == ["m0", "m1"]
+    assert names(order_by=[{"field_name": "metrics.acc", "ascending": False}]) == ["m1", "m0", "m2"]
+    assert names(order_by=[{"field_name": "metrics.acc", "ascending": True}]) == ["m0", "m1", "m2"]
+    assert sorted(names(datasets=[{"dataset_name": "val"}], filter_string="metrics.acc > 0")) == [
+        "m0",
+        "m1",
+    ]
+    assert names(datasets=[{"dataset_name": "other"}], filter_string="metrics.acc > 0") == []
+
+    history = call(
+        mlflow_uri, "GET", f"{API}/metrics/get-history", run_id=run_id, metric_key="acc"
+    ).body
+    before = len(history["metrics"])
+    with pytest.raises(MlflowException) as unknown:
+        client.log_metric(run_id, "acc", 1.0, model_id=f"m-{'0' * 32}")
+    assert unknown.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+    after = call(mlflow_uri, "GET", f"{API}/metrics/get-history", run_id=run_id, metric_key="acc")
+    assert len(after.body["metrics"]) == before == 4  # the rejected point was not logged
