@@ -143,7 +143,9 @@ def test_models_page_lists_searches_and_pages_registered_models(ui: UI, registry
     ui.goto(f"/models?q={_q(registry.prefix)}&size=2")
     expect(_models_rows(ui)).to_have_count(2)
     first = _models_rows(ui).locator("[data-testid=model-link]").all_inner_texts()
+    expect(page.get_by_test_id("page-info")).to_have_text("Models 1\u20132")
     page.get_by_test_id("next-page").click()
+    expect(page.get_by_test_id("page-info")).to_have_text("Models 3\u20134")
     expect(_models_rows(ui)).to_have_count(2)
     second = _models_rows(ui).locator("[data-testid=model-link]").all_inner_texts()
     expect(page.get_by_test_id("next-page")).to_be_disabled()
@@ -245,6 +247,10 @@ def test_logged_model_page_shows_flavors_signature_params_registrations_and_file
     expect(page.locator("[data-testid=artifact-entry][data-path='model.skops']")).to_have_count(1)
     entry.locator("button").click()
     expect(page.get_by_test_id("artifact-text")).to_contain_text(f"model_id: {registry.model_id}")
+    # No stray text (a null child shown as "null") between the page's parts.
+    loose_text = "e => [...e.childNodes].filter(n => n.nodeType === 3).map(n => n.data).join('')"
+    assert page.locator(".logged-model-page").evaluate(loose_text) == ""
+    assert page.locator(".artifact-preview-body").evaluate(loose_text) == ""
     href = entry.locator("a.artifact-download").get_attribute("href")
     assert href is not None
     assert href.endswith(f"/models/{registry.model_id}/artifacts/MLmodel")

@@ -175,7 +175,7 @@
       }
       body.replaceChildren(
         h("pre", { class: "artifact-text", "data-testid": "artifact-text" }, shown),
-        cut ? h("p", { class: "muted" }, `Showing the first ${fmtSize(PREVIEW_BYTES)}; download for the rest.`) : null);
+        cut ? h("p", { class: "muted" }, `Showing the first ${fmtSize(PREVIEW_BYTES)}; download for the rest.`) : "");
     }
   }
 

@@ -18,6 +18,8 @@
 
   const sqlString = (s) => `'${String(s).replace(/'/g, "''")}'`;
   const pairs = (list) => Object.fromEntries((list || []).map((t) => [t.key, t.value]));
+  /** replaceChildren without the nulls (which it would show as the text "null"). */
+  const fill = (el, ...kids) => el.replaceChildren(...kids.flat(Infinity).filter((k) => k != null && k !== false));
   const shortStatus = (s) => String(s || "UNKNOWN").replace(/^LOGGED_MODEL_/, "");
 
   function postJson(page, path, body) {
@@ -479,7 +481,7 @@
         if (mine !== seq || !page.alive || err.name === "AbortError") return;
         holder.classList.remove("busy");
         if (err.status === 400) {
-          filterError.replaceChildren(h("strong", null, "Invalid search"),
+          fill(filterError, h("strong", null, "Invalid search"),
             h("span", { class: "error-message" }, err.message),
             err.code ? h("code", { class: "error-code" }, err.code) : null);
           filterError.hidden = false;
@@ -569,7 +571,7 @@
       const m = got.registered_model;
       const versions = found.model_versions || [];
       const tags = pairs(m.tags);
-      root.replaceChildren(
+      fill(root,
         modelCrumbs(h("span", null, m.name)),
         h("div", { class: "page-head" }, h("h1", { "data-testid": "model-name" }, m.name),
           h("span", { class: "muted" }, `${versions.length} version${versions.length === 1 ? "" : "s"}`)),
@@ -647,7 +649,7 @@
     const user = Object.entries(tags).filter(([k]) => !S.SYSTEM_TAG.test(k)).sort((a, b) => S.collator.compare(a[0], b[0]));
     const system = Object.entries(tags).filter(([k]) => S.SYSTEM_TAG.test(k)).sort((a, b) => S.collator.compare(a[0], b[0]));
 
-    root.replaceChildren(
+    fill(root,
       S.crumbs(expLink, h("span", null, "Logged models"), h("span", null, info.name || info.model_id)),
       h("div", { class: "page-head" },
         h("h1", { "data-testid": "logged-model-name" }, info.name || info.model_id),
@@ -788,7 +790,7 @@
           flavors.replaceChildren(h("span", { class: "chips" },
             flavorNames(r.model).map((f) => h("span", { class: "chip", "data-flavor": f }, f))));
           const sig = signatureOf(r.model);
-          signature.replaceChildren(signatureSummary(sig),
+          fill(signature, signatureSummary(sig),
             sig ? h("details", { class: "signature-details" }, h("summary", null, "Signature"), signatureTables(sig)) : null);
         }, () => { /* aborted */ });
         return h("tr", { "data-model-id": m.info.model_id },
