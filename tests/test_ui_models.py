@@ -342,3 +342,68 @@ def test_autolog_run_shows_its_metrics_and_its_model_on_the_run_page(
     expect(models.get_by_test_id("signature-summary")).to_contain_text("tensor float64")
     ui.screenshot("models-autolog-run")
     ui.assert_no_console_errors()
+
+
+def test_the_pages_yaml_reader_reads_what_pyyaml_writes(ui: UI) -> None:
+    """MLmodel is PyYAML's safe_dump output; the page's reader must agree with safe_load on it
+    (folded quoted strings, escapes, YAML 1.1 look-alikes such as 'yes' and '007', nesting)."""
+    import random
+
+    import yaml
+
+    rng = random.Random(12)
+    strings = [
+        "yes",
+        "no",
+        "null",
+        "~",
+        "",
+        " lead",
+        "trail ",
+        "a: b",
+        "#x",
+        "x #y",
+        "1.0",
+        "007",
+        "1e5",
+        "-.5",
+        "it's",
+        'say "hi"',
+        "multi\nline\n\ntext",
+        "tab\there",
+        "ünï ✓",
+        "\x07bell",
+        "- x",
+        "[a]",
+        "{b}",
+        "http://x:1/y",
+        "*star",
+        "!bang",
+        "%p",
+        "a" * 150,
+        " ".join(["word"] * 40),
+        "line\\back",
+        "\n",
+        "end\n",
+        "'",
+        '"',
+        "C:\\path",
+    ]
+    keys = [s for s in strings if s and "\n" not in s and len(s) < 100]
+
+    def value(depth: int) -> Any:
+        r = rng.random()
+        if depth > 3 or r < 0.45:
+            return rng.choice([*strings, 0, -7, 10**12, 0.5, -1.25e-7, True, False, None])
+        if r < 0.75:
+            return {rng.choice(keys): value(depth + 1) for _ in range(rng.randint(0, 4))}
+        return [value(depth + 1) for _ in range(rng.randint(0, 4))]
+
+    ui.goto("/models")
+    ui.page.wait_for_function("() => window.steppe && window.steppe.parseYaml")
+    docs = [{f"k{i}": value(0) for i in range(rng.randint(1, 5))} for _ in range(150)]
+    for width in (80, 25):
+        texts = [yaml.safe_dump(d, default_flow_style=False, width=width) for d in docs]
+        parsed = ui.page.evaluate("ts => ts.map((t) => window.steppe.parseYaml(t))", texts)
+        for text, got in zip(texts, parsed, strict=True):
+            assert got == yaml.safe_load(text), text
