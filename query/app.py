@@ -195,6 +195,9 @@ def make_app(
     app.router.add_get("/runs/{run_id}", _index)
     app.router.add_get("/compare", _index)
     app.router.add_get("/sql", _index)
+    app.router.add_get("/models", _index)
+    app.router.add_get("/models/{name}", _index)
+    app.router.add_get("/logged-models/{model_id}", _index)
     app.router.add_get("/static/{path:.*}", _static)
 
     if artifacts is not None:

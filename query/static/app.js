@@ -1,11 +1,13 @@
-/* steppe web UI: one page routed on location.pathname, data from /api/steppe/v1 (query/API.md).
-   Plain browser JS with no build step: this file holds the frame, the experiments and run pages;
-   charts.js (uPlot), runs.js, compare.js and sql.js the rest. Server data reaches the DOM only
+/* steppe web UI: one page routed on location.pathname, data from /api/steppe/v1 (query/API.md)
+   and, for models, MLflow's REST API. Plain browser JS with no build step: this file holds the
+   frame, the experiments and run pages; charts.js (uPlot), runs.js, compare.js, sql.js and
+   models.js the rest. Server data reaches the DOM only
    through textContent and attributes, never innerHTML. */
 (() => {
   "use strict";
 
   const API = "/api/steppe/v1";
+  const MLFLOW_API = "/api/2.0/mlflow";
   const POLL_MS = 1000;          // contract 5: an acked point is visible within one second
   const FINAL_REFRESH_MS = 1500; // one more look after a run ends, for points acked just before
   const SYSTEM_TAG = /^mlflow\./;
@@ -113,10 +115,11 @@
     }
   }
 
-  async function api(path, init = {}) {
+  /** JSON from one of this server's URLs; an ApiError (MLflow's error_code and message) if not 2xx. */
+  async function fetchJson(url, init = {}) {
     let res;
     try {
-      res = await fetch(API + path, { headers: { Accept: "application/json" }, ...init });
+      res = await fetch(url, { headers: { Accept: "application/json" }, ...init });
     } catch (e) {
       if (e.name === "AbortError") throw e;
       throw new ApiError(0, "NETWORK_ERROR", "The steppe server did not answer. Is it running?");
@@ -134,6 +137,8 @@
     }
     return body;
   }
+
+  const api = (path, init = {}) => fetchJson(API + path, init);
 
   function errorBox(err, what) {
     let title;
@@ -158,6 +163,10 @@
     api(path, init = {}) {
       return api(path, { ...init, signal: this.ctrl.signal });
     }
+    /** MLflow's REST API (/api/2.0/mlflow): the registry and LoggedModels live there. */
+    mlflow(path, init = {}) {
+      return fetchJson(MLFLOW_API + path, { ...init, signal: this.ctrl.signal });
+    }
     later(fn, ms) {
       const t = setTimeout(() => this.alive && fn(), ms);
       this.cleanups.push(() => clearTimeout(t));
@@ -181,11 +190,28 @@
   let page = null;
 
   function isAppPath(path) {
-    return path === "/" || /^\/(experiments|runs|compare|sql)(\/|$)/.test(path);
+    return path === "/" || /^\/(experiments|runs|compare|sql|models|logged-models)(\/|$)/.test(path);
+  }
+
+  /** MLflow's UI routes on the hash (the links mlflow prints: /#/experiments/1/runs/ID);
+   * the same place here, or null. */
+  function fromMlflowHash(hash) {
+    const p = hash.replace(/^#/, "").split("?")[0];
+    let m;
+    if ((m = /^\/experiments\/[^/]+\/runs\/([^/]+)/.exec(p))) return `/runs/${m[1]}`;
+    if ((m = /^\/experiments\/[^/]+\/models\/([^/]+)/.exec(p))) return `/logged-models/${m[1]}`;
+    if ((m = /^\/experiments\/([^/]+)\/?$/.exec(p))) return `/experiments/${m[1]}`;
+    if ((m = /^\/models\/([^/]+)/.exec(p))) return `/models/${m[1]}`;
+    if (/^\/models\/?$/.test(p)) return "/models";
+    return null;
   }
 
   function route() {
     if (page) page.dispose();
+    if (location.pathname === "/" && location.hash.startsWith("#/")) {
+      const to = fromMlflowHash(location.hash);
+      if (to) history.replaceState(null, "", to);
+    }
     page = new Page();
     main.replaceChildren();
     const path = location.pathname.replace(/\/+$/, "") || "/";
@@ -196,6 +222,9 @@
       if ((m = /^\/runs\/([^/]+)$/.exec(path))) return runView(page, decodeURIComponent(m[1]));
       if (path === "/compare") return steppe.compareView(page);
       if (path === "/sql") return steppe.sqlView(page);
+      if (path === "/models") return steppe.modelsView(page);
+      if ((m = /^\/models\/([^/]+)$/.exec(path))) return steppe.registeredModelView(page, decodeURIComponent(m[1]));
+      if ((m = /^\/logged-models\/([^/]+)$/.exec(path))) return steppe.loggedModelView(page, decodeURIComponent(m[1]));
     } catch (e) {
       if (!(e instanceof URIError)) throw e; // a malformed %-escape: nothing lives there either
     }
@@ -428,6 +457,7 @@
       });
       this.grid = h("div", { class: "charts", "data-testid": "charts" });
       this.noMetrics = h("p", { class: "muted", hidden: true }, "No metrics logged yet.");
+      this.models = steppe.RunModels ? new steppe.RunModels(page, run.info) : null; // models.js
 
       root.append(
         crumbs(this.expLink),
@@ -443,6 +473,7 @@
             h("h2", null, "Metrics"), this.metricCount, h("span", { class: "spacer" }), this.filter),
           this.noMetrics,
           this.grid),
+        this.models ? this.models.el : null,
         steppe.artifactsSection ? steppe.artifactsSection(page, this.runId) : null); // artifacts.js
 
       // The charts (charts.js) load when they come near the viewport (a run can log hundreds of
@@ -466,6 +497,8 @@
       this.nameEl.textContent = name;
       setTitle(name);
       if (info.status !== this.status) {
+        // autolog logs the model as the fit ends: look again once the run has ended.
+        if (this.status === "RUNNING" && this.models) this.models.load();
         this.statusEl.replaceChildren(statusBadge(info.status, "run-status"));
         this.liveEl.hidden = info.status !== "RUNNING";
         this.status = info.status;
@@ -565,7 +598,8 @@
   // they add their views (steppe.runsView, ...) to the same object.
   const steppe = window.steppe = {
     main, h, setTitle, loading, enc, toNumber, fmtValue, fmtTime, fmtAgo, fmtDuration, runDurationMs,
-    ApiError, api, errorBox, navigate, collator, statusBadge, timeCell, crumbs,
+    ApiError, api, fetchJson, errorBox, navigate, collator, statusBadge, timeCell, crumbs, kvTable, byKey,
+    SYSTEM_TAG,
   };
 
   // ---------------------------------------------------------------- start

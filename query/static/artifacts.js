@@ -1,6 +1,7 @@
 /* steppe web UI: the run page's Artifacts section. Lists a run's folders and files (GET
    /api/steppe/v1/artifacts, one folder at a time) and previews text, JSON and images (GET
-   /api/steppe/v1/artifacts/raw). Loaded after app.js, whose helpers it takes from window.steppe;
+   /api/steppe/v1/artifacts/raw). A logged model's files (its own artifact root, not a run's) go
+   through MLflow's artifact proxy instead (modelArtifactsSection). Loaded after app.js, whose helpers it takes from window.steppe;
    server data reaches the DOM only through textContent and attributes. */
 (() => {
   "use strict";
@@ -9,13 +10,30 @@
   const { h, enc } = S;
 
   const PREVIEW_BYTES = 256 * 1024; // text and JSON previews read at most this much
-  const TEXT_FILE = /\.(txt|log|md|csv|tsv|yaml|yml|py|cfg|ini|toml|sh|out|err)$/i;
+  const TEXT_FILE = /(\.(txt|log|md|csv|tsv|yaml|yml|py|cfg|ini|toml|sh|out|err)|(^|\/)MLmodel)$/i;
   const JSON_FILE = /\.json$/i;
   const IMAGE_FILE = /\.(png|jpe?g|gif|webp|bmp)$/i;
 
-  const rawUrl = (runId, path) =>
-    `/api/steppe/v1/artifacts/raw?run_id=${enc(runId)}&path=${enc(path)}`;
   const baseName = (path) => path.slice(path.lastIndexOf("/") + 1);
+  const joinPath = (a, b) => (a ? `${a}/${b}` : b);
+  const PROXY = "/api/2.0/mlflow-artifacts/artifacts";
+  const proxyUrl = (path) => `${PROXY}/${path.split("/").map(enc).join("/")}`;
+
+  /** Where one tree of files lives: list(page, path) -> [{path, is_dir, file_size}], raw(path) -> URL. */
+  const runFiles = (runId) => ({
+    list: async (page, path) => (await page.api(`/artifacts?run_id=${enc(runId)}&path=${enc(path)}`)).files,
+    raw: (path) => `/api/steppe/v1/artifacts/raw?run_id=${enc(runId)}&path=${enc(path)}`,
+  });
+
+  /** Files under `root` of the artifact store, through MLflow's proxy (which answers base names). */
+  const proxyFiles = (root) => ({
+    list: async (page, path) => {
+      const url = `${PROXY}?path=${enc(joinPath(root, path))}`;
+      const data = await S.fetchJson(url, { signal: page.ctrl.signal });
+      return (data.files || []).map((f) => ({ ...f, path: joinPath(path, f.path) }));
+    },
+    raw: (path) => proxyUrl(joinPath(root, path)),
+  });
 
   function fmtSize(bytes) {
     if (bytes == null) return "";
@@ -51,9 +69,9 @@
   }
 
   class ArtifactsSection {
-    constructor(page, runId) {
+    constructor(page, files) {
       this.page = page;
-      this.runId = runId;
+      this.files = files;
       this.selected = null;
       this.list = h("ul", { class: "artifact-tree", "data-testid": "artifacts-list" });
       this.preview = h("div", { class: "artifact-preview", "data-testid": "artifact-preview" },
@@ -75,14 +93,14 @@
       ul.replaceChildren(h("li", { class: "muted" }, "Loading…"));
       let data;
       try {
-        data = await this.page.api(`/artifacts?run_id=${enc(this.runId)}&path=${enc(path)}`);
+        data = await this.files.list(this.page, path);
       } catch (err) {
         if (!this.page.alive || err.name === "AbortError") return;
         ul.replaceChildren(h("li", null, S.errorBox(err, "Artifacts")));
         return;
       }
       if (!this.page.alive) return;
-      const files = [...data.files].sort((a, b) =>
+      const files = [...data].sort((a, b) =>
         (b.is_dir - a.is_dir) || S.collator.compare(a.path, b.path));
       ul.replaceChildren(...(files.length
         ? files.map((f) => this.entry(f))
@@ -115,7 +133,7 @@
         button,
         h("span", { class: "artifact-size muted" }, fmtSize(file.file_size)),
         h("a", {
-          class: "artifact-download", href: rawUrl(this.runId, file.path), download: name,
+          class: "artifact-download", href: this.files.raw(file.path), download: name,
           "aria-label": `Download ${file.path}`,
         }, "download"));
     }
@@ -124,7 +142,7 @@
       if (this.selected) this.selected.removeAttribute("aria-current");
       this.selected = button;
       button.setAttribute("aria-current", "true");
-      const url = rawUrl(this.runId, file.path);
+      const url = this.files.raw(file.path);
       const head = h("div", { class: "artifact-preview-head" },
         h("code", { "data-testid": "artifact-preview-path" }, file.path),
         h("span", { class: "muted" }, fmtSize(file.file_size)),
@@ -157,9 +175,12 @@
       }
       body.replaceChildren(
         h("pre", { class: "artifact-text", "data-testid": "artifact-text" }, shown),
-        cut ? h("p", { class: "muted" }, `Showing the first ${fmtSize(PREVIEW_BYTES)}; download for the rest.`) : null);
+        cut ? h("p", { class: "muted" }, `Showing the first ${fmtSize(PREVIEW_BYTES)}; download for the rest.`) : "");
     }
   }
 
-  S.artifactsSection = (page, runId) => new ArtifactsSection(page, runId).el;
+  S.artifactsSection = (page, runId) => new ArtifactsSection(page, runFiles(runId)).el;
+  /** A logged model's files: `root` is its folder in the artifact store (e.g. 1/models/m-.../artifacts). */
+  S.modelArtifactsSection = (page, root) => new ArtifactsSection(page, proxyFiles(root)).el;
+  Object.assign(S, { proxyUrl, fmtSize });
 })();

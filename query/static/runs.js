@@ -118,7 +118,8 @@
     S.main.append(h("section", { class: "page runs-page" },
       S.crumbs(crumbName),
       h("div", { class: "page-head" }, title, count, h("span", { class: "spacer" }), columnsMenu),
-      filterForm, filterError, selBar, holder, pager));
+      filterForm, filterError, selBar, holder, pager,
+      S.experimentModelsSection ? S.experimentModelsSection(page, expId) : null)); // models.js
 
     let experiment = null;
     let keys = null;        // {params: [...], metrics: [...]} across the experiment, or null until known
