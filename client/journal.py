@@ -142,8 +142,13 @@ class ResilientUnary:
             self._journal({"op": "create_run", "args": args})
         else:
             try:
-                return self._direct().create_run(**args)
+                direct = self._direct()
+                if experiment_id.startswith(NAME_PREFIX):  # named while the server was down
+                    name = experiment_id[len(NAME_PREFIX) :]
+                    args["experiment_id"] = direct.set_experiment(name).experiment_id
+                return direct.create_run(**args)
             except errors.ServerUnavailable:
+                args["experiment_id"] = experiment_id  # resolved by name at replay
                 self._call({"op": "create_run", "args": args})  # warns, journals
         info = RunInfo(
             run_id, experiment_id, run_name, "RUNNING", start_time, None, "active", "", user_id

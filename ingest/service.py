@@ -514,8 +514,10 @@ def _keepalive_options(keepalive_ms: int) -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", 1),
         # Keep pinging an idle stream (the default stops after two pings without data).
         ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.http2.min_sent_ping_interval_without_data_ms", keepalive_ms),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", _MIN_CLIENT_PING_INTERVAL_MS),
+        # The least time between two client pings on a connection without data (gRPC core's
+        # GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS; an unknown key is ignored
+        # silently, and the 5-minute default closes every steppe client after ~90 s idle).
+        ("grpc.http2.min_ping_interval_without_data_ms", _MIN_CLIENT_PING_INTERVAL_MS),
         ("grpc.http2.max_ping_strikes", 2),
     ]
 

@@ -5,12 +5,14 @@ disk is a clear error, recovery opens what older versions acked, and health prob
 from __future__ import annotations
 
 import os
+import queue
 import socket
 import sqlite3
 import struct
 import threading
 import time
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 
 import grpc
@@ -275,18 +277,53 @@ def test_a_half_dead_client_is_reaped_and_its_stream_id_freed(tmp_path: Path) ->
         assert server.stop() == 0, "".join(server.output)
 
 
-@pytest.mark.parametrize("keepalive_s", [1.0, 60.0, 3600.0])
-def test_the_server_accepts_the_clients_keepalive_pings(keepalive_s: float) -> None:
-    """gRPC closes a connection (GOAWAY too_many_pings) whose peer pings more often than
-    min_recv_ping_interval, so that must stay below the client's keepalive interval."""
+def test_the_server_accepts_the_clients_keepalive_pings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gRPC closes a connection (GOAWAY too_many_pings) whose peer pings more often than the
+    server allows, so the server's own options must let a client ping every KEEPALIVE_TIME_MS
+    on an idle stream. Scaled down: the client pings every second (gRPC's floor), the server
+    allows 100 ms; with the option misspelt (gRPC ignores unknown keys; its default is
+    5 minutes) the third early ping is a strike too many and the idle stream dies at ~6 s."""
     from steppe import channel
     from steppe.ingest import service
 
-    options = dict(service._keepalive_options(int(keepalive_s * 1000)))
-    assert options["grpc.http2.min_recv_ping_interval_without_data_ms"] < channel.KEEPALIVE_TIME_MS
-    assert options["grpc.http2.max_pings_without_data"] == 0
-    assert options["grpc.keepalive_time_ms"] == int(keepalive_s * 1000)
-    assert options["grpc.keepalive_timeout_ms"] <= 20_000
+    assert service._MIN_CLIENT_PING_INTERVAL_MS < channel.KEEPALIVE_TIME_MS
+    monkeypatch.setattr(service, "_MIN_CLIENT_PING_INTERVAL_MS", 100)
+
+    def echo(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        yield from requests
+
+    handler = grpc.method_handlers_generic_handler(
+        "t.Echo", {"Chat": grpc.stream_stream_rpc_method_handler(echo)}
+    )
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=2),
+        handlers=[handler],
+        options=service._keepalive_options(60_000),
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    client = grpc.insecure_channel(
+        f"127.0.0.1:{port}",
+        options=[
+            ("grpc.keepalive_time_ms", 1000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+        ],
+    )
+    try:
+        outbox: queue.Queue[bytes | None] = queue.Queue()
+        replies = client.stream_stream("/t.Echo/Chat")(iter(outbox.get, None), timeout=30)
+        outbox.put(b"a")
+        assert next(replies) == b"a"
+        idle_until = time.monotonic() + 8.0  # the scenario itself: pings on an idle stream
+        while time.monotonic() < idle_until:
+            time.sleep(0.1)
+        outbox.put(b"b")
+        assert next(replies) == b"b", "the idle stream was closed (GOAWAY too_many_pings?)"
+        outbox.put(None)
+    finally:
+        client.close()
+        server.stop(None)
 
 
 # -- health probes ---------------------------------------------------------------------------

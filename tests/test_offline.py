@@ -155,3 +155,54 @@ def test_server_down_at_the_end_waits_once_then_sync_ends_the_run(tmp_path: Path
         assert len(client.get_metric_history(run_id, "loss")) == 1_000
     finally:
         assert server.stop() == 0
+
+
+LATE_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import steppe
+
+    steppe.set_experiment("named-while-down")  # no server: resolved by name later
+    print("set", flush=True)
+    sys.stdin.readline()  # the test brings the server up now
+    with steppe.start_run(run_name="after") as run:
+        steppe.log_param("lr", 0.1)
+    print(run.info.run_id, flush=True)
+    """
+)
+
+
+def test_an_experiment_named_while_the_server_was_down_is_resolved_when_it_is_up(
+    tmp_path: Path,
+) -> None:
+    """set_experiment answers locally ("name:<name>") while the server is down; a run
+    created directly once it is up must land in that experiment, not be refused."""
+    http_port, grpc_port = _free_port(), _free_port()
+    env = clean_env(
+        STEPPE_TRACKING_URI=f"http://127.0.0.1:{http_port}",
+        STEPPE_SPOOL_DIR=str(tmp_path / "spool"),
+        STEPPE_CONNECT_TIMEOUT_S="1",
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", LATE_SCRIPT],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdin and child.stdout
+    assert child.stdout.readline().strip() == "set", child.stderr.read() if child.stderr else ""
+    server = start_server(
+        tmp_path / "data", "--http-port", str(http_port), "--grpc-port", str(grpc_port)
+    )
+    try:
+        out, err = child.communicate("go\n", timeout=90)
+        assert child.returncode == 0, err
+        run = steppe.Client(server.http_url).get_run(out.split()[-1])
+        assert steppe.Client(server.http_url).get_experiment(run.info.experiment_id).name == (
+            "named-while-down"
+        )
+        assert run.data.params == {"lr": "0.1"}
+    finally:
+        assert server.stop() == 0
