@@ -100,6 +100,14 @@ def max_inflight_bytes() -> int:
     return _int("STEPPE_MAX_INFLIGHT_BYTES", 64 << 20)
 
 
+def system_metrics_requested() -> bool:
+    """MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING (or STEPPE_...) asks for system metrics."""
+    raw = os.environ.get("STEPPE_ENABLE_SYSTEM_METRICS_LOGGING") or os.environ.get(
+        "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", ""
+    )
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
 def offline() -> bool:
     """STEPPE_MODE=offline: log to the local spool only; `steppe sync` sends it later."""
     mode = (os.environ.get("STEPPE_MODE") or "online").strip().lower()

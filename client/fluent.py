@@ -7,11 +7,13 @@ input raises here, at the call site; network trouble never does (see ``flush``).
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import sys
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
@@ -200,6 +202,12 @@ def start_run(
             steppe.log_metric("loss", 0.5, step=1)
     """
     global _last_run_id
+    if log_system_metrics:
+        from steppe.manage import SYSTEM_METRICS_REFUSAL
+
+        raise errors.SteppeError(SYSTEM_METRICS_REFUSAL)
+    if log_system_metrics is None and config.system_metrics_requested():
+        _warn_system_metrics_once()
     with _state_lock:
         if _stack and not nested and parent_run_id is None:
             raise errors.SteppeError(
@@ -237,6 +245,15 @@ def start_run(
         _stack.append(active)
         _last_run_id = run.info.run_id
         return active
+
+
+@functools.cache
+def _warn_system_metrics_once() -> None:
+    warnings.warn(
+        "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING is set, but steppe does not sample system "
+        "metrics yet: none are logged",
+        stacklevel=3,
+    )
 
 
 def active_run() -> ActiveRun | None:

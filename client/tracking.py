@@ -22,6 +22,7 @@ from steppe.buffer import FIELDS
 from steppe.connection import Connection, connect
 from steppe.entities import Experiment, FileInfo, Metric, Param, Run, RunTag, number
 from steppe.errors import InvalidParameterValue
+from steppe.manage import ManageMixin
 from steppe.registry import RegistryMixin
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ def _experiment_json_to_entity(raw: Mapping[str, Any]) -> Experiment:
     return Experiment.from_json(raw)
 
 
-class Client(RegistryMixin):
+class Client(RegistryMixin, ManageMixin):
     """Read and write runs by id.
 
     Example::
