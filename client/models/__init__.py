@@ -1,0 +1,1 @@
+"""steppe.models: model signatures, input examples and the MLmodel format, MLflow-compatible."""

@@ -1,0 +1,1 @@
+"""steppe.projects: run MLflow Projects (MLproject folders and git repositories)."""

@@ -1,0 +1,1 @@
+"""steppe.pyfunc: the generic python_function model flavor, MLflow-compatible."""
