@@ -1,12 +1,15 @@
 """Run artifacts for ``steppe.Client``: files to and from a server's artifact API (query/API.md,
 "Artifacts") over plain HTTP, streamed in chunks both ways (a large file never sits in memory).
+Offline or while the server is away, they are copied into the spool and sent later (``put``).
 
 Standard library only (urllib); imported on first use, not by ``import steppe``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import mimetypes
 import os
 import posixpath
@@ -15,12 +18,17 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
-from typing import IO, Any
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path, PurePosixPath
+from typing import IO, TYPE_CHECKING, Any
 
-from steppe import config, errors, http
+from steppe import config, errors, http, journal, spool
 from steppe.entities import FileInfo
+
+if TYPE_CHECKING:
+    from steppe.connection import Connection
+
+log = logging.getLogger("steppe.artifacts")
 
 ARTIFACTS_PATH = "/api/steppe/v1/artifacts"
 _CHUNK_BYTES = 1 << 20
@@ -36,9 +44,36 @@ def _open(request: urllib.request.Request, timeout_s: float) -> Any:
     return http.open_checked(request, timeout_s)
 
 
+def check_folder(field: str, artifact_path: str | None) -> str:
+    """``artifact_path`` as a folder inside the run's artifacts ("" for their root)."""
+    folder = (artifact_path or "").strip("/")
+    if ".." in folder.split("/") or "\\" in folder or "\x00" in folder:
+        raise errors.InvalidParameterValue(
+            field, artifact_path, "must be a folder inside the run's artifacts, such as 'plots'"
+        )
+    return folder
+
+
+def check_file_path(field: str, artifact_file: str) -> str:
+    """``artifact_file`` as a file path inside the run's artifacts, e.g. "plots/a.png"."""
+    path = PurePosixPath(artifact_file)
+    if (
+        not artifact_file
+        or path.is_absolute()
+        or ".." in path.parts
+        or path.name in ("", ".")
+        or "\\" in artifact_file
+        or "\x00" in artifact_file
+    ):
+        raise errors.InvalidParameterValue(
+            field, artifact_file, "must be a relative file path such as 'plots/a.png'"
+        )
+    return path.as_posix()
+
+
 def artifact_path_for(artifact_path: str | None, name: str) -> str:
     """The run-relative path of a file called ``name`` logged under ``artifact_path``."""
-    folder = (artifact_path or "").strip("/")
+    folder = check_folder("artifact_path", artifact_path)
     return posixpath.join(folder, name) if folder else name
 
 
@@ -114,3 +149,67 @@ def download(http_url: str, run_id: str, path: str, dst_path: str | os.PathLike[
     folder = root / path if path else root
     folder.mkdir(parents=True, exist_ok=True)
     return str(folder)
+
+
+#: An artifact to log: its run-relative path and its bytes, or the local file holding them.
+Item = tuple[str, bytes | Path]
+
+
+def put(conn: Connection, run_id: str, items: Sequence[Item]) -> None:
+    """Upload ``items`` in order as the run's artifacts. In offline mode, while journaled
+    calls wait for the server, or from the first upload that finds it unreachable, the rest
+    are copied into the spool instead and sent in order with the journal (``steppe sync``,
+    or this process once the server is back). Raises SteppeError only if the spool cannot
+    take them (its STEPPE_SPOOL_MAX_BYTES cap, or the disk)."""
+    sender = conn.sender
+    done = 0
+    if not sender.offline and not sender.ops_pending():
+        try:
+            url = conn.http_url()
+            for path, source in items:
+                _upload_item(url, run_id, path, source)
+                done += 1
+            return
+        except errors.ServerUnavailable as exc:
+            log.warning(
+                "steppe: %s; artifacts are kept in the spool and sent when the server is back",
+                exc,
+            )
+    rest = items[done:]
+    _check_room(conn, run_id, rest)
+    for path, source in rest:
+        sender.journal_file(_writer(source), functools.partial(journal.artifact_op, run_id, path))
+
+
+def _upload_item(url: str, run_id: str, path: str, source: bytes | Path) -> None:
+    if isinstance(source, bytes):
+        upload(url, run_id, path, source, len(source))
+    else:
+        upload_file(url, run_id, source, path)
+
+
+def _writer(source: bytes | Path) -> Callable[[IO[bytes]], None]:
+    def write(target: IO[bytes]) -> None:
+        if isinstance(source, bytes):
+            target.write(source)
+        else:
+            with open(source, "rb") as f:  # a copy: the caller may delete it once we return
+                shutil.copyfileobj(f, target, _CHUNK_BYTES)
+
+    return write
+
+
+def _check_room(conn: Connection, run_id: str, items: Sequence[Item]) -> None:
+    """Refuse (never drop) artifacts that would take the spool past its cap."""
+    size = sum(len(s) if isinstance(s, bytes) else s.stat().st_size for _, s in items)
+    current = conn.sender.spool_dir
+    root = current.parent if current is not None else config.spool_dir()
+    limit = config.spool_max_bytes()
+    used = spool.usage(root)
+    if used + size > limit:
+        raise errors.SteppeError(
+            f"cannot keep {len(items)} artifact file(s) ({size:,} bytes) of run {run_id} until "
+            f"the server is reachable: the spool in {root} holds {used:,} bytes and its limit "
+            f"is {limit:,} bytes (STEPPE_SPOOL_MAX_BYTES); deliver it with `steppe sync` or "
+            "raise the limit"
+        )

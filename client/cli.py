@@ -397,9 +397,10 @@ def _sync(args: argparse.Namespace) -> int:
         if delivery is None:
             print(f"steppe sync: {orphan.dir}: another process is sending it")
         else:
+            files = f" and {delivery.artifacts} artifact(s)" if delivery.artifacts else ""
             print(
-                f"steppe sync: sent {delivery.points} points ({delivery.batches} batches) "
-                f"to {delivery.tracking_uri}"
+                f"steppe sync: sent {delivery.points} points ({delivery.batches} batches)"
+                f"{files} to {delivery.tracking_uri}"
             )
     return 1 if failed else 0
 

@@ -125,6 +125,15 @@ def spool_dir() -> Path:
     return Path(cache).expanduser().resolve() / "steppe" / "spool"
 
 
+def spool_max_bytes() -> int:
+    """STEPPE_SPOOL_MAX_BYTES: the most the spool dir may hold before an artifact logged
+    while the server is away is refused (points are never refused); default 10 GiB."""
+    value = _int("STEPPE_SPOOL_MAX_BYTES", 10 << 30)
+    if value <= 0:
+        raise ValueError(f"STEPPE_SPOOL_MAX_BYTES={value}: must be a positive number of bytes")
+    return value
+
+
 def send_window_batches() -> int:
     """Batches sent but not yet acked on the stream (bounds memory in gRPC's queues)."""
     return _int("STEPPE_SEND_WINDOW_BATCHES", 32)

@@ -20,7 +20,7 @@ import grpc
 from steppe import config, errors, http, wire
 from steppe.channel import open_channel
 from steppe.discovery import Endpoint, local_data_dir, resolve
-from steppe.journal import ResilientUnary, run_op
+from steppe.journal import ResilientUnary, SpooledFiles, run_op
 from steppe.sender import Sender
 from steppe.spool import Spool
 from steppe.sync import sync_in_background
@@ -50,7 +50,7 @@ class Connection:
             self._open_channel(endpoint)
         self.sender = Sender(
             self.stub_for_stream,
-            run_op=lambda op: run_op(self._direct(), op),
+            run_op=self._replay,
             offline=offline,
             buffer_points=config.buffer_points(),
             batch_points=config.batch_points(),
@@ -92,6 +92,17 @@ class Connection:
                 )
             self._relocate()
         return self.endpoint.http_url
+
+    def http_url(self) -> str:
+        """The server's HTTP address, looked up again while it is unknown; raises
+        ServerUnavailable in offline mode or when no server is found."""
+        return self._base_url()
+
+    def _replay(self, op: dict[str, Any]) -> None:
+        """The sender's replay of one journaled call (artifacts come from its spool)."""
+        spool_dir = self.sender.spool_dir
+        files = SpooledFiles(spool_dir, self._base_url) if spool_dir is not None else None
+        run_op(self._direct(), op, files)
 
     def _direct(self) -> wire.Unary:
         if self._wire_unary is None:

@@ -4,6 +4,8 @@ In offline mode (STEPPE_MODE=offline), or once a call found the server unreachab
 are journaled in the sender's spool instead, answered locally, and replayed in order, before
 any metric batch, when the sender connects or `steppe sync` runs. Every journaled call is
 idempotent on the server (runs have client-chosen ids), so replaying twice is harmless.
+An artifact logged meanwhile is journaled as a copy of its bytes in the spool plus a record
+(``log_artifact``); its upload replaces the same path, so it too may be replayed twice.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypedDict
 
 from steppe import errors, wire
@@ -40,8 +44,41 @@ class _UpdateRunArgs(TypedDict):
     run_name: str | None
 
 
-def run_op(unary: wire.Unary, op: Op) -> None:
-    """Replay one journaled call against a server (raises steppe.errors)."""
+@dataclass(frozen=True)
+class SpooledFiles:
+    """Where a replay finds the artifact files journaled with the calls (a spool dir), and
+    the HTTP address of the server to send them to (asked for only when one is sent)."""
+
+    spool_dir: Path
+    http_url: Callable[[], str]
+
+
+def artifact_op(run_id: str, path: str, file: str) -> Op:
+    """The journal record of an artifact kept in the spool as ``file`` (Spool.add_file)."""
+    return {"op": "log_artifact", "args": {"run_id": run_id, "path": path, "file": file}}
+
+
+def _send_artifact(args: dict[str, Any], files: SpooledFiles | None) -> None:
+    from steppe import artifacts, spool
+
+    if files is None:
+        raise errors.SteppeError("a journaled artifact can only be replayed from its spool")
+    try:
+        local = spool.artifact_file(files.spool_dir, str(args["file"]))
+    except ValueError as exc:
+        raise errors.SteppeError(str(exc)) from None
+    path = artifacts.check_file_path("path", str(args["path"]))
+    if not local.is_file():
+        # An earlier replay uploaded it and was cut off before the journal was removed.
+        log.debug("steppe: artifact %s of run %s was delivered already", path, args["run_id"])
+        return
+    artifacts.upload_file(files.http_url(), str(args["run_id"]), local, path)
+    local.unlink(missing_ok=True)  # delivered: it no longer counts against the spool's cap
+
+
+def run_op(unary: wire.Unary, op: Op, files: SpooledFiles | None = None) -> None:
+    """Replay one journaled call against a server (raises steppe.errors); ``files`` is
+    needed for a journaled artifact."""
     kind, args = op["op"], dict(op["args"])
     if kind == "create_run":
         experiment_id = args["experiment_id"]
@@ -59,6 +96,8 @@ def run_op(unary: wire.Unary, op: Op) -> None:
     elif kind == "delete_tag":
         with contextlib.suppress(errors.ResourceDoesNotExist):  # an earlier replay did it
             unary.delete_tag(**args)
+    elif kind == "log_artifact":
+        _send_artifact(args, files)
     else:
         raise errors.SteppeError(f"unknown journaled call {kind!r}")
 

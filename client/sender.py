@@ -18,7 +18,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import grpc
 
@@ -92,6 +93,7 @@ class Sender:
         self._run_op = run_op
         self._offline = offline
         self._ops: list[dict[str, Any]] = []  # journaled lifecycle calls not yet replayed
+        self._holding = 0  # artifacts being copied into the spool: it must not rotate away
         self._spool: Spool | None = None
         self._spool_error = ""
         self._unacked_points = 0
@@ -179,7 +181,7 @@ class Sender:
         now = time.monotonic()
         idle = now - self._last_batch_at >= STREAM_IDLE_S
         self._last_batch_at = now
-        if not idle or self._outbox or self._ops:
+        if not idle or self._outbox or self._ops or self._holding:
             return
         self.stream_id = stream_ids.new_stream_id()
         self._seq = self._acked_seq = 0
@@ -205,6 +207,39 @@ class Sender:
                 self._ops.append({"before_seq": self._seq + 1, **op})
         self.start()
         self._wake.set()
+
+    def journal_file(
+        self, write: Callable[[IO[bytes]], None], op_for: Callable[[str], dict[str, Any]]
+    ) -> None:
+        """Copy a payload (an artifact's bytes, written by ``write``) into the spool, then
+        journal ``op_for(its name)`` like ``journal``. The copy runs outside the locks (it
+        may be large); raises SteppeError if the spool cannot hold it."""
+        with self._state:
+            spool = self._ensure_spool()
+            if spool is None:
+                raise errors.SteppeError(
+                    f"cannot keep the artifact for later: no spool ({self._spool_error or 'off'})"
+                )
+            self._holding += 1
+        try:
+            try:
+                name = spool.add_file(write)
+            except SpoolFailed as exc:
+                raise errors.SteppeError(str(exc)) from None
+            self.journal(op_for(name))
+        finally:
+            with self._state:
+                self._holding -= 1
+
+    @property
+    def spool_dir(self) -> Path | None:
+        """The spool this sender writes now (None before its first batch or journaled call)."""
+        spool = self._spool
+        return spool.dir if spool is not None else None
+
+    @property
+    def offline(self) -> bool:
+        return self._offline
 
     def ops_pending(self) -> bool:
         return bool(self._ops)

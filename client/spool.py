@@ -4,7 +4,8 @@ server acks it.
 It keeps the sender's memory bounded when the server is slow or down (unacked batches are
 re-read from disk instead of held), and it lets ``steppe sync`` (or the next run on the
 machine) deliver what a killed process logged: a replay reuses the batches' stream id and
-seq, so the server stores each point once. Records are written, not fsynced: they survive
+seq, so the server stores each point once. Artifacts logged while the server was away are
+copied into ``artifacts/`` beside the batches. Records are written, not fsynced: they survive
 the process, not the machine. It never talks to the network.
 """
 
@@ -15,20 +16,25 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import struct
 import time
+import uuid
 import zlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import IO
 
 _HEADER = struct.Struct("<4sIIQ")  # magic, payload length, crc32 of payload, seq
 _MAGIC = b"SPL1"
 _META = "meta.json"
 _OPS = "ops.jsonl"
 _OWNER = "owner.lock"
+_ARTIFACTS = "artifacts"
+_ARTIFACT_NAME = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,28 @@ class Spool:
                 exc.errno or errno.EIO, f"cannot journal in {self.dir}: {exc}"
             ) from exc
 
+    def add_file(self, write: Callable[[IO[bytes]], None]) -> str:
+        """Keep a payload (an artifact's bytes, written by ``write``) in the spool; its
+        name relative to the spool dir, for the journal (see ``artifact_file``)."""
+        folder = self.dir / _ARTIFACTS
+        name = uuid.uuid4().hex
+        partial = folder / f".{name}.part"
+        try:
+            folder.mkdir(exist_ok=True)
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with open(fd, "wb") as f:
+                write(f)
+            os.replace(partial, folder / name)  # never a half-copied file under its name
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise SpoolFailed(
+                exc.errno or errno.EIO, f"cannot keep an artifact in {folder}: {exc}"
+            ) from exc
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        return f"{_ARTIFACTS}/{name}"
+
     def read(self, location: Location) -> bytes:
         path = self._path(location.segment)
         with open(path, "rb") as f:
@@ -177,6 +205,27 @@ class Orphan:
     def remove(self, claim_fd: int) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
         os.close(claim_fd)
+
+
+def artifact_file(spool_dir: Path, name: str) -> Path:
+    """The file a journaled artifact's ``name`` (from ``Spool.add_file``) stands for.
+
+    The name comes from a file on disk: anything but ``artifacts/<32 hex>`` is refused, so
+    a replay never reads outside the spool."""
+    parts = PurePosixPath(name).parts
+    if len(parts) != 2 or parts[0] != _ARTIFACTS or not _ARTIFACT_NAME.fullmatch(parts[1]):
+        raise ValueError(f"journaled artifact file {name!r} is not a spool file name")
+    return spool_dir / _ARTIFACTS / parts[1]
+
+
+def usage(root: Path) -> int:
+    """Bytes held under the spool root (every stream's batches, journal and artifacts)."""
+    total = 0
+    for folder, _, files in os.walk(root):
+        for file in files:
+            with contextlib.suppress(OSError):  # removed meanwhile by its sender
+                total += os.lstat(os.path.join(folder, file)).st_size
+    return total
 
 
 def orphans(root: Path) -> list[Orphan]:

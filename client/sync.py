@@ -1,6 +1,7 @@
-"""Delivers orphaned spools: batches that a killed, crashed or offline process logged but
-the server never acked. Replays reuse each batch's stream id and seq, so the server keeps
-every point exactly once however often a replay is interrupted and repeated.
+"""Delivers orphaned spools: batches, journaled calls and artifacts that a killed, crashed or
+offline process logged but the server never acked. Replays reuse each batch's stream id and
+seq, so the server keeps every point exactly once however often a replay is interrupted and
+repeated; an artifact is uploaded again to the same path.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ import grpc
 from steppe import config, errors, wire
 from steppe.channel import open_channel
 from steppe.discovery import resolve
-from steppe.journal import run_op
+from steppe.journal import SpooledFiles, run_op
 from steppe.spool import Orphan, orphans
 
 log = logging.getLogger("steppe.sync")
+
+#: Refusals a later try would meet again: the artifact is reported and dropped.
+_FINAL = (errors.InvalidParameterValue, errors.ResourceDoesNotExist)
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,7 @@ class Delivery:
     tracking_uri: str
     batches: int
     points: int
+    artifacts: int = 0
 
 
 def runs_in(orphan: Orphan) -> set[str]:
@@ -67,13 +72,18 @@ def replay(orphan: Orphan, timeout_s: float, tracking_uri: str | None = None) ->
         with open_channel(endpoint) as channel:
             stub = wire.IngestStub(channel)  # type: ignore[no-untyped-call]
             unary = wire.Unary(stub, timeout_s=timeout_s)
-            for op in ops:  # runs must exist before their points arrive
+            files = SpooledFiles(orphan.dir, lambda: endpoint.http_url)
+            artifacts = 0
+            for op in ops:  # runs must exist before their points (and artifacts) arrive
                 call = {k: v for k, v in op.items() if k != "before_seq"}
                 try:
-                    run_op(unary, call)
+                    run_op(unary, call, files)
+                    artifacts += call["op"] == "log_artifact"
                 except errors.ServerUnavailable:
                     raise
                 except errors.SteppeError as exc:  # e.g. a param conflict: say it, go on
+                    if call["op"] == "log_artifact" and not isinstance(exc, _FINAL):
+                        raise  # e.g. the server's disk is full: keep it for the next try
                     log.error("steppe sync: %s from %s rejected: %s", call["op"], orphan.dir, exc)
 
             def batches() -> Iterator[wire.MetricBatch]:
@@ -95,7 +105,7 @@ def replay(orphan: Orphan, timeout_s: float, tracking_uri: str | None = None) ->
             )
         orphan.remove(claim)
         claim = -1
-        return Delivery(orphan.dir, target, len(records), sum(b.count for b in records))
+        return Delivery(orphan.dir, target, len(records), sum(b.count for b in records), artifacts)
     finally:
         if claim >= 0:
             os.close(claim)

@@ -298,6 +298,7 @@ class Client(RegistryMixin, ManageMixin):
         self, run_id: str, local_path: str | os.PathLike[str], artifact_path: str | None = None
     ) -> None:
         """Upload one local file into the run's artifacts (under ``artifact_path``), streamed.
+        Offline or while the server is away, a copy waits in the spool (README, "Offline").
 
         Example::
 
@@ -305,11 +306,12 @@ class Client(RegistryMixin, ManageMixin):
         """
         from steppe import artifacts
 
+        run = _run(run_id)
         source = Path(local_path)
         if not source.is_file():
             raise InvalidParameterValue("local_path", str(local_path), "is not a file")
         path = artifacts.artifact_path_for(artifact_path, source.name)
-        artifacts.upload_file(self._http_url, _run(run_id), source, path)
+        artifacts.put(self._conn, run, [(path, source)])
 
     def log_artifacts(
         self, run_id: str, local_dir: str | os.PathLike[str], artifact_path: str | None = None
@@ -317,13 +319,16 @@ class Client(RegistryMixin, ManageMixin):
         """Upload every file below ``local_dir``, keeping its layout, under ``artifact_path``."""
         from steppe import artifacts
 
+        run = _run(run_id)
         root = Path(local_dir)
         if not root.is_dir():
             raise InvalidParameterValue("local_dir", str(local_dir), "is not a directory")
-        for file in sorted(p for p in root.rglob("*") if p.is_file()):
-            relative = file.relative_to(root).as_posix()
-            path = artifacts.artifact_path_for(artifact_path, relative)
-            artifacts.upload_file(self._http_url, _run(run_id), file, path)
+        folder = artifacts.check_folder("artifact_path", artifact_path)
+        items: list[artifacts.Item] = [
+            (artifacts.artifact_path_for(folder, file.relative_to(root).as_posix()), file)
+            for file in sorted(p for p in root.rglob("*") if p.is_file())
+        ]
+        artifacts.put(self._conn, run, items)
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         """Save ``text`` (UTF-8) as the artifact ``artifact_file``, e.g. "notes/summary.txt"."""
@@ -371,10 +376,13 @@ class Client(RegistryMixin, ManageMixin):
             self._log_file_as(run_id, target, artifact_file)
 
     def list_artifacts(self, run_id: str, path: str | None = None) -> list[FileInfo]:
-        """The files and folders directly inside the run's artifact folder ``path``."""
+        """The files and folders directly inside the run's artifact folder ``path``.
+        Needs the server (offline: ServerUnavailable); waits for this process's spooled
+        artifacts to be delivered first."""
         from steppe import artifacts
 
-        return artifacts.list_files(self._http_url, _run(run_id), path)
+        run = _run(run_id)
+        return artifacts.list_files(self._artifact_url(), run, path)
 
     def download_artifacts(
         self, run_id: str, path: str = "", dst_path: str | os.PathLike[str] | None = None
@@ -388,22 +396,29 @@ class Client(RegistryMixin, ManageMixin):
         """
         from steppe import artifacts
 
-        return artifacts.download(self._http_url, _run(run_id), path or "", dst_path)
+        run = _run(run_id)
+        return artifacts.download(self._artifact_url(), run, path or "", dst_path)
 
-    @property
-    def _http_url(self) -> str:
-        return self._conn.endpoint.http_url
+    def _artifact_url(self) -> str:
+        """The server's HTTP address for artifact reads, once what this process spooled
+        for it (journaled calls, artifacts) is delivered."""
+        conn = self._conn
+        url = conn.http_url()  # offline or no server: ServerUnavailable, saying so
+        if conn.sender.ops_pending():
+            conn.sender.flush(config.flush_timeout_s())
+        return url
 
     def _log_bytes(self, run_id: str, data: bytes, artifact_file: str) -> None:
         from steppe import artifacts
 
-        path = _artifact_file(artifact_file)
-        artifacts.upload(self._http_url, _run(run_id), path, data, len(data))
+        run = _run(run_id)
+        artifacts.put(self._conn, run, [(_artifact_file(artifact_file), data)])
 
     def _log_file_as(self, run_id: str, local: Path, artifact_file: str) -> None:
         from steppe import artifacts
 
-        artifacts.upload_file(self._http_url, _run(run_id), local, _artifact_file(artifact_file))
+        run = _run(run_id)
+        artifacts.put(self._conn, run, [(_artifact_file(artifact_file), local)])
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Wait until every point this process logged to this server is acked."""
@@ -427,12 +442,9 @@ def _run(run_id: str) -> str:
 
 
 def _artifact_file(artifact_file: str) -> str:
-    path = PurePosixPath(artifact_file)
-    if not artifact_file or path.is_absolute() or ".." in path.parts or path.name in ("", "."):
-        raise InvalidParameterValue(
-            "artifact_file", artifact_file, "must be a relative file path such as 'plots/a.png'"
-        )
-    return path.as_posix()
+    from steppe import artifacts
+
+    return artifacts.check_file_path("artifact_file", artifact_file)
 
 
 def _path_id(experiment_id: str) -> str:
