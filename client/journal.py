@@ -68,11 +68,12 @@ def _send_artifact(args: dict[str, Any], files: SpooledFiles | None) -> None:
     except ValueError as exc:
         raise errors.SteppeError(str(exc)) from None
     path = artifacts.check_file_path("path", str(args["path"]))
-    if not local.is_file():
+    try:
+        artifacts.upload_file(files.http_url(), str(args["run_id"]), local, path)
+    except FileNotFoundError:
         # An earlier replay uploaded it and was cut off before the journal was removed.
         log.debug("steppe: artifact %s of run %s was delivered already", path, args["run_id"])
         return
-    artifacts.upload_file(files.http_url(), str(args["run_id"]), local, path)
     local.unlink(missing_ok=True)  # delivered: it no longer counts against the spool's cap
 
 

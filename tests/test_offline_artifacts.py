@@ -20,7 +20,7 @@ import pytest
 import steppe
 from steppe import connection, errors
 from steppe.lock import live_owner
-from steppe.spool import orphans
+from steppe.spool import artifact_file, orphans
 from tests.conftest import clean_env, run_sync, start_server
 
 OFFLINE_SCRIPT = textwrap.dedent(
@@ -102,6 +102,22 @@ def test_offline_artifacts_are_sent_by_sync(tmp_path: Path) -> None:
     shutil.copytree(spool_dir, backup)
 
     del env["STEPPE_MODE"]
+    nobody = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "steppe",
+            "sync",
+            "--tracking-uri",
+            f"http://127.0.0.1:{_free_port()}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert nobody.returncode == 1 and "kept for the next try" in nobody.stderr, nobody.stderr
+    assert len(_spooled_files(spool_dir)) == len(want)  # a failed delivery keeps them all
     synced = run_sync(env, timeout_s=90)
     assert synced.returncode == 0, synced.stderr
     assert f"sent 1 points (1 batches) and {len(want)} artifact(s)" in synced.stdout
@@ -113,11 +129,14 @@ def test_offline_artifacts_are_sent_by_sync(tmp_path: Path) -> None:
         run = steppe.Client(owner.http_url).get_run(run_id)
         assert run.info.status == "FINISHED" and run.info.run_name == "offline-artifacts"
         # A replay cut off before its spool was removed runs again: same paths, same bytes.
+        # (Its calls and artifacts only: the server may still hold the first sync's stream.)
         shutil.rmtree(spool_dir)
         shutil.copytree(backup, spool_dir)
+        for segment in spool_dir.rglob("*.spool"):
+            segment.unlink()
         again = run_sync(env, timeout_s=90)
         assert again.returncode == 0, again.stderr
-        assert f"and {len(want)} artifact(s)" in again.stdout
+        assert f"sent 0 points (0 batches) and {len(want)} artifact(s)" in again.stdout
         _check_with_mlflow(owner.http_url, run_id, want, tmp_path / "dl2")
     finally:
         os.kill(owner.pid, signal.SIGTERM)
@@ -259,3 +278,12 @@ def test_artifact_reads_offline_say_a_server_is_needed(offline_client: steppe.Cl
         offline_client.list_artifacts(run_id)
     with pytest.raises(errors.ServerUnavailable, match=r"offline mode.*steppe sync"):
         offline_client.download_artifacts(run_id, "kept.txt")
+
+
+def test_a_journaled_artifact_name_never_leaves_the_spool(tmp_path: Path) -> None:
+    """The name comes from ops.jsonl on disk: only the spool's own file names are read."""
+    name = "artifacts/" + "0" * 32
+    assert artifact_file(tmp_path, name) == tmp_path / "artifacts" / ("0" * 32)
+    for bad in ("../../etc/passwd", "artifacts/../../x", "/etc/passwd", "artifacts/a/b", "x"):
+        with pytest.raises(ValueError, match="not a spool file name"):
+            artifact_file(tmp_path, bad)
