@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any
 
-from steppe import config, errors, http, journal, spool
+from steppe import config, errors, http
 from steppe.entities import FileInfo
 
 if TYPE_CHECKING:
@@ -161,6 +161,8 @@ def put(conn: Connection, run_id: str, items: Sequence[Item]) -> None:
     are copied into the spool instead and sent in order with the journal (``steppe sync``,
     or this process once the server is back). Raises SteppeError only if the spool cannot
     take them (its STEPPE_SPOOL_MAX_BYTES cap, or the disk)."""
+    from steppe import journal  # here: the HTTP half of this module stays standard library only
+
     sender = conn.sender
     done = 0
     if not sender.offline and not sender.ops_pending():
@@ -201,6 +203,8 @@ def _writer(source: bytes | Path) -> Callable[[IO[bytes]], None]:
 
 def _check_room(conn: Connection, run_id: str, items: Sequence[Item]) -> None:
     """Refuse (never drop) artifacts that would take the spool past its cap."""
+    from steppe import spool
+
     size = sum(len(s) if isinstance(s, bytes) else s.stat().st_size for _, s in items)
     current = conn.sender.spool_dir
     root = current.parent if current is not None else config.spool_dir()
