@@ -201,3 +201,16 @@ __all__ += [
     "set_system_metrics_samples_before_logging",
     "set_system_metrics_sampling_interval",
 ]
+
+# --- the model flavors and other subpackages, imported on first use as ``mlflow.<name>`` -------
+#: ``steppe.sklearn`` works after a bare ``import steppe`` (as ``mlflow.sklearn`` does), without
+#: making ``import steppe`` load scikit-learn, PyYAML or pandas.
+_LAZY_SUBMODULES = frozenset({"data", "models", "projects", "pyfunc", "sklearn"})
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"steppe.{name}")
+    raise AttributeError(f"module 'steppe' has no attribute {name!r}")
