@@ -1,5 +1,7 @@
-"""Run artifacts for ``steppe.Client``: files to and from a server's artifact API (query/API.md,
-"Artifacts") over plain HTTP, streamed in chunks both ways (a large file never sits in memory).
+"""Artifacts over HTTP: a run's files through steppe's artifact API (query/API.md,
+"Artifacts") and any ``mlflow-artifacts:`` location through MLflow's proxy, streamed in chunks
+both ways (a large file never sits in memory); and ``mlflow.artifacts``' public functions
+(``download_artifacts``, ``list_artifacts``, ``load_text``, ``load_dict``, ``load_image``).
 
 Standard library only (urllib); imported on first use, not by ``import steppe``.
 """
@@ -252,3 +254,123 @@ def download_folder(http_url: str, artifact_uri: str, dst: Path, what: str) -> P
         os.replace(partial, target)
     progress.close()
     return dst
+
+
+# -- mlflow.artifacts' public functions -----------------------------------------------------------
+
+
+def _split_runs_uri(artifact_uri: str) -> tuple[str, str]:
+    run_id, _, path = artifact_uri[len("runs:/") :].partition("/")
+    if not run_id:
+        raise errors.InvalidParameterValue("artifact_uri", artifact_uri, "is runs:/<run_id>/<path>")
+    return run_id, path.strip("/")
+
+
+def download_artifacts(
+    artifact_uri: str | None = None,
+    run_id: str | None = None,
+    artifact_path: str | None = None,
+    dst_path: str | os.PathLike[str] | None = None,
+    tracking_uri: str | None = None,
+) -> str:
+    """Download ``artifact_uri`` (``runs:/<run>/<path>``, ``models:/...``,
+    ``mlflow-artifacts:/...``) or ``run_id`` + ``artifact_path``; returns the local path.
+
+    Example::
+
+        local = steppe.artifacts.download_artifacts("runs:/<run_id>/plots")
+    """
+    from steppe.tracking import Client
+
+    if (artifact_uri is None) == (run_id is None):
+        raise errors.InvalidParameterValue(
+            "artifact_uri", artifact_uri, "give either artifact_uri or run_id (not both)"
+        )
+    if artifact_uri is not None and artifact_path is not None:
+        raise errors.InvalidParameterValue(
+            "artifact_path", artifact_path, "goes with run_id, not with artifact_uri"
+        )
+    client = Client(tracking_uri)
+    if run_id is not None:
+        return client.download_artifacts(run_id, artifact_path or "", dst_path)
+    assert artifact_uri is not None
+    if artifact_uri.startswith("runs:/"):
+        run, path = _split_runs_uri(artifact_uri)
+        return client.download_artifacts(run, path, dst_path)
+    if artifact_uri.startswith("models:/"):
+        from steppe.models.uris import resolve
+
+        return str(resolve(artifact_uri, dst_path))
+    root = Path(dst_path) if dst_path is not None else Path(tempfile.mkdtemp(prefix="steppe-"))
+    path = proxy_path(artifact_uri)
+    name = posixpath.basename(path)
+    parent = posixpath.dirname(path)
+    entries = {n: is_dir for n, is_dir, _ in _proxy_entries(client._http_url, parent)}
+    if name in entries and not entries[name]:  # one file
+        target = root / name
+        request = urllib.request.Request(
+            f"{client._http_url.rstrip('/')}{PROXY_PATH}/{urllib.parse.quote(path)}"
+        )
+        with _open(request, _TRANSFER_TIMEOUT_S) as response, open(target, "wb") as out:
+            shutil.copyfileobj(response, out, _CHUNK_BYTES)
+        return str(target)
+    return str(download_folder(client._http_url, artifact_uri, root / name, artifact_uri))
+
+
+def list_artifacts(
+    artifact_uri: str | None = None,
+    run_id: str | None = None,
+    artifact_path: str | None = None,
+    tracking_uri: str | None = None,
+) -> list[FileInfo]:
+    """The entries of a run's artifact folder, by ``runs:/`` URI or ``run_id``."""
+    from steppe.tracking import Client
+
+    if artifact_uri is not None:
+        if not artifact_uri.startswith("runs:/"):
+            raise errors.InvalidParameterValue(
+                "artifact_uri", artifact_uri, "is runs:/<run_id>/<path> (or give run_id)"
+            )
+        run_id, artifact_path = _split_runs_uri(artifact_uri)
+    if run_id is None:
+        raise errors.InvalidParameterValue("run_id", None, "or artifact_uri is required")
+    return Client(tracking_uri).list_artifacts(run_id, artifact_path or None)
+
+
+def _read(artifact_uri: str) -> bytes:
+    with tempfile.TemporaryDirectory(prefix="steppe-read-") as tmp:
+        local = Path(download_artifacts(artifact_uri, dst_path=tmp))
+        if not local.is_file():
+            raise errors.InvalidParameterValue("artifact_uri", artifact_uri, "is not a file")
+        return local.read_bytes()
+
+
+def load_text(artifact_uri: str) -> str:
+    """The artifact's text (UTF-8), e.g. ``load_text("runs:/<run_id>/notes.txt")``."""
+    return _read(artifact_uri).decode()
+
+
+def load_dict(artifact_uri: str) -> Any:
+    """The artifact parsed as JSON (or YAML for .yaml/.yml, with PyYAML)."""
+    data = _read(artifact_uri)
+    if artifact_uri.lower().endswith((".yaml", ".yml")):
+        import yaml
+
+        return yaml.safe_load(data)
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise errors.InvalidParameterValue(
+            "artifact_uri", artifact_uri, f"is not valid JSON: {exc}"
+        ) from None
+
+
+def load_image(artifact_uri: str) -> Any:
+    """The artifact as a PIL image (needs Pillow)."""
+    import io
+
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(_read(artifact_uri)))
+    image.load()
+    return image

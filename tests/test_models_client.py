@@ -322,3 +322,76 @@ def test_a_model_logged_without_a_run_is_a_logged_model_of_the_experiment(
     assert (
         steppe.sklearn.load_model(info.model_uri).predict(features) == fitted.predict(features)
     ).all()
+
+
+# -- another flavor: the real mlflow.lightgbm against steppe's server ---------------------------
+
+
+def test_another_flavor_logged_by_mlflow_through_steppe_loads_in_both(
+    tracking: str, mlflow_at_steppe: Any, iris: tuple[pd.DataFrame, pd.Series]
+) -> None:
+    lightgbm = pytest.importorskip("lightgbm")
+    import mlflow.lightgbm
+
+    features, target = iris
+    booster = lightgbm.LGBMClassifier(n_estimators=5, verbose=-1).fit(features, target)
+    mlflow_at_steppe.set_experiment(_name("lightgbm"))
+    with mlflow_at_steppe.start_run():
+        info = mlflow.lightgbm.log_model(booster, name="gbm", input_example=features.head(2))
+    expected = booster.predict(features)
+    assert (mlflow.lightgbm.load_model(info.model_uri).predict(features) == expected).all()
+    # steppe.pyfunc hands other flavors to their own mlflow loader module.
+    ours = steppe.pyfunc.load_model(info.model_uri)
+    assert ours.loader_module == "mlflow.lightgbm"
+    assert (ours.predict(features) == expected).all()
+
+
+# -- MLflow 3 LoggedModel functions --------------------------------------------------------------
+
+
+def test_external_models_model_params_and_the_last_logged_model(
+    tracking: str, mlflow_at_steppe: Any, tmp_path: Path, fitted: Any
+) -> None:
+    steppe.set_experiment(_name("lm-fluent"))
+    with steppe.start_run() as run:
+        external = steppe.create_external_model(name="in-s3", params={"where": "s3"})
+        assert steppe.last_logged_model().model_id == external.model_id
+        steppe.log_model_params({"threshold": "0.5"})  # the last logged model
+        info = steppe.sklearn.log_model(fitted, name="model")
+    assert steppe.last_logged_model().model_id == info.model_id
+    theirs = mlflow_at_steppe.MlflowClient().get_logged_model(external.model_id)
+    assert theirs.tags["mlflow.model.isExternal"] == "true"
+    assert theirs.params == {"where": "s3", "threshold": "0.5"}
+    assert theirs.source_run_id == run.info.run_id
+    client = steppe.Client()
+    names = {f.path for f in client.list_logged_model_artifacts(info.model_id)}
+    assert {"MLmodel", "model.skops", "requirements.txt", "python_env.yaml"} <= names
+
+    (tmp_path / "notes.txt").write_text("extra file")
+    pending = steppe.initialize_logged_model(name="by-hand")
+    client.log_model_artifact(pending.model_id, tmp_path / "notes.txt")
+    client.finalize_logged_model(pending.model_id, "READY")
+    assert [f.path for f in client.list_logged_model_artifacts(pending.model_id)] == ["notes.txt"]
+    with pytest.raises(InvalidParameterValue, match="local_path"):
+        client.log_model_artifact(pending.model_id, tmp_path / "missing.txt")
+
+
+def test_copy_model_version_and_stages(tracking: str, fitted: Any, iris: Any) -> None:
+    features, _ = iris
+    source, target = _name("src"), _name("dst")
+    steppe.set_experiment(_name("copy"))
+    with steppe.start_run():
+        steppe.sklearn.log_model(fitted, name="model", registered_model_name=source)
+    client = steppe.Client()
+    copied = client.copy_model_version(f"models:/{source}/1", target)
+    assert (copied.name, copied.version) == (target, "1")
+    loaded = steppe.sklearn.load_model(f"models:/{target}/1")
+    assert (loaded.predict(features) == fitted.predict(features)).all()
+    assert client.get_model_version_stages(target, 1) == [
+        "None",
+        "Staging",
+        "Production",
+        "Archived",
+    ]
+    with pytest.raises(InvalidParameterValue, match="src_model_uri"):
+        client.copy_model_version(f"runs:/{source}/1", target)

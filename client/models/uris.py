@@ -17,6 +17,9 @@ from steppe import errors
 from steppe.errors import InvalidParameterValue, MlflowException
 from steppe.models.model import MLMODEL_FILE_NAME, Model, ModelInfo, folder_size
 
+#: The LoggedModel this process logged last (``steppe.last_logged_model``).
+last_model_id: str | None = None
+
 _MODEL_ID = re.compile(r"m-[0-9a-f]{32}")
 _STAGES = {"none", "staging", "production", "archived"}
 _URI_RULE = "is models:/<name>/<version|stage|latest>, models:/<name>@<alias> or models:/<model_id>"
@@ -185,6 +188,8 @@ def log(
         with contextlib.suppress(Exception):
             client.finalize_logged_model(logged.model_id, "FAILED")
         raise
+    global last_model_id
+    last_model_id = logged.model_id
     version = None
     if registered_model_name:
         from steppe.registry import register_model

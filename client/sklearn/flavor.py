@@ -231,22 +231,23 @@ def _load_from_folder(folder: Path) -> Any:
     if fmt == SERIALIZATION_FORMAT_SKOPS:
         import skops.io
 
-        from steppe import config
-
         # The trusted-type list comes from the model's own MLmodel file, so a crafted model
         # could trust anything: honour it only with the pickle opt-in; otherwise skops'
         # defaults (scikit-learn's own types) decide.
+        from skops.io.exceptions import UntrustedTypesFoundException
+
+        from steppe import config
+
         listed = conf.get("skops_trusted_types") if config.allow_pickle_deserialization() else None
-        unknown = skops.io.get_untrusted_types(file=str(data))
-        blocked = sorted(set(unknown) - set(listed or []))
-        if blocked:
+        try:
+            return skops.io.load(str(data), trusted=list(listed) if listed else None)
+        except UntrustedTypesFoundException as exc:
             raise MlflowException(
-                f"Refusing to load {data}: skops found types it does not trust: {blocked}. "
+                f"Refusing to load {data}: skops found types it does not trust ({exc}). "
                 "If you trust this model, set STEPPE_ALLOW_PICKLE_DESERIALIZATION=true and "
                 "save it with skops_trusted_types listing them.",
                 error_code="INVALID_PARAMETER_VALUE",
-            )
-        return skops.io.load(str(data), trusted=list(unknown) or None)
+            ) from None
     from steppe.pyfunc import require_pickle_opt_in
 
     require_pickle_opt_in(f"the scikit-learn model at {folder}")
