@@ -395,3 +395,28 @@ def test_copy_model_version_and_stages(tracking: str, fitted: Any, iris: Any) ->
     ]
     with pytest.raises(InvalidParameterValue, match="src_model_uri"):
         client.copy_model_version(f"runs:/{source}/1", target)
+
+
+def test_long_transfers_report_progress_on_stderr(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import time
+
+    from steppe.artifacts import Progress
+
+    now = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    quiet = Progress("uploading", "model m-1", 10 << 20)
+    quiet.add(10 << 20)  # done within 2 s: nothing printed
+    quiet.close()
+    assert capsys.readouterr().err == ""
+
+    slow = Progress("downloading", "model m-2", 100 << 20)
+    for _ in range(4):
+        now[0] += 1.5
+        slow.add(25 << 20)
+    slow.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("steppe: downloading model m-2: 50.0 of 100.0 MiB (50%)")
+    assert lines[-1].startswith("steppe: downloading model m-2: 100.0 of 100.0 MiB (100%)")
+    assert len(lines) == 3
