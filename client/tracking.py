@@ -399,6 +399,11 @@ class Client(RegistryMixin, ManageMixin):
         run = _run(run_id)
         return artifacts.download(self._artifact_url(), run, path or "", dst_path)
 
+    @property
+    def _http_url(self) -> str:
+        """The server's HTTP address (offline or no server: ServerUnavailable, saying so)."""
+        return self._conn.http_url()
+
     def _artifact_url(self) -> str:
         """The server's HTTP address for artifact reads, once what this process spooled
         for it (journaled calls, artifacts) is delivered."""

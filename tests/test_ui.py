@@ -202,3 +202,54 @@ def test_run_page_lists_artifacts_and_previews_text_json_and_images(
     section.scroll_into_view_if_needed()
     ui.screenshot("run-artifacts")
     ui.assert_no_console_errors()
+
+
+def test_images_logged_by_key_and_step_show_as_a_gallery_with_a_step_slider(
+    ui: UI, tracking: str
+) -> None:
+    import numpy as np
+    from playwright.sync_api import expect
+
+    import steppe
+
+    with steppe.start_run(run_name="with-images") as run:
+        for step, width in ((0, 8), (5, 16), (10, 24)):
+            steppe.log_image(
+                np.zeros((6, width, 3), dtype=np.uint8), key="samples/digits", step=step
+            )
+        steppe.log_image(np.full((4, 4), 255, dtype=np.uint8), key="mask", step=1)
+    with steppe.start_run(run_name="no-images") as plain:
+        steppe.log_metric("loss", 1.0)
+
+    ui.goto(f"/runs/{_q(run.info.run_id)}")
+    page = ui.page
+    section = page.get_by_test_id("images")
+    expect(section.get_by_role("heading", name="Images")).to_be_visible()
+    cards = section.get_by_test_id("gallery-card")
+    expect(cards).to_have_count(2)
+    digits = section.locator("[data-testid=gallery-card][data-key='samples/digits']")
+    # The newest step first, its preview image, with the step named.
+    expect(digits.get_by_test_id("gallery-step")).to_have_text("step 10 (3 of 3)")
+    width = "el => el.complete && el.naturalWidth"
+    assert (
+        digits.get_by_test_id("gallery-image").evaluate(
+            f"async el => {{ await el.decode(); return ({width})(el); }}"
+        )
+        == 24
+    )
+    digits.get_by_test_id("gallery-slider").focus()
+    page.keyboard.press("Home")
+    expect(digits.get_by_test_id("gallery-step")).to_have_text("step 0 (1 of 3)")
+    page.wait_for_function(
+        "() => document.querySelector(\"[data-key='samples/digits'] img\").naturalWidth === 8"
+    )
+    mask = section.locator("[data-testid=gallery-card][data-key=mask]")
+    expect(mask.get_by_test_id("gallery-slider")).to_have_count(0)  # one step: no slider
+    section.scroll_into_view_if_needed()
+    ui.screenshot("run-images")
+    ui.assert_no_console_errors()
+
+    ui.goto(f"/runs/{_q(plain.info.run_id)}")
+    expect(page.get_by_test_id("run-name")).to_have_text("no-images")
+    expect(page.get_by_test_id("images")).to_be_hidden()
+    ui.assert_no_console_errors()

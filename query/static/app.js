@@ -474,6 +474,7 @@
           this.noMetrics,
           this.grid),
         this.models ? this.models.el : null,
+        steppe.imagesSection ? steppe.imagesSection(page, this.runId) : null, // artifacts.js
         steppe.artifactsSection ? steppe.artifactsSection(page, this.runId) : null); // artifacts.js
 
       // The charts (charts.js) load when they come near the viewport (a run can log hundreds of

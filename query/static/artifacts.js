@@ -1,4 +1,4 @@
-/* steppe web UI: the run page's Artifacts section. Lists a run's folders and files (GET
+/* steppe web UI: the run page's Artifacts and Images sections. Lists a run's folders and files (GET
    /api/steppe/v1/artifacts, one folder at a time) and previews text, JSON and images (GET
    /api/steppe/v1/artifacts/raw). A logged model's files (its own artifact root, not a run's) go
    through MLflow's artifact proxy instead (modelArtifactsSection). Loaded after app.js, whose helpers it takes from window.steppe;
@@ -178,6 +178,69 @@
         cut ? h("p", { class: "muted" }, `Showing the first ${fmtSize(PREVIEW_BYTES)}; download for the rest.`) : "");
     }
   }
+
+  /* Images logged with log_image(key=..., step=...): MLflow's layout
+     images/<key with / as ~>+step+<n>+timestamp+<ms>+<uuid>.png, with a +compressed.webp preview.
+     One card per key, showing the image at the chosen step (a slider over the logged steps). */
+  const IMAGE_NAME = /^(.+)\+step\+(\d+)\+timestamp\+(\d+)\+([0-9a-fA-F-]+)(\+compressed)?\.(png|webp)$/;
+
+  /** {key -> [{step, timestamp, full, preview}] sorted by step} from the images/ listing. */
+  function imageSeries(files) {
+    const byName = new Map();
+    for (const f of files) {
+      const m = IMAGE_NAME.exec(baseName(f.path));
+      if (!m || f.is_dir) continue;
+      const id = `${m[1]}+${m[2]}+${m[3]}+${m[4]}`;
+      const entry = byName.get(id) || { key: m[1].replace(/~/g, "/"), step: Number(m[2]), timestamp: Number(m[3]) };
+      if (m[5]) entry.preview = f.path; else entry.full = f.path;
+      byName.set(id, entry);
+    }
+    const series = new Map();
+    for (const e of byName.values()) {
+      if (!e.full) continue;
+      if (!series.has(e.key)) series.set(e.key, []);
+      series.get(e.key).push(e);
+    }
+    for (const list of series.values()) list.sort((a, b) => (a.step - b.step) || (a.timestamp - b.timestamp));
+    return new Map([...series].sort((a, b) => S.collator.compare(a[0], b[0])));
+  }
+
+  function imageCard(files, key, list) {
+    const img = h("img", { class: "gallery-img", alt: "", "data-testid": "gallery-image" });
+    const link = h("a", { target: "_blank", rel: "noopener" }, img);
+    const caption = h("span", { class: "muted", "data-testid": "gallery-step" });
+    const show = (i) => {
+      const e = list[i];
+      img.src = files.raw(e.preview || e.full);
+      img.alt = `${key} at step ${e.step}`;
+      link.href = files.raw(e.full);
+      caption.textContent = `step ${e.step} (${i + 1} of ${list.length})`;
+    };
+    const slider = list.length > 1 ? h("input", {
+      type: "range", min: "0", max: String(list.length - 1), value: String(list.length - 1),
+      "aria-label": `Step of ${key}`, "data-testid": "gallery-slider",
+      oninput: (ev) => show(Number(ev.target.value)),
+    }) : null;
+    show(list.length - 1);
+    return h("figure", { class: "gallery-card", "data-testid": "gallery-card", "data-key": key },
+      link, h("figcaption", null, h("code", null, key), " ", caption), slider);
+  }
+
+  /** The run page's Images section: hidden until the run has time-stepped images. */
+  S.imagesSection = (page, runId) => {
+    const files = runFiles(runId);
+    const grid = h("div", { class: "gallery" });
+    const el = h("section", { class: "images", "data-testid": "images", hidden: true },
+      h("div", { class: "section-head" }, h("h2", null, "Images")), grid);
+    files.list(page, "images").then((listed) => {
+      if (!page.alive) return;
+      const series = imageSeries(listed || []);
+      if (!series.size) return;
+      grid.replaceChildren(...[...series].map(([key, list]) => imageCard(files, key, list)));
+      el.hidden = false;
+    }, () => { /* no images/ folder: the section stays hidden */ });
+    return el;
+  };
 
   S.artifactsSection = (page, runId) => new ArtifactsSection(page, runFiles(runId)).el;
   /** A logged model's files: `root` is its folder in the artifact store (e.g. 1/models/m-.../artifacts). */
