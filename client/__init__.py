@@ -228,3 +228,13 @@ def __getattr__(name: str) -> object:
 
         return importlib.import_module(f"steppe.{name}")
     raise AttributeError(f"module 'steppe' has no attribute {name!r}")
+
+
+def run(uri: str, entry_point: str = "main", *args: object, **kwargs: object) -> object:
+    """Run an MLflow Project as a steppe run: ``steppe.projects.run`` (``mlflow.run``)."""
+    from steppe import projects
+
+    return projects.run(uri, entry_point, *args, **kwargs)  # type: ignore[arg-type]
+
+
+__all__ += ["run"]

@@ -177,10 +177,73 @@ def _parser() -> argparse.ArgumentParser:
         metavar="RUN",
         help="drop what is spooled for run RUN instead of sending it (repeatable)",
     )
+    project = sub.add_parser(
+        "run",
+        help="run an MLflow Project (MLproject folder, .py/.sh entry point, git repository)",
+        description="Run a project's entry point as a new run, like `mlflow run`: params "
+        "logged first, the command attached to the run through MLFLOW_RUN_ID and "
+        "MLFLOW_TRACKING_URI, the run FINISHED or FAILED by the command's exit status.",
+    )
+    project.add_argument("uri", help="a project folder, or a git URI (…#subfolder)")
+    project.add_argument("-e", "--entry-point", default="main")
+    project.add_argument("-v", "--version", default=None, help="git commit or branch")
+    project.add_argument(
+        "-P",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a parameter (repeatable)",
+    )
+    project.add_argument(
+        "--env-manager",
+        default="local",
+        help="local (this Python), virtualenv (python -m venv from python_env.yaml) or uv",
+    )
+    project.add_argument("--experiment-name", default=None)
+    project.add_argument("--experiment-id", default=None)
+    project.add_argument("--run-name", default=None)
     from steppe import sql
 
     sql.add_parser(sub)
     return parser
+
+
+def _project_run(args: argparse.Namespace) -> int:
+    from steppe import projects
+
+    params: dict[str, str] = {}
+    for item in args.param:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            print(f"steppe run: -P {item!r}: give NAME=VALUE", file=sys.stderr)
+            return 2
+        params[name] = value
+    try:
+        submitted = projects.run(
+            args.uri,
+            entry_point=args.entry_point,
+            version=args.version,
+            parameters=params,
+            experiment_name=args.experiment_name,
+            experiment_id=args.experiment_id,
+            run_name=args.run_name,
+            env_manager=args.env_manager,
+            synchronous=False,
+        )
+    except projects.ExecutionException as exc:
+        print(f"steppe run: {exc}", file=sys.stderr)
+        return 2
+    try:
+        ok = submitted.wait()
+    except KeyboardInterrupt:
+        print(f"steppe run: interrupted; run {submitted.run_id} is KILLED", file=sys.stderr)
+        return 130
+    print(
+        f"steppe run: run {submitted.run_id} {submitted.get_status()}",
+        file=sys.stderr,
+    )
+    return 0 if ok else (submitted.returncode or 1)
 
 
 def _port(raw: str) -> int:
@@ -202,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         return _ui(args)
     if args.command == "sync":
         return _sync(args)
+    if args.command == "run":
+        return _project_run(args)
     if args.command == "sql":
         from steppe import sql
 
