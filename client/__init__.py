@@ -201,3 +201,10 @@ __all__ += [
     "set_system_metrics_samples_before_logging",
     "set_system_metrics_sampling_interval",
 ]
+
+# --- autologging and datasets (steppe.autolog, steppe.data) ----------------------------------
+from steppe import data  # noqa: E402
+from steppe.autolog import autolog  # noqa: E402
+from steppe.data import log_input  # noqa: E402
+
+__all__ += ["autolog", "data", "log_input"]

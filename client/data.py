@@ -213,7 +213,7 @@ def _tensor_specs(value: Any) -> list[dict[str, Any]]:
 
 def _numpy_digest(features: Any, targets: Any) -> str:
     import numpy as np
-    import pandas as pd
+    import pandas as pd  # type: ignore[import-untyped,unused-ignore]  # optional
 
     elements: list[Any] = []
 
@@ -274,7 +274,7 @@ def from_pandas(
 
         dataset = steppe.data.from_pandas(df, source="data/train.csv", targets="label")
     """
-    import pandas as pd
+    import pandas as pd  # type: ignore[import-untyped,unused-ignore]  # optional
 
     if not isinstance(df, pd.DataFrame):
         raise InvalidParameterValue("df", type(df).__name__, "must be a pandas DataFrame")
@@ -285,7 +285,7 @@ def from_pandas(
         {"type": _column_type(df[column]), "name": str(column), "required": True}
         for column in df.columns
     ]
-    profile = {"num_rows": int(len(df)), "num_elements": int(df.size)}
+    profile = {"num_rows": len(df), "num_elements": int(df.size)}
     extra = {k: v for k, v in (("targets", targets), ("predictions", predictions)) if v}
     return Dataset(
         name=_name(name),
@@ -313,10 +313,11 @@ def _column_type(column: Any) -> str:
 
 def _pandas_digest(df: Any) -> str:
     import numpy as np
-    import pandas as pd
+    import pandas as pd  # type: ignore[import-untyped,unused-ignore]  # optional
 
     head = df.head(_MAX_ROWS)
-    strings = head.columns[(df.map(type) == str).all(0)]
+    # MLflow's rule: a column whose every value's type is exactly str (not a subclass).
+    strings = head.columns[df.map(lambda value: type(value) is str).all(0)]
     numbers = head.select_dtypes(include=[np.number]).columns
     head = head[strings.union(numbers)]
     return _md5(
