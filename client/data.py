@@ -317,7 +317,7 @@ def _pandas_digest(df: Any) -> str:
 
     head = df.head(_MAX_ROWS)
     # MLflow's rule: a column whose every value's type is exactly str (not a subclass).
-    strings = head.columns[df.map(lambda value: type(value) is str).all(0)]
+    strings = head.columns[df.map(lambda value: type(value) is str).all(axis=0)]
     numbers = head.select_dtypes(include=[np.number]).columns
     head = head[strings.union(numbers)]
     return _md5(
