@@ -87,6 +87,68 @@ class Server:
         return sum(int(m["count"]) for m in run["data"]["metrics"].values())
 
 
+@dataclass
+class MlflowServer:
+    """MLflow's own tracking server (the baseline): sqlite backend, artifacts proxied into a
+    local folder, on a free 127.0.0.1 port; needs the ``bench`` extra."""
+
+    proc: subprocess.Popen[str]
+    http_url: str
+
+    @classmethod
+    def start(cls, root: Path, workers: int = 1) -> MlflowServer:
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        root.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("STEPPE_", "MLFLOW_"))}
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+                "--backend-store-uri",
+                f"sqlite:///{root / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(root / "artifacts"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited with {proc.returncode}")
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2) as response:
+                    if response.status == 200:
+                        return cls(proc, url)
+            except OSError:
+                time.sleep(0.2)  # polling a starting server: no event to wait on
+        proc.kill()
+        raise RuntimeError("mlflow server did not start within 120 s")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
 def disk_bytes(data_dir: Path) -> int:
     return sum(p.stat().st_size for p in (data_dir / "metrics").glob("*.parquet"))
 

@@ -64,8 +64,10 @@ from steppe.tracking import Client
 MlflowClient = Client
 
 __version__ = "0.1.0"
+VERSION = __version__
 
 __all__ = [
+    "VERSION",
     "ActiveRun",
     "Client",
     "Experiment",
@@ -124,9 +126,15 @@ from steppe.model_entities import (  # noqa: E402
     RegisteredModel,
 )
 from steppe.registry import (  # noqa: E402
+    create_external_model,
     delete_logged_model_tag,
     finalize_logged_model,
     get_logged_model,
+    initialize_logged_model,
+    last_logged_model,
+    log_inputs,
+    log_model_params,
+    log_outputs,
     register_model,
     search_logged_models,
     search_model_versions,
@@ -140,9 +148,15 @@ __all__ += [
     "LoggedModelStatus",
     "ModelVersion",
     "RegisteredModel",
+    "create_external_model",
     "delete_logged_model_tag",
     "finalize_logged_model",
     "get_logged_model",
+    "initialize_logged_model",
+    "last_logged_model",
+    "log_inputs",
+    "log_model_params",
+    "log_outputs",
     "register_model",
     "search_logged_models",
     "search_model_versions",
@@ -202,9 +216,22 @@ __all__ += [
     "set_system_metrics_sampling_interval",
 ]
 
+# --- the model flavors and other subpackages, imported on first use as ``mlflow.<name>`` -------
+#: ``steppe.sklearn`` works after a bare ``import steppe`` (as ``mlflow.sklearn`` does), without
+#: making ``import steppe`` load scikit-learn, PyYAML or pandas.
+_LAZY_SUBMODULES = frozenset({"artifacts", "data", "models", "projects", "pyfunc", "sklearn"})
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"steppe.{name}")
+    raise AttributeError(f"module 'steppe' has no attribute {name!r}")
+
+
 # --- autologging and datasets (steppe.autolog, steppe.data) ----------------------------------
-from steppe import data  # noqa: E402
 from steppe.autolog import autolog  # noqa: E402
 from steppe.data import log_input  # noqa: E402
 
-__all__ += ["autolog", "data", "log_input"]
+__all__ += ["autolog", "log_input"]

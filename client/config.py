@@ -108,6 +108,15 @@ def system_metrics_requested() -> bool:
     return raw.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def allow_pickle_deserialization() -> bool:
+    """STEPPE_ALLOW_PICKLE_DESERIALIZATION (or MLflow's MLFLOW_ALLOW_PICKLE_DESERIALIZATION)
+    set to true: load pickle/cloudpickle models, which can run arbitrary code. Off unless set."""
+    raw = os.environ.get("STEPPE_ALLOW_PICKLE_DESERIALIZATION") or os.environ.get(
+        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION", ""
+    )
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
 def offline() -> bool:
     """STEPPE_MODE=offline: log to the local spool only; `steppe sync` sends it later."""
     mode = (os.environ.get("STEPPE_MODE") or "online").strip().lower()

@@ -104,9 +104,13 @@ class SteppeError(Exception):
         if "http_status" not in cls.__dict__:
             cls.http_status = http_status(cls.error_code)
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, error_code: str | None = None) -> None:
+        """``error_code`` overrides the class's, as ``MlflowException(msg, error_code=...)``."""
         super().__init__(message)
         self.message = message
+        if error_code is not None:
+            self.error_code = error_code
+            self.http_status = http_status(error_code)
 
 
 class InvalidParameterValue(SteppeError):

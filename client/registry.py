@@ -9,12 +9,15 @@ Standard library only; imported by ``steppe.tracking``, never loads the server.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import sys
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from steppe import config, errors, http
@@ -370,6 +373,75 @@ class RegistryMixin:
     def delete_logged_model(self, model_id: str) -> None:
         self._call("DELETE", f"/logged-models/{_model_id(model_id)}")
 
+    def log_model_artifacts(self, model_id: str, local_dir: str | os.PathLike[str]) -> None:
+        """Upload a folder's files under the LoggedModel's artifact location, streamed."""
+        from steppe import artifacts
+
+        folder = Path(local_dir)
+        if not folder.is_dir():
+            raise InvalidParameterValue("local_dir", str(local_dir), "is not a directory")
+        model = self.get_logged_model(model_id)
+        artifacts.upload_folder(
+            self._conn.endpoint.http_url, model.artifact_location, folder, f"model {model_id}"
+        )
+
+    def log_model_artifact(self, model_id: str, local_path: str | os.PathLike[str]) -> None:
+        """Upload one file into the LoggedModel's artifact location."""
+        import shutil
+        import tempfile
+
+        source = Path(local_path)
+        if not source.is_file():
+            raise InvalidParameterValue("local_path", str(local_path), "is not a file")
+        with tempfile.TemporaryDirectory(prefix="steppe-model-file-") as tmp:
+            shutil.copy2(source, Path(tmp) / source.name)
+            self.log_model_artifacts(model_id, tmp)
+
+    def list_logged_model_artifacts(self, model_id: str, path: str | None = None) -> list[Any]:
+        """The files and folders directly inside the model's folder ``path``."""
+        from steppe.entities import FileInfo
+
+        raw = self._call(
+            "GET",
+            f"/logged-models/{_model_id(model_id)}/artifacts/directories",
+            {"artifact_directory_path": path} if path else None,
+        )
+        return [
+            FileInfo(f["path"], bool(f.get("is_dir")), f.get("file_size"))
+            for f in raw.get("files", [])
+        ]
+
+    def get_model_version_stages(self, name: str, version: str | int) -> list[str]:
+        """The stages a model version can move to, as MLflow lists them."""
+        self.get_model_version(name, version)
+        return ["None", "Staging", "Production", "Archived"]
+
+    def copy_model_version(self, src_model_uri: str, dst_name: str) -> ModelVersion:
+        """A new version of ``dst_name`` (created if needed) with the source version's files,
+        run and model id; ``src_model_uri`` is ``models:/<name>/<version>`` or ``@<alias>``."""
+        target = src_model_uri.removeprefix("models:/").strip("/")
+        name, at, alias = target.partition("@")
+        if at:
+            source = self.get_model_version_by_alias(name, alias)
+        else:
+            name, _, number = target.rpartition("/")
+            if not src_model_uri.startswith("models:/") or not name or not number.isdigit():
+                raise InvalidParameterValue(
+                    "src_model_uri", src_model_uri, "is models:/<name>/<version> or @<alias>"
+                )
+            source = self.get_model_version(name, number)
+        # Copying into an existing model adds a version, as MLflow does.
+        with contextlib.suppress(errors.ResourceAlreadyExists):
+            self.create_registered_model(dst_name)
+        copied: ModelVersion = self.create_model_version(
+            dst_name,
+            source.source,
+            run_id=source.run_id or None,
+            description=source.description or None,
+            model_id=getattr(source, "model_id", None) or None,
+        )
+        return copied
+
     def search_logged_models(
         self,
         experiment_ids: Sequence[str],
@@ -574,3 +646,133 @@ def set_model_version_tag(
     stage: str | None = None,
 ) -> None:
     _client().set_model_version_tag(name, version, key, value, stage)
+
+
+# --- MLflow 3 LoggedModel fluent functions ------------------------------------------------------
+
+
+def _active_model_id(model_id: str | None) -> str:
+    if model_id is not None:
+        return model_id
+    from steppe.models import uris
+
+    if uris.last_model_id is None:
+        raise InvalidParameterValue("model_id", None, "is required when no model was logged yet")
+    return uris.last_model_id
+
+
+def initialize_logged_model(
+    name: str | None = None,
+    source_run_id: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+    params: Mapping[str, Any] | None = None,
+    model_type: str | None = None,
+    experiment_id: str | None = None,
+) -> LoggedModel:
+    """A PENDING LoggedModel of the active run (or ``source_run_id``): add files with
+    ``Client.log_model_artifacts``, or pass its id to a flavor's ``log_model(model_id=...)``."""
+    from steppe import fluent
+    from steppe.models import uris
+
+    client = _client()
+    if source_run_id is None and (run := fluent.active_run()) is not None:
+        source_run_id = run.info.run_id
+    if experiment_id is None:
+        experiment_id = (
+            client.get_run(source_run_id).info.experiment_id
+            if source_run_id
+            else fluent._resolve_experiment_id(client)
+        )
+    model: LoggedModel = client.create_logged_model(
+        str(experiment_id), name, source_run_id, tags, params, model_type
+    )
+    uris.last_model_id = model.model_id
+    return model
+
+
+def create_external_model(
+    name: str | None = None,
+    source_run_id: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+    params: Mapping[str, Any] | None = None,
+    model_type: str | None = None,
+    experiment_id: str | None = None,
+) -> LoggedModel:
+    """A READY LoggedModel whose files live outside steppe (tag ``mlflow.model.isExternal``)."""
+    import tempfile
+
+    from steppe.models.model import MLMODEL_FILE_NAME, Model
+
+    model = initialize_logged_model(
+        name,
+        source_run_id,
+        {**(tags or {}), "mlflow.model.isExternal": "true"},
+        params,
+        model_type,
+        experiment_id,
+    )
+    client = _client()
+    with tempfile.TemporaryDirectory(prefix="steppe-external-") as tmp:
+        Model(
+            artifact_path=model.artifact_location,
+            run_id=source_run_id,
+            model_id=model.model_id,
+            model_uuid=model.model_id,
+        ).save(Path(tmp) / MLMODEL_FILE_NAME)
+        client.log_model_artifacts(model.model_id, tmp)
+    result: LoggedModel = client.finalize_logged_model(model.model_id, "READY")
+    return result
+
+
+def last_logged_model() -> LoggedModel | None:
+    """The LoggedModel this process logged last, or None."""
+    from steppe.models import uris
+
+    return get_logged_model(uris.last_model_id) if uris.last_model_id else None
+
+
+def log_model_params(params: Mapping[str, Any], model_id: str | None = None) -> None:
+    """Params on a LoggedModel (the last one logged when ``model_id`` is None)."""
+    _client().log_model_params(_active_model_id(model_id), params)
+
+
+def log_outputs(models: Sequence[Any] | None = None) -> None:
+    """Record models (``{"model_id": ..., "step": ...}`` or LoggedModelOutput-like objects)
+    as outputs of the active run."""
+    from steppe import fluent
+
+    run = fluent._get_or_start_run()
+    _client().log_outputs(run.info.run_id, list(models or []))
+
+
+def log_inputs(
+    datasets: Sequence[Any] | None = None,
+    contexts: Sequence[str | None] | None = None,
+    tags_list: Sequence[Mapping[str, str] | None] | None = None,
+    models: Sequence[Any] | None = None,
+) -> None:
+    """Record datasets (each with its context and tags) and models as inputs of the active run."""
+    from steppe import fluent
+
+    run = fluent._get_or_start_run()
+    inputs: list[Any] = []
+    for i, dataset in enumerate(datasets or []):
+        tags = dict((tags_list[i] if tags_list else None) or {})
+        context = contexts[i] if contexts else None
+        if hasattr(dataset, "to_input"):  # a steppe.data Dataset
+            inputs.append(dataset.to_input(context, tags))
+            continue
+        if context:
+            tags["mlflow.data.context"] = context
+        if hasattr(dataset, "_to_mlflow_entity"):  # an mlflow.data Dataset
+            from steppe.manage import _as_json
+
+            raw: Any = _as_json(dataset._to_mlflow_entity(), "datasets")
+        else:
+            raw = dict(dataset)
+        inputs.append(
+            {"dataset": raw, "tags": [{"key": k, "value": str(v)} for k, v in tags.items()]}
+        )
+    _client().log_inputs(
+        run.info.run_id, datasets=inputs or None, models=list(models or []) or None
+    )

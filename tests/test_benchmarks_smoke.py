@@ -83,6 +83,25 @@ def test_query_benchmark_smoke() -> None:
     assert all(r["steppe_ms"] > 0 for r in rows)
 
 
+def test_models_benchmark_smoke() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "models.py"), "--smoke", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=clean_env(),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [r["client -> server"] for r in rows] == [
+        "steppe -> steppe",
+        "mlflow -> mlflow",
+        "mlflow -> steppe",
+    ]
+    for row in rows:
+        assert row["log_s"] > 0 and row["load_s"] > 0
+
+
 def test_autolog_benchmark_smoke() -> None:
     # steppe only: MLflow's server takes most of a minute to start on a shared machine.
     done = subprocess.run(

@@ -39,6 +39,15 @@ def test_the_training_process_imports_neither_server_nor_duckdb() -> None:
     assert not forbidden
 
 
+def test_the_model_libraries_load_only_when_models_are_used() -> None:
+    """``import steppe`` stays light; the sklearn extra's libraries load with steppe.sklearn."""
+    heavy = {"sklearn", "yaml", "pandas", "skops", "cloudpickle", "mlflow"}
+    loaded = _modules_after("import steppe")
+    assert not {m for m in loaded if m.split(".")[0] in heavy}
+    loaded = _modules_after("import steppe; steppe.sklearn.save_model")
+    assert "steppe.sklearn" in loaded
+
+
 def test_ingest_does_not_import_query() -> None:
     loaded = _modules_after("import steppe.ingest.service")
     assert not {m for m in loaded if m.startswith("steppe.query")}
