@@ -9,8 +9,9 @@ MLflow's own server (``mlflow server``, sqlite backend), in one run.
 Each mode runs in its own client process (one warm-up iteration first, not counted):
 ``plain`` is the loop with tracking but no autolog, ``autolog`` the same loop with it on.
 Reported per tool: median fit time and median whole-iteration time (start_run .. end_run)
-in both modes, autolog's overhead (the difference), and steppe's overhead as a fraction
-of MLflow's. Models are not logged by default, for both tools alike.
+in both modes, autolog's overhead (the differences), and as fractions of MLflow's figures:
+steppe's fit overhead and steppe's whole autolog iteration. Models are not logged by
+default (``--log-models`` logs them), for both tools alike.
 """
 
 from __future__ import annotations
@@ -212,8 +213,13 @@ def main() -> int:
     by_tool = {r["tool"]: r for r in rows}
     if "steppe" in by_tool and "mlflow" in by_tool:
         ours, theirs = by_tool["steppe"], by_tool["mlflow"]
-        for key in ("fit_overhead_ms", "run_overhead_ms"):
-            ours[f"{key[:-3]}_x_mlflow"] = ours[key] / theirs[key] if theirs[key] else float("nan")
+        # MLflow's plain iteration is itself slow (REST round trips to its server), so the
+        # whole-iteration figure compares autolog iterations, not their differences.
+        for key, ratio in (
+            ("fit_overhead_ms", "fit_overhead_x_mlflow"),
+            ("autolog_run_ms", "autolog_run_x_mlflow"),
+        ):
+            ours[ratio] = ours[key] / theirs[key] if theirs[key] else float("nan")
     print(
         table(
             rows,
@@ -226,8 +232,8 @@ def main() -> int:
                 "fit_overhead_x_mlflow",
                 "plain_run_ms",
                 "autolog_run_ms",
+                "autolog_run_x_mlflow",
                 "run_overhead_ms",
-                "run_overhead_x_mlflow",
             ],
         )
     )

@@ -206,7 +206,11 @@ def test_users_example_logs_the_model_as_a_logged_model(folder: Path) -> None:
     assert len(outputs) == 1
     logged = client.get_logged_model(outputs[0].model_id)
     assert logged.name == "model"
-    loaded = mlflow.sklearn.load_model(f"models:/{logged.model_id}")
+    mlflow.set_tracking_uri(f"http://127.0.0.1:{owner['http_port']}")
+    try:
+        loaded = mlflow.sklearn.load_model(f"models:/{logged.model_id}")
+    finally:
+        mlflow.set_tracking_uri(None)
     X, y = load_breast_cancer(return_X_y=True)
     assert loaded.score(X, y) == pytest.approx(run.data.metrics["training_score"])
 

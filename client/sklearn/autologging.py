@@ -779,7 +779,9 @@ def _draw_classifier_plots(
             ),
         ]
     written = 0
-    style: Any = {"savefig.dpi": 175, "figure.autolayout": True, "font.size": 8}
+    # MLflow's style without its figure.autolayout: that extra layout pass cost 40 of each
+    # plot's ~95 ms of savefig (measured), and at this size nothing is clipped without it.
+    style: Any = {"savefig.dpi": 175, "font.size": 8}
     for name, draw, title in plots:
 
         def one(name: str = name, draw: Callable[[], Any] = draw, title: str = title) -> bool:
