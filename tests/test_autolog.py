@@ -558,3 +558,21 @@ def test_log_input_is_read_back_by_mlflow(tracking: str) -> None:
         ("mlflow.data.context", "validation"),
         ("split", "a"),
     }
+
+
+def test_fit_predict_is_logged_once_without_labels(
+    autolog: str, breast_cancer: tuple[np.ndarray, np.ndarray]
+) -> None:
+    from sklearn.cluster import KMeans
+
+    X, _ = breast_cancer
+    steppe.sklearn.autolog(log_models=False)
+    labels = KMeans(n_clusters=2, n_init=2, random_state=0).fit_predict(X)
+    assert labels.shape == (569,)
+    runs = _runs(_experiment_id())
+    assert len(runs) == 1  # fit_predict calls fit: still one run
+    run = runs[0]
+    assert run.data.tags["estimator_name"] == "KMeans"
+    assert run.data.params["n_clusters"] == "2"
+    assert not any(k.startswith("training_") for k in run.data.metrics)  # no labels, no metrics
+    assert "estimator.html" in _artifacts(_mlflow(autolog), run.info.run_id)
