@@ -470,7 +470,7 @@ class _Fit:
             if run_id is None:  # no run could be started: train unlogged
                 return self.original(self.estimator, *self.args, **self.kwargs)
             session.guard("read the training data", self._read_training_data)
-            session.guard("log params and tags", lambda: self._log_before(run_id))
+            self._log_before(run_id)
             try:
                 result = self.original(self.estimator, *self.args, **self.kwargs)
             except BaseException as exc:
@@ -513,8 +513,12 @@ class _Fit:
     def _log_before(self, run_id: str) -> None:
         from steppe import fluent
 
-        fluent.log_params(self.estimator.get_params(deep=not _is_search(self.estimator)))
-        fluent.set_tags(_estimator_tags(self.estimator))
+        session, estimator = self.session, self.estimator
+        session.guard(
+            "log params",
+            lambda: fluent.log_params(estimator.get_params(deep=not _is_search(estimator))),
+        )
+        session.guard("log tags", lambda: fluent.set_tags(_estimator_tags(estimator)))
         if self.settings.log_datasets and self.dataset is not None:
             self.session.guard(
                 "log the training dataset",
@@ -542,7 +546,7 @@ class _Fit:
                 )
         metrics = session.guard("compute training metrics", self._training_metrics) or {}
         if metrics:
-            fluent.log_metrics(metrics)
+            session.guard("log training metrics", lambda: fluent.log_metrics(metrics))
         elif self.y is None:
             _logger.info("steppe autolog: no labels given to fit, so no training metrics")
         session.guard("log the training plots", lambda: self._log_plots(run_id))
@@ -615,7 +619,7 @@ class _Fit:
         except ImportError:
             _logger.info("steppe autolog: matplotlib is not installed, so no training plots")
             return
-        matplotlib.use("Agg", force=False)
+        del matplotlib  # drawn without pyplot: no backend is chosen or changed
         from steppe import fluent
 
         with tempfile.TemporaryDirectory(prefix="steppe-autolog-") as folder:
@@ -738,60 +742,68 @@ def _draw_classifier_plots(
     session: _Session, estimator: Any, X: Any, y: Any, sample_weight: Any, folder: Path
 ) -> int:
     """MLflow's training plots: the normalized confusion matrix, and for two classes the
-    ROC and precision-recall curves. Returns how many PNG files were written."""
+    ROC and precision-recall curves. Returns how many PNG files were written.
+
+    Drawn on bare ``Figure`` objects, never through pyplot: the user's backend, open
+    windows and current figure stay as they were."""
     import matplotlib
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
 
     classes = getattr(estimator, "classes_", None)
     count = len(classes) if classes is not None else len(set(y))
-
-    def confusion() -> Any:
-        rc: Any = {
-            "font.size": min(8.0, 50.0 / max(count, 1)),
-            "axes.labelsize": 8.0,
-            "figure.dpi": 175,
-        }
-        with matplotlib.rc_context(rc):
-            _, ax = plt.subplots(1, 1, figsize=(6.0, 4.0))
-            return ConfusionMatrixDisplay.from_estimator(
-                estimator, X, y, sample_weight=sample_weight, normalize="true", cmap="Blues", ax=ax
-            )
-
-    plots: list[tuple[str, Callable[[], Any], str]] = [
-        ("confusion_matrix", confusion, "Normalized confusion matrix")
+    weights = {"sample_weight": sample_weight}
+    confusion_style: Any = {
+        "font.size": min(8.0, 50.0 / max(count, 1)),
+        "axes.labelsize": 8.0,
+        "figure.dpi": 175,
+    }
+    plots: list[tuple[str, Callable[[Any], Any], str, Any, tuple[float, float] | None]] = [
+        (
+            "confusion_matrix",
+            lambda ax: ConfusionMatrixDisplay.from_estimator(
+                estimator, X, y, normalize="true", cmap="Blues", ax=ax, **weights
+            ),
+            "Normalized confusion matrix",
+            confusion_style,
+            (6.0, 4.0),
+        )
     ]
     if len(set(y)) == 2:
         plots += [
             (
                 "roc_curve",
-                lambda: RocCurveDisplay.from_estimator(
-                    estimator, X, y, sample_weight=sample_weight
-                ),
+                lambda ax: RocCurveDisplay.from_estimator(estimator, X, y, ax=ax, **weights),
                 "ROC curve",
+                {},
+                None,
             ),
             (
                 "precision_recall_curve",
-                lambda: PrecisionRecallDisplay.from_estimator(
-                    estimator, X, y, sample_weight=sample_weight
-                ),
+                lambda ax: PrecisionRecallDisplay.from_estimator(estimator, X, y, ax=ax, **weights),
                 "Precision recall curve",
+                {},
+                None,
             ),
         ]
     written = 0
     # MLflow's style without its figure.autolayout: that extra layout pass cost 40 of each
     # plot's ~95 ms of savefig (measured), and at this size nothing is clipped without it.
     style: Any = {"savefig.dpi": 175, "font.size": 8}
-    for name, draw, title in plots:
+    for name, draw, title, extra, size in plots:
 
-        def one(name: str = name, draw: Callable[[], Any] = draw, title: str = title) -> bool:
-            with matplotlib.rc_context(style):
-                display = draw()
-                try:
-                    display.ax_.set_title(title)
-                    display.figure_.savefig(folder / f"{TRAINING_PREFIX}{name}.png", format="png")
-                finally:
-                    plt.close(display.figure_)
+        def one(
+            name: str = name,
+            draw: Callable[[Any], Any] = draw,
+            title: str = title,
+            extra: Any = extra,
+            size: tuple[float, float] | None = size,
+        ) -> bool:
+            with matplotlib.rc_context(style), matplotlib.rc_context(extra):
+                figure = Figure(figsize=size)
+                display = draw(figure.add_subplot(1, 1, 1))
+                display.ax_.set_title(title)
+                figure.savefig(folder / f"{TRAINING_PREFIX}{name}.png", format="png")
             return True
 
         if session.guard(f"draw {TRAINING_PREFIX}{name}.png", one):
