@@ -31,7 +31,7 @@ import steppe.models
 import steppe.sklearn
 from steppe.errors import InvalidParameterValue
 from steppe.sklearn import autologging
-from tests.conftest import clean_env
+from tests.conftest import ServerProcess, clean_env
 from tests.test_example import _owner, _stop_background_server
 
 #: The lead's model flavor (steppe.sklearn.log_model, steppe.models.infer_signature) is being
@@ -593,3 +593,84 @@ def test_plots_leave_the_users_pyplot_state_alone(
     finally:
         plt.close(mine)
     assert "training_confusion_matrix.png" in _artifacts(_mlflow(autolog), run.info.run_id)
+
+
+# --- parity with MLflow's own autolog ------------------------------------------------------
+
+#: The same fits under either tool's autolog (a regressor, a pipeline with post-training
+#: metrics, a grid search); prints the runs' params, metric keys, tags, artifacts and children.
+PARITY = textwrap.dedent(
+    """
+    import sys, json, logging
+    logging.disable(logging.WARNING)
+    import warnings; warnings.simplefilter("ignore")
+    tool = sys.argv[1]
+    if tool == "steppe":
+        import steppe as mlflow, steppe.sklearn
+        mlflow.set_tracking_uri(sys.argv[2])
+    else:
+        import mlflow, mlflow.sklearn
+        mlflow.set_tracking_uri(sys.argv[2])
+    import sklearn.metrics
+    from sklearn.datasets import load_breast_cancer, load_diabetes
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.model_selection import GridSearchCV
+    X, y = load_breast_cancer(return_X_y=True)
+    Xr, yr = load_diabetes(return_X_y=True)
+    mlflow.sklearn.autolog(log_models=False)
+    out = {}
+    def describe(rid):
+        r = mlflow.get_run(rid)
+        c = mlflow.MlflowClient() if tool=="mlflow" else mlflow.Client()
+        arts = sorted(f.path for f in c.list_artifacts(rid))
+        skip = {"mlflow.runName","mlflow.user","mlflow.source.name","mlflow.source.type","mlflow.source.git.commit"}
+        return {"params": sorted(r.data.params.items()), "metrics": sorted(r.data.metrics), "tags": sorted((k,v) for k,v in r.data.tags.items() if k not in skip and k!="mlflow.parentRunId"), "artifacts": arts}
+    with mlflow.start_run() as r:
+        Ridge().fit(Xr, yr)
+    out["ridge"] = describe(r.info.run_id)
+    with mlflow.start_run() as r:
+        p = Pipeline([("s", StandardScaler()), ("c", LogisticRegression())]).fit(X, y)
+        X_test, y_test = X[:100], y[:100]
+        p.score(X_test, y_test)
+        pred = p.predict(X_test)
+        sklearn.metrics.f1_score(y_test, pred); sklearn.metrics.f1_score(y_test, pred)
+    out["pipe"] = describe(r.info.run_id)
+    with mlflow.start_run() as r:
+        g = GridSearchCV(LogisticRegression(solver="liblinear"), {"C": [0.1, 1.0, 10.0]}, cv=2).fit(X, y)
+        exp = r.info.experiment_id
+    out["grid"] = describe(r.info.run_id)
+    kids = mlflow.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{r.info.run_id}'", output_format="list") if tool=="mlflow" else [x for x in mlflow.Client().search_runs([exp]) if x.data.tags.get("mlflow.parentRunId")==r.info.run_id]
+    out["kids"] = sorted(json.dumps(describe(k.info.run_id)["params"]) + json.dumps(describe(k.info.run_id)["metrics"]) + json.dumps(describe(k.info.run_id)["tags"]) for k in kids)
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.timeout(300)
+def test_the_same_fits_log_what_mlflows_autolog_logs(
+    steppe_server: ServerProcess, tmp_path: Path
+) -> None:
+    """MLflow's autolog into its sqlite store and steppe's into a steppe server, in two
+    processes: the same params (values), metric keys, tags, artifacts and child runs."""
+
+    def logged(tool: str, uri: str) -> Any:
+        done = subprocess.run(
+            [sys.executable, "-c", PARITY, tool, uri],
+            cwd=tmp_path,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=110,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    theirs = logged("mlflow", f"sqlite:///{tmp_path}/mlflow.db")
+    ours = logged("steppe", steppe_server.http_url)
+    assert theirs["grid"]["metrics"] and len(theirs["kids"]) == 3  # it measured something
+    for case in ("ridge", "pipe", "grid"):
+        for what in ("params", "metrics", "tags", "artifacts"):
+            assert ours[case][what] == theirs[case][what], (case, what)
+    assert ours["kids"] == theirs["kids"]
