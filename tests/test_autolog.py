@@ -601,48 +601,65 @@ def test_plots_leave_the_users_pyplot_state_alone(
 #: metrics, a grid search); prints the runs' params, metric keys, tags, artifacts and children.
 PARITY = textwrap.dedent(
     """
-    import sys, json, logging
+    import json, logging, sys, warnings
+
     logging.disable(logging.WARNING)
-    import warnings; warnings.simplefilter("ignore")
-    tool = sys.argv[1]
+    warnings.simplefilter("ignore")
+    tool, uri = sys.argv[1:3]
     if tool == "steppe":
-        import steppe as mlflow, steppe.sklearn
-        mlflow.set_tracking_uri(sys.argv[2])
+        import steppe as mlflow
+        import steppe.sklearn
+
+        client = mlflow.Client(uri)
     else:
-        import mlflow, mlflow.sklearn
-        mlflow.set_tracking_uri(sys.argv[2])
+        import mlflow
+        import mlflow.sklearn
+
+        client = mlflow.MlflowClient(uri)
+    mlflow.set_tracking_uri(uri)
     import sklearn.metrics
     from sklearn.datasets import load_breast_cancer, load_diabetes
     from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.model_selection import GridSearchCV
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
-    from sklearn.model_selection import GridSearchCV
+
     X, y = load_breast_cancer(return_X_y=True)
     Xr, yr = load_diabetes(return_X_y=True)
     mlflow.sklearn.autolog(log_models=False)
+    SKIP = {"mlflow.runName", "mlflow.user", "mlflow.source.name", "mlflow.source.type",
+            "mlflow.source.git.commit", "mlflow.parentRunId"}
+
+    def describe(run_id):
+        run = mlflow.get_run(run_id)
+        return {
+            "params": sorted(run.data.params.items()),
+            "metrics": sorted(run.data.metrics),
+            "tags": sorted((k, v) for k, v in run.data.tags.items() if k not in SKIP),
+            "artifacts": sorted(f.path for f in client.list_artifacts(run_id)),
+        }
+
     out = {}
-    def describe(rid):
-        r = mlflow.get_run(rid)
-        c = mlflow.MlflowClient() if tool=="mlflow" else mlflow.Client()
-        arts = sorted(f.path for f in c.list_artifacts(rid))
-        skip = {"mlflow.runName","mlflow.user","mlflow.source.name","mlflow.source.type","mlflow.source.git.commit"}
-        return {"params": sorted(r.data.params.items()), "metrics": sorted(r.data.metrics), "tags": sorted((k,v) for k,v in r.data.tags.items() if k not in skip and k!="mlflow.parentRunId"), "artifacts": arts}
-    with mlflow.start_run() as r:
+    with mlflow.start_run() as run:
         Ridge().fit(Xr, yr)
-    out["ridge"] = describe(r.info.run_id)
-    with mlflow.start_run() as r:
-        p = Pipeline([("s", StandardScaler()), ("c", LogisticRegression())]).fit(X, y)
+    out["ridge"] = describe(run.info.run_id)
+    with mlflow.start_run() as run:
+        pipe = Pipeline([("s", StandardScaler()), ("c", LogisticRegression())]).fit(X, y)
         X_test, y_test = X[:100], y[:100]
-        p.score(X_test, y_test)
-        pred = p.predict(X_test)
-        sklearn.metrics.f1_score(y_test, pred); sklearn.metrics.f1_score(y_test, pred)
-    out["pipe"] = describe(r.info.run_id)
-    with mlflow.start_run() as r:
-        g = GridSearchCV(LogisticRegression(solver="liblinear"), {"C": [0.1, 1.0, 10.0]}, cv=2).fit(X, y)
-        exp = r.info.experiment_id
-    out["grid"] = describe(r.info.run_id)
-    kids = mlflow.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{r.info.run_id}'", output_format="list") if tool=="mlflow" else [x for x in mlflow.Client().search_runs([exp]) if x.data.tags.get("mlflow.parentRunId")==r.info.run_id]
-    out["kids"] = sorted(json.dumps(describe(k.info.run_id)["params"]) + json.dumps(describe(k.info.run_id)["metrics"]) + json.dumps(describe(k.info.run_id)["tags"]) for k in kids)
+        pipe.score(X_test, y_test)
+        pred = pipe.predict(X_test)
+        sklearn.metrics.f1_score(y_test, pred)
+        sklearn.metrics.f1_score(y_test, pred)
+    out["pipe"] = describe(run.info.run_id)
+    grid = {"C": [0.1, 1.0, 10.0]}
+    with mlflow.start_run() as run:
+        GridSearchCV(LogisticRegression(solver="liblinear"), grid, cv=2).fit(X, y)
+    out["grid"] = describe(run.info.run_id)
+    children = [
+        r for r in client.search_runs([run.info.experiment_id])
+        if r.data.tags.get("mlflow.parentRunId") == run.info.run_id
+    ]
+    out["kids"] = sorted(json.dumps(describe(r.info.run_id)) for r in children)
     print(json.dumps(out))
     """
 )
