@@ -238,3 +238,10 @@ def run(uri: str, entry_point: str = "main", *args: object, **kwargs: object) ->
 
 
 __all__ += ["run"]
+
+
+# --- autologging and datasets (steppe.autolog, steppe.data) ----------------------------------
+from steppe.autolog import autolog  # noqa: E402
+from steppe.data import log_input  # noqa: E402
+
+__all__ += ["autolog", "log_input"]

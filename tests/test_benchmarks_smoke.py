@@ -100,3 +100,30 @@ def test_models_benchmark_smoke() -> None:
     ]
     for row in rows:
         assert row["log_s"] > 0 and row["load_s"] > 0
+
+
+def test_autolog_benchmark_smoke() -> None:
+    # steppe only: MLflow's server takes most of a minute to start on a shared machine.
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "autolog.py"),
+            "--smoke",
+            "--json",
+            "--only",
+            "steppe",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        env=clean_env(),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [r["tool"] for r in rows] == ["steppe"]
+    row = rows[0]
+    assert row["fits"] == 3
+    assert row["training_metrics"] == 7  # accuracy, precision, recall, f1, log_loss, roc_auc, score
+    assert row["plain_fit_ms"] > 0 and row["autolog_fit_ms"] > 0
+    # Autolog does real work inside fit (metrics, plots, uploads): it cannot be free.
+    assert row["autolog_fit_ms"] > row["plain_fit_ms"]
