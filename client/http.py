@@ -31,6 +31,10 @@ def urlopen(request: urllib.request.Request | str, timeout: float | None) -> HTT
     return response
 
 
+#: Statuses a gateway answers for a server it cannot reach: retried like a refused connection.
+_GATEWAY_DOWN = frozenset({502, 503, 504})
+
+
 def open_checked(request: urllib.request.Request, timeout: float | None) -> HTTPResponse:
     """``urlopen``, with the server's ``{"error_code", "message"}`` raised as its steppe
     error and an unreachable server as ServerUnavailable."""
@@ -42,6 +46,11 @@ def open_checked(request: urllib.request.Request, timeout: float | None) -> HTTP
                 body = json.loads(exc.read())
                 raise errors.from_code(body["error_code"], body["message"]) from None
             except (ValueError, KeyError, TypeError):
+                if exc.code in _GATEWAY_DOWN:  # a proxy in front of a server that is away
+                    raise errors.ServerUnavailable(
+                        f"HTTP {exc.code} from {request.full_url} (the server behind it is "
+                        "unreachable; will retry)"
+                    ) from None
                 raise errors.SteppeError(f"HTTP {exc.code} from {request.full_url}") from None
     except (urllib.error.URLError, OSError) as exc:
         base = urllib.parse.urlsplit(request.full_url)

@@ -481,7 +481,9 @@ def flush_async_logging() -> None:
 
 
 def flush_artifact_async_logging() -> None:
-    """Artifacts are uploaded before log_artifact returns: nothing to wait for."""
+    """Nothing to wait for: log_artifact returns once the file is uploaded, or, with the
+    server away, copied into the spool, whence the sender delivers it in order with the run's
+    other calls (``flush()``/``end_run`` wait for that) or ``steppe sync`` does."""
 
 
 SYSTEM_METRICS_REFUSAL = (

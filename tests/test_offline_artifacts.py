@@ -287,3 +287,38 @@ def test_a_journaled_artifact_name_never_leaves_the_spool(tmp_path: Path) -> Non
     for bad in ("../../etc/passwd", "artifacts/../../x", "/etc/passwd", "artifacts/a/b", "x"):
         with pytest.raises(ValueError, match="not a spool file name"):
             artifact_file(tmp_path, bad)
+
+
+def test_a_gateway_answering_for_an_absent_server_is_retried_not_a_rejection() -> None:
+    """A proxy's plain 502/503/504 means the server is away: ServerUnavailable (the sender
+    keeps the journaled call and retries), while other non-JSON errors stay errors."""
+    import http.server
+    import threading
+    import urllib.request
+
+    from steppe import http as steppe_http
+
+    class Gateway(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status = int(self.path.strip("/"))
+            self.send_response(status)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<html>Bad Gateway</html>")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        for status in (502, 503, 504):
+            with pytest.raises(errors.ServerUnavailable, match=f"HTTP {status}"):
+                steppe_http.open_checked(urllib.request.Request(f"{base}/{status}"), 5)
+        with pytest.raises(errors.SteppeError) as raised:
+            steppe_http.open_checked(urllib.request.Request(f"{base}/500"), 5)
+        assert not isinstance(raised.value, errors.ServerUnavailable)
+    finally:
+        server.shutdown()
+        server.server_close()
