@@ -26,6 +26,7 @@ import grpc
 from steppe import errors, stream_ids, wire
 from steppe.buffer import Columns, PointBuffer
 from steppe.spool import Location, Spool, SpoolFailed
+from steppe.transport import Transport
 
 log = logging.getLogger("steppe.sender")
 
@@ -58,7 +59,7 @@ class Sender:
 
     def __init__(
         self,
-        stub: Callable[[bool], wire.IngestStub],
+        stub: Callable[[bool], Transport],
         *,
         buffer_points: int,
         batch_points: int,
@@ -73,7 +74,9 @@ class Sender:
         self.buffer = PointBuffer()
         self.stream_id = stream_ids.new_stream_id()
         self._last_batch_at = time.monotonic()  # or the stream id's creation
-        self._stub = stub  # called with True after a failure: may point elsewhere now
+        # The gRPC stub, or steppe.transport.MemoryTransport in tests; called with True
+        # after a failure: it may point elsewhere now.
+        self._stub = stub
         self._failures = 0
         # Our own generator: backoff jitter must not touch the global random state.
         self._jitter = random.Random()
