@@ -6,29 +6,36 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import clean_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_throughput_benchmark_smoke() -> None:
+def run_benchmark(
+    script: str, *args: str, timeout: float = 110
+) -> subprocess.CompletedProcess[str]:
+    """Run ``benchmarks/<script>`` with ``args``; it must exit 0."""
     done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "throughput.py"),
-            "--smoke",
-            "--json",
-            "--only",
-            "w1-call,w1-dict,w1-bulk,w2",
-        ],
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=timeout,
         env=clean_env(),
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert done.returncode == 0, done.stdout[-1000:] + done.stderr[-3000:]
+    return done
+
+
+def json_rows(script: str, *args: str, timeout: float = 110) -> list[dict[str, Any]]:
+    """The JSON rows a benchmark prints with ``--json``."""
+    done = run_benchmark(script, "--json", *args, timeout=timeout)
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def test_throughput_benchmark_smoke() -> None:
+    rows = json_rows("throughput.py", "--smoke", "--only", "w1-call,w1-dict,w1-bulk,w2")
     assert [r["workload"] for r in rows] == ["w1-call", "w1-dict", "w1-bulk", "w2"]
     for row in rows:
         assert row["stored"] == row["points"] > 0
@@ -36,25 +43,17 @@ def test_throughput_benchmark_smoke() -> None:
 
 
 def test_soak_benchmark_smoke() -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "soak.py"),
-            "--duration-s",
-            "8",
-            "--clients",
-            "2",
-            "--kill-every-s",
-            "3",
-            "--points-per-s",
-            "20000",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=110,
-        env=clean_env(),
+    done = run_benchmark(
+        "soak.py",
+        "--duration-s",
+        "8",
+        "--clients",
+        "2",
+        "--kill-every-s",
+        "3",
+        "--points-per-s",
+        "20000",
     )
-    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     header, values = done.stdout.strip().splitlines()[-2:]
     row = dict(zip(header.split(), values.split(), strict=True))
     assert int(row["kills"]) >= 2
@@ -63,36 +62,13 @@ def test_soak_benchmark_smoke() -> None:
 
 
 def test_query_benchmark_smoke() -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "query.py"),
-            "--smoke",
-            "--json",
-            "--repeats",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=110,
-        env=clean_env(),
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    rows = json_rows("query.py", "--smoke", "--repeats", "2")
     assert len(rows) == 6
     assert all(r["steppe_ms"] > 0 for r in rows)
 
 
 def test_models_benchmark_smoke() -> None:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "models.py"), "--smoke", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=clean_env(),
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    rows = json_rows("models.py", "--smoke", timeout=300)
     assert [r["client -> server"] for r in rows] == [
         "steppe -> steppe",
         "mlflow -> mlflow",
@@ -104,22 +80,7 @@ def test_models_benchmark_smoke() -> None:
 
 def test_autolog_benchmark_smoke() -> None:
     # steppe only: MLflow's server takes most of a minute to start on a shared machine.
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "autolog.py"),
-            "--smoke",
-            "--json",
-            "--only",
-            "steppe",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=110,
-        env=clean_env(),
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    rows = json_rows("autolog.py", "--smoke", "--only", "steppe")
     assert [r["tool"] for r in rows] == ["steppe"]
     row = rows[0]
     assert row["fits"] == 3
