@@ -43,6 +43,7 @@ class Connection:
         self.channel: grpc.Channel | None = None
         self.stub: wire.IngestStub | None = None
         self._wire_unary: wire.Unary | None = None
+        self._metric_stream: wire.MetricStream | None = None
         # What `steppe sync` reconnects to: the URI, or the local data dir it meant.
         spool_uri = tracking_uri or str(endpoint.data_dir or config.data_dir())
         spool_root = config.spool_dir()
@@ -71,6 +72,7 @@ class Connection:
         self.channel = open_channel(endpoint)
         self.stub = wire.IngestStub(self.channel)  # type: ignore[no-untyped-call]
         self._wire_unary = wire.Unary(self.stub, timeout_s=config.connect_timeout_s())
+        self._metric_stream = wire.MetricStream(self.channel)
 
     def _relocate(self) -> None:
         """Look again where the server is (a restarted local server listens on new ports).
@@ -85,7 +87,7 @@ class Connection:
 
     def _base_url(self) -> str:
         if not self.endpoint.http_url or not self.endpoint.grpc_target:
-            if self.sender._offline:
+            if self.sender.offline:
                 raise errors.ServerUnavailable(
                     "offline mode (STEPPE_MODE=offline): reads need a server; send the "
                     "spooled runs with `steppe sync`, then read them"
@@ -110,16 +112,16 @@ class Connection:
         assert self._wire_unary is not None
         return self._wire_unary
 
-    def stub_for_stream(self, after_failure: bool) -> wire.IngestStub:
-        """The stub for the next stream, looking the server up again after a failure."""
-        if after_failure or self.stub is None:
+    def stub_for_stream(self, after_failure: bool) -> wire.MetricStream:
+        """The metric stream for the next call, looking the server up again after a failure."""
+        if after_failure or self._metric_stream is None:
             try:
                 self._relocate()
             except errors.SteppeError:
-                if self.stub is None:
+                if self._metric_stream is None:
                     raise
-        assert self.stub is not None
-        return self.stub
+        assert self._metric_stream is not None
+        return self._metric_stream
 
     # --- HTTP reads (steppe's JSON API, query/API.md) -----------------------------------
 

@@ -38,17 +38,18 @@ STREAM_IDLE_S = 600.0
 
 @dataclass
 class _Entry:
-    """An unacked batch: in memory (``batch``), in the spool (``where``), or both."""
+    """An unacked batch, serialized once: in memory (``payload``), in the spool (``where``),
+    or both."""
 
     count: int
     size: int
-    batch: wire.MetricBatch | None
+    payload: bytes | None
     where: Location | None
 
 
 @dataclass
 class _Stream:
-    requests: queue.SimpleQueue[wire.MetricBatch | None]
+    requests: queue.SimpleQueue[bytes | None]
     stream_id: str
     responses: Any = None  # the call object: an iterator of StreamAck, cancellable
     broken: bool = False
@@ -291,7 +292,7 @@ class Sender:
         keep = where is None or self._memory_bytes + size <= self._max_inflight_bytes
         if keep:
             self._memory_bytes += size
-        self._outbox[self._seq] = _Entry(batch.count, size, batch if keep else None, where)
+        self._outbox[self._seq] = _Entry(batch.count, size, payload if keep else None, where)
         self._unacked_points += batch.count
 
     # --- the worker --------------------------------------------------------------------
@@ -342,10 +343,10 @@ class Sender:
             stream.requests.put(None)
 
     def _connect(self) -> _Stream | None:
-        requests: queue.SimpleQueue[wire.MetricBatch | None] = queue.SimpleQueue()
+        requests: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         stream = _Stream(requests, self.stream_id)
 
-        def gen() -> Iterator[wire.MetricBatch]:
+        def gen() -> Iterator[bytes]:
             while True:
                 item = requests.get()
                 if item is None:
@@ -371,8 +372,9 @@ class Sender:
         ).start()
         return stream
 
-    def _due(self) -> list[wire.MetricBatch]:
-        """The next batches to send, within the window of unacked batches in flight."""
+    def _due(self) -> list[bytes]:
+        """The next batches to send (serialized, as spooled), within the window of unacked
+        batches in flight."""
         out = []
         with self._state:
             limit = min(self._seq, self._acked_seq + self._window)
@@ -383,11 +385,11 @@ class Sender:
                 self._next_send += 1
                 if entry is None:
                     continue  # acked meanwhile
-                batch = entry.batch
-                if batch is None:
+                payload = entry.payload
+                if payload is None:
                     assert entry.where is not None and self._spool is not None
-                    batch = wire.MetricBatch.FromString(self._spool.read(entry.where))
-                out.append(batch)
+                    payload = self._spool.read(entry.where)
+                out.append(payload)
         return out
 
     def _read_acks(self, stream: _Stream) -> None:
@@ -403,7 +405,7 @@ class Sender:
                     while outbox and next(iter(outbox)) <= ack.acked_seq:
                         _, entry = outbox.popitem(last=False)
                         self._unacked_points -= entry.count
-                        if entry.batch is not None:
+                        if entry.payload is not None:
                             self._memory_bytes -= entry.size
                     self._acked_seq = max(self._acked_seq, ack.acked_seq)
                     self._failures = 0

@@ -1,8 +1,8 @@
 """The sender's seam to the network: what a metric stream needs of the server, and an
 in-memory server that keeps the same promise.
 
-The sender asks for a ``Transport`` (``Sender(stub=...)``): the gRPC stub
-(``steppe.wire.IngestStub``) is one, ``MemoryTransport`` the other. Both take the stream's
+The sender asks for a ``Transport`` (``Sender(stub=...)``): the gRPC metric stream
+(``steppe.wire.MetricStream``) is one, ``MemoryTransport`` the other. Both take the stream's
 batches in seq order and answer cumulative acks; a batch is acked only once it is stored, and
 a resent batch (seq at or below the stream's watermark) is acked again, never stored twice.
 
@@ -28,11 +28,10 @@ from steppe import wire
 
 
 class Transport(Protocol):
-    """A server's metric stream: batches in, cumulative acks out (``steppe.v1.Ingest``)."""
+    """A server's metric stream: serialized ``MetricBatch`` es in, cumulative acks out
+    (``steppe.v1.Ingest/StreamMetrics``)."""
 
-    def StreamMetrics(
-        self, request_iterator: Iterator[wire.MetricBatch]
-    ) -> Iterator[wire.StreamAck]: ...
+    def StreamMetrics(self, request_iterator: Iterator[bytes]) -> Iterator[wire.StreamAck]: ...
 
 
 class StreamBroken(grpc.RpcError):  # type: ignore[misc]  # grpc ships no types
@@ -83,17 +82,16 @@ class MemoryTransport:
         with self._lock:
             self._down = down
 
-    def StreamMetrics(
-        self, request_iterator: Iterator[wire.MetricBatch]
-    ) -> Iterator[wire.StreamAck]:
+    def StreamMetrics(self, request_iterator: Iterator[bytes]) -> Iterator[wire.StreamAck]:
         with self._lock:
             if self._down:
                 raise StreamBroken()
             self.calls += 1
         return self._serve(request_iterator)
 
-    def _serve(self, requests: Iterator[wire.MetricBatch]) -> Iterator[wire.StreamAck]:
-        for batch in requests:
+    def _serve(self, requests: Iterator[bytes]) -> Iterator[wire.StreamAck]:
+        for payload in requests:
+            batch = wire.MetricBatch.FromString(payload)
             with self._lock:
                 fault, self._fault = self._fault, None
                 if fault is not None and not fault.stored:

@@ -113,6 +113,18 @@ def run_from_pb(msg: pb.Run) -> Run:
     )
 
 
+class MetricStream:
+    """The metric stream of one channel, fed batches already serialized (the bytes the
+    sender spooled go on the wire as they are: a batch is serialized once)."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.StreamMetrics = channel.stream_stream(  # named as the gRPC method
+            "/steppe.v1.Ingest/StreamMetrics",
+            request_serializer=None,  # bytes pass through
+            response_deserializer=pb.StreamAck.FromString,
+        )
+
+
 class Unary:
     """Run-lifecycle calls on one stub; each raises steppe.errors on failure."""
 
