@@ -16,13 +16,13 @@ from pathlib import Path
 import pyarrow as pa
 
 from steppe.ingest.layout import metrics_file_name
-from steppe.ingest.store import (
-    MetricStore,
+from steppe.ingest.metrics_files import (
     Part,
     read_metrics_file_encoded,
     sort_metrics,
     write_metrics_file,
 )
+from steppe.ingest.store import MetricStore
 
 __all__ = ["Compactor"]
 

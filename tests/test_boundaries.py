@@ -53,6 +53,16 @@ def test_ingest_does_not_import_query() -> None:
     assert not {m for m in loaded if m.startswith("steppe.query")}
 
 
+def test_the_store_sits_on_its_parts_and_they_not_on_it() -> None:
+    """ingest's write side in layers: metrics_files <- latest <- recovery <- store; each
+    module imports only those below it."""
+    layers = ["metrics_files", "latest", "recovery", "store"]
+    for i, name in enumerate(layers):
+        loaded = _modules_after(f"import steppe.ingest.{name}")
+        above = {f"steppe.ingest.{upper}" for upper in layers[i + 1 :]}
+        assert not loaded & above, (name, loaded & above)
+
+
 def test_only_wire_modules_touch_generated_code() -> None:
     users = {
         str(p.relative_to(ROOT))

@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from steppe.ingest import wire
+from steppe.ingest.latest import LATEST_SEGMENT_KEY
 from steppe.ingest.layout import METRICS_SCHEMA, DataDir, Snapshot
 from steppe.ingest.service import Ingestor
-from steppe.ingest.store import LATEST_SEGMENT_KEY
 from steppe.ingest.wal import list_segments
 from steppe.v1 import steppe_pb2 as pb
 from steppe.v1 import steppe_pb2_grpc as pb_grpc

@@ -19,21 +19,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from steppe.ingest import store as store_module
-from steppe.ingest import wire
+from steppe.ingest import latest as latest_module
+from steppe.ingest import metrics_files, wire
 from steppe.ingest.compactor import Compactor
+from steppe.ingest.latest import fold_latest, summarize_points
 from steppe.ingest.layout import LATEST_SCHEMA, METRICS_SCHEMA, DataDir
-from steppe.ingest.sqlite_catalog import SqliteCatalog
-from steppe.ingest.store import (
+from steppe.ingest.metrics_files import (
     TAIL_SCHEMA,
-    MetricStore,
-    fold_latest,
     read_metrics_file,
     read_metrics_file_encoded,
     sort_metrics,
-    summarize_points,
     write_metrics_file,
 )
+from steppe.ingest.sqlite_catalog import SqliteCatalog
+from steppe.ingest.store import MetricStore
 from steppe.v1 import steppe_pb2 as pb
 
 NAN, INF = math.nan, math.inf
@@ -182,16 +181,20 @@ def _shifted(indices: bytes, by: int) -> bytes:
 def thresholds(small: bool) -> Iterator[None]:
     """With ``small``, force the sparse series lookup, per-row-group dictionaries and the
     hash group-by summary (else: dense lookup, whole dictionaries, sort-by-series summary)."""
-    names = ("_DENSE_SERIES_LIMIT", "_COMPACT_DICTIONARY_ABOVE", "_FEW_SERIES")
-    saved = [getattr(store_module, name) for name in names]
+    places = (
+        (metrics_files, "_DENSE_SERIES_LIMIT"),
+        (metrics_files, "_COMPACT_DICTIONARY_ABOVE"),
+        (latest_module, "_FEW_SERIES"),
+    )
+    saved = [getattr(module, name) for module, name in places]
     if small:
-        for name in names:
-            setattr(store_module, name, 1)
+        for module, name in places:
+            setattr(module, name, 1)
     try:
         yield
     finally:
-        for name, value in zip(names, saved, strict=True):
-            setattr(store_module, name, value)
+        for (module, name), value in zip(places, saved, strict=True):
+            setattr(module, name, value)
 
 
 def make_tables(batches: Sequence[Sequence[Point]], how: st.DataObject) -> list[pa.Table]:
@@ -238,7 +241,7 @@ def test_sort_is_stable_by_run_key_step_timestamp(
     with thresholds(small):
         tables = make_tables(batches, how)
         ordered = sort_metrics(
-            pa.concat_tables([store_module.as_dictionary_table(t) for t in tables])
+            pa.concat_tables([metrics_files.as_dictionary_table(t) for t in tables])
         )
     assert ordered.schema.equals(TAIL_SCHEMA)
     assert table_rows(ordered) == reference_sort([p for batch in batches for p in batch])
@@ -255,7 +258,7 @@ def test_metrics_file_round_trip_and_its_summary(
     everything = [p for batch in batches for p in batch]
     with thresholds(small):
         tables = make_tables(batches, how)
-        merged = pa.concat_tables([store_module.as_dictionary_table(t) for t in tables])
+        merged = pa.concat_tables([metrics_files.as_dictionary_table(t) for t in tables])
         write_metrics_file(sort_metrics(merged), path)
         encoded = read_metrics_file_encoded(path)
         summary = summarize_points(encoded, series_sorted=True)
