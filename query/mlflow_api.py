@@ -37,8 +37,8 @@ from steppe.ingest.catalog import (
 )
 from steppe.ingest.layout import Snapshot
 from steppe.query import paging
-from steppe.query.app import CATALOG, CATALOG_TABLES, READER, SQL_TIME_LIMIT_S, with_snapshot
 from steppe.query.artifacts import clean_path
+from steppe.query.context import CATALOG, CATALOG_TABLES, READER, SQL_TIME_LIMIT_S, with_snapshot
 from steppe.query.jsonenc import dumps, float_value, parse_body
 from steppe.query.reader import MetricSummary, Reader, points_sql
 from steppe.query.search import (

@@ -27,8 +27,8 @@ from steppe.ingest.models_catalog import (
     RegisteredModelRecord,
 )
 from steppe.ingest.sqlite_catalog import SqliteCatalog
-from steppe.query.app import CATALOG
 from steppe.query.artifacts import ARTIFACT_STORE, _file_json, _one, _send, clean_path
+from steppe.query.context import CATALOG
 from steppe.query.mlflow_api import (
     MLFLOW_PREFIXES,
     ApiError,

@@ -63,6 +63,19 @@ def test_the_store_sits_on_its_parts_and_they_not_on_it() -> None:
         assert not loaded & above, (name, loaded & above)
 
 
+def test_the_query_app_sits_on_its_parts_and_they_not_on_it() -> None:
+    """make_app wires the read side; what it wires never imports it (no app <-> mlflow_api
+    cycle), and the shared app keys import no handlers."""
+    parts = ["context", "middleware", "requests", "documents", "static_files", "mlflow_api"]
+    for name in parts:
+        loaded = _modules_after(f"import steppe.query.{name}")
+        assert "steppe.query.app" not in loaded, name
+    loaded = _modules_after("import steppe.query.context")
+    assert not {
+        m for m in loaded if m.startswith(("steppe.query.mlflow", "steppe.query.artifacts"))
+    }
+
+
 def test_only_wire_modules_touch_generated_code() -> None:
     users = {
         str(p.relative_to(ROOT))
