@@ -1,7 +1,8 @@
 """The catalog: experiments, runs, params, tags and per-stream watermarks.
 
-``Catalog`` is the seam (embedded SQLite today, PostgreSQL later); records are plain
-frozen dataclasses. It knows nothing of metrics points, gRPC or HTTP.
+``Catalog`` is the seam (embedded SQLite today, PostgreSQL later), made of one small protocol
+per entity (ExperimentRepository, RunRepository, DatasetInputs, StreamWatermarks); records are
+plain frozen dataclasses. It knows nothing of metrics points, gRPC or HTTP.
 """
 
 from __future__ import annotations
@@ -55,14 +56,8 @@ class DatasetInputRecord:
     tags: Mapping[str, str] = field(default_factory=dict)
 
 
-class Catalog(Protocol):
-    """Durable metadata store. Every write is committed before the method returns.
-
-    Errors are ``steppe.errors`` exceptions: ResourceDoesNotExist for unknown ids,
-    ResourceAlreadyExists for a taken experiment name, InvalidParameterValue for a param
-    re-logged with a different value or a bad status. Inputs arrive already validated
-    for names and lengths (steppe.validation); the catalog checks existence and conflicts.
-    """
+class ExperimentRepository(Protocol):
+    """Experiments and their tags."""
 
     def create_experiment(
         self, name: str, artifact_location: str = "", tags: Mapping[str, str] | None = None
@@ -92,6 +87,10 @@ class Catalog(Protocol):
         ...
 
     def delete_experiment_tag(self, experiment_id: str, key: str) -> None: ...
+
+
+class RunRepository(Protocol):
+    """Runs, their params and tags, and their lifecycle."""
 
     def create_run(
         self,
@@ -135,6 +134,10 @@ class Catalog(Protocol):
 
     def restore_run(self, run_id: str) -> None: ...
 
+
+class DatasetInputs(Protocol):
+    """The datasets each run used (MLflow's run inputs)."""
+
     def log_inputs(self, run_id: str, inputs: Sequence[DatasetInputRecord]) -> None:
         """Record datasets the run used; a dataset (name, digest) already recorded is kept."""
         ...
@@ -142,6 +145,11 @@ class Catalog(Protocol):
     def run_inputs(self, run_ids: Sequence[str]) -> dict[str, list[DatasetInputRecord]]:
         """run_id -> its dataset inputs in logging order (runs without any are absent)."""
         ...
+
+
+class StreamWatermarks(Protocol):
+    """Per metric stream, the highest seq durably in Parquet: what makes resends exactly once.
+    The store's only use of the catalog."""
 
     def stream_watermarks(self) -> dict[str, int]:
         """stream_id -> highest seq durably in Parquet (see ingest.store)."""
@@ -160,6 +168,18 @@ class Catalog(Protocol):
     def expire_stream_watermarks(self, stream_ids: Sequence[str]) -> None:
         """Forget these streams (see ingest.store: only ids that carry their creation time)."""
         ...
+
+
+class Catalog(ExperimentRepository, RunRepository, DatasetInputs, StreamWatermarks, Protocol):
+    """Durable metadata store: the repositories above in one transactional store. Every write
+    is committed before the method returns.
+
+    Errors are ``steppe.errors`` exceptions: ResourceDoesNotExist for unknown ids,
+    ResourceAlreadyExists for a taken experiment name, InvalidParameterValue for a param
+    re-logged with a different value or a bad status. Inputs arrive already validated
+    for names and lengths (steppe.validation); the catalog checks existence and conflicts.
+    Code that needs one part takes that protocol (the store takes StreamWatermarks).
+    """
 
     @property
     def version(self) -> int:

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from steppe.errors import InvalidParameterValue
 from steppe.ingest import wire
-from steppe.ingest.catalog import Catalog
+from steppe.ingest.catalog import StreamWatermarks
 from steppe.ingest.latest import (
     empty_latest,
     fold_latest,
@@ -153,7 +153,7 @@ def _storable_seq(stream_id: str, seq: object, where: str, warned: set[str]) -> 
     return False
 
 
-def recover(data_dir: DataDir, catalog: Catalog) -> Recovered:
+def recover(data_dir: DataDir, catalog: StreamWatermarks) -> Recovered:
     """Blocking recovery of the on-disk state (see MetricStore for the protocol)."""
     data_dir.metrics_dir.mkdir(parents=True, exist_ok=True)
     data_dir.wal_dir.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from steppe import stream_ids
-from steppe.ingest.catalog import Catalog
+from steppe.ingest.catalog import StreamWatermarks
 from steppe.ingest.latest import (
     LATEST_SEGMENT_KEY,
     empty_latest,
@@ -145,7 +145,7 @@ class MetricStore:
     def __init__(
         self,
         data_dir: DataDir,
-        catalog: Catalog,
+        catalog: StreamWatermarks,
         *,
         flush_rows: int = 1_000_000,
         flush_interval_s: float = 10.0,
