@@ -9,12 +9,45 @@ points from the front under the buffer's drain lock, so concurrent appends are n
 from __future__ import annotations
 
 import threading
+import time
 from array import array
 from collections.abc import Sequence
 from typing import cast
 
+from steppe import validation
+
 #: Fields per point in the flat list: series id, step, timestamp_ms, value.
 FIELDS = 4
+
+_INT64_MIN, _INT64_MAX = validation.INT64_MIN, validation.INT64_MAX
+_time_ns = time.time_ns
+
+
+def append_point(
+    points: list[int | float],
+    limit: int,
+    sid: int,
+    value: float,
+    step: int | None,
+    timestamp: int | None,
+) -> bool:
+    """The one append of ``log_metric`` (fluent and ``Client``): check and default one point
+    as MLflow does (``step`` 0, ``timestamp`` now in ms; NaN and +/-inf are values), append it
+    to the flat list, and say whether the list is now over ``limit`` items (then the caller
+    drains it: ``Sender.overflow``). The checks cost nothing for a float value and int step.
+    """
+    if type(value) is not float:
+        value = validation.check_metric_value("value", value)
+    if step is None:
+        step = 0
+    elif type(step) is not int or step > _INT64_MAX or step < _INT64_MIN:
+        step = validation.check_step("step", step)
+    if timestamp is None:
+        timestamp = _time_ns() // 1_000_000
+    elif type(timestamp) is not int or timestamp < 0:
+        timestamp = validation.check_timestamp("timestamp", timestamp)
+    points.extend((sid, step, timestamp, value))
+    return len(points) > limit
 
 
 class SeriesRegistry:

@@ -21,12 +21,12 @@ from typing import Any
 from steppe import config, errors, validation
 from steppe.arrays import is_array
 from steppe.buffer import FIELDS
+from steppe.buffer import append_point as _append_point
 from steppe.connection import close_all, connect
 from steppe.entities import Experiment, FileInfo, Run, RunData, RunInfo
 from steppe.sender import Sender
 from steppe.tracking import Client, now_ms
 
-_INT64_MIN, _INT64_MAX = validation.INT64_MIN, validation.INT64_MAX
 _time_ns = time.time_ns
 
 _tracking_uri: str | None = None
@@ -320,19 +320,7 @@ def log_metric(
     sid = run._series.get(key)
     if sid is None:
         sid = run._register(key)
-    if type(value) is not float:
-        value = validation.check_metric_value("value", value)
-    if step is None:
-        step = 0
-    elif type(step) is not int or step > _INT64_MAX or step < _INT64_MIN:
-        step = validation.check_step("step", step)
-    if timestamp is None:
-        timestamp = _time_ns() // 1_000_000
-    elif type(timestamp) is not int or timestamp < 0:
-        timestamp = validation.check_timestamp("timestamp", timestamp)
-    points = run._points
-    points.extend((sid, step, timestamp, value))
-    if len(points) > run._limit:
+    if _append_point(run._points, run._limit, sid, value, step, timestamp):
         run._overflow()
 
 

@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from steppe import config, validation
-from steppe.buffer import FIELDS
+from steppe.buffer import FIELDS, append_point
 from steppe.connection import Connection, connect
 from steppe.entities import Experiment, FileInfo, Metric, Param, Run, RunTag, number
 from steppe.errors import InvalidParameterValue
@@ -192,13 +192,9 @@ class Client(RegistryMixin, ManageMixin):
         """Buffered: returns after a buffer append; ``flush()`` waits for the ack."""
         sender = self._conn.sender
         sid = sender.buffer.registry.series_id(run_id, validation.check_name("key", key))
-        value = validation.check_metric_value("value", value)
-        step = 0 if step is None else validation.check_step("step", step)
-        ts = now_ms() if timestamp is None else validation.check_timestamp("timestamp", timestamp)
         sender.start()
         points = sender.buffer.points
-        points.extend((sid, step, ts, value))
-        if len(points) > sender.buffer_points * FIELDS:
+        if append_point(points, sender.buffer_points * FIELDS, sid, value, step, timestamp):
             sender.overflow()
 
     def log_series(
