@@ -48,7 +48,9 @@ class Rest:
             raise errors.SteppeError(error["message"], error["error_code"]) from None
 
     def get(self, path: str, **query: str) -> dict[str, Any]:
-        url = f"{self._base}/api/2.0/mlflow/{path}?" + "&".join(f"{k}={v}" for k, v in query.items())
+        url = f"{self._base}/api/2.0/mlflow/{path}?" + "&".join(
+            f"{k}={v}" for k, v in query.items()
+        )
         with urllib.request.urlopen(url, timeout=10) as response:
             document: dict[str, Any] = json.loads(response.read())
             return document
@@ -78,7 +80,9 @@ def test_experiment_tag_longer_than_a_run_tag_is_kept_whole_on_both_doors(
 ) -> None:
     value = "v" * (MAX_TAG_VAL_LENGTH + 10)
     by_grpc = unary.create_experiment(_name("tag-grpc"), "", {"note": value})
-    by_rest = rest("experiments/create", {"name": _name("tag-rest"), "tags": [{"key": "note", "value": value}]})
+    by_rest = rest(
+        "experiments/create", {"name": _name("tag-rest"), "tags": [{"key": "note", "value": value}]}
+    )
     stored_grpc = rest.get("experiments/get", experiment_id=by_grpc.experiment_id)["experiment"]
     stored_rest = rest.get("experiments/get", experiment_id=by_rest["experiment_id"])["experiment"]
     assert _tags(stored_grpc)["note"] == value
@@ -178,17 +182,23 @@ def test_run_name_and_a_different_run_name_tag_are_refused_on_both_doors(
 
 def test_run_tag_values_are_truncated_alike_on_both_doors(unary: Unary, rest: Rest) -> None:
     experiment = unary.create_experiment(_name("run-tags"), "", None)
-    run_id = unary.create_run(uuid.uuid4().hex, experiment.experiment_id, "r", 1, None, "u").info.run_id
+    run_id = unary.create_run(
+        uuid.uuid4().hex, experiment.experiment_id, "r", 1, None, "u"
+    ).info.run_id
     long = "x" * (MAX_TAG_VAL_LENGTH + 5)
     unary.set_tags(run_id, [("by_grpc", long)])
     rest("runs/set-tag", {"run_id": run_id, "key": "by_rest", "value": long})
-    tags = {t["key"]: t["value"] for t in rest.get("runs/get", run_id=run_id)["run"]["data"]["tags"]}
+    tags = {
+        t["key"]: t["value"] for t in rest.get("runs/get", run_id=run_id)["run"]["data"]["tags"]
+    }
     assert tags["by_grpc"] == tags["by_rest"] == long[:MAX_TAG_VAL_LENGTH]
 
 
 def test_a_missing_tag_is_not_found_on_both_doors(unary: Unary, rest: Rest) -> None:
     experiment = unary.create_experiment(_name("missing-tag"), "", None)
-    run_id = unary.create_run(uuid.uuid4().hex, experiment.experiment_id, "r", 1, None, "u").info.run_id
+    run_id = unary.create_run(
+        uuid.uuid4().hex, experiment.experiment_id, "r", 1, None, "u"
+    ).info.run_id
     grpc_code, _ = _code(lambda: unary.delete_tag(run_id, "nope"))
     rest_code, _ = _code(lambda: rest("runs/delete-tag", {"run_id": run_id, "key": "nope"}))
     assert grpc_code == rest_code == "RESOURCE_DOES_NOT_EXIST"
