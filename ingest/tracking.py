@@ -26,7 +26,8 @@ set_experiment on a deleted name     refused            (no endpoint)       refu
 MAX_EXPERIMENT_TAG_VAL_LENGTH        steppe.validation  a second copy       steppe.validation
 
 The limits table is ``steppe.validation`` (client/validation.py): the client checks at the
-call site with it and this module imports it, so there is one table.
+call site with it and this module imports it, so there is one table and one experiment-name
+rule (``check_stored_experiment_name``; the client's call-site check adds "not all spaces").
 """
 
 from __future__ import annotations
@@ -43,12 +44,12 @@ from steppe.ingest.catalog import (
     RunRecord,
 )
 from steppe.validation import (
-    MAX_EXPERIMENT_NAME_LENGTH,
     MAX_EXPERIMENT_TAG_VAL_LENGTH,
     check_experiment_id,
     check_name,
     check_param_value,
     check_run_id,
+    check_stored_experiment_name,
     check_tag_value,
     check_timestamp,
 )
@@ -57,27 +58,12 @@ __all__ = [
     "RUN_NAME_TAG",
     "ExperimentService",
     "RunService",
-    "check_experiment_name",
     "run_params",
     "run_tags",
 ]
 
 #: The tag MLflow keeps a run's name in.
 RUN_NAME_TAG = "mlflow.runName"
-
-
-def check_experiment_name(field: str, name: object) -> str:
-    """MLflow's rule: a string, not empty, at most MAX_EXPERIMENT_NAME_LENGTH characters
-    (all spaces is a name: mlflow.utils.validation._validate_experiment_name)."""
-    if not isinstance(name, str):
-        raise InvalidParameterValue(field, name, "experiment name must be a string")
-    if name == "":
-        raise InvalidParameterValue(field, name, "is a required parameter (a non-empty string)")
-    if len(name) > MAX_EXPERIMENT_NAME_LENGTH:
-        raise InvalidParameterValue(
-            field, name, f"exceeds the maximum length of {MAX_EXPERIMENT_NAME_LENGTH} characters"
-        )
-    return name
 
 
 def _experiment_tag(key_field: str, key: object, value_field: str, value: str) -> tuple[str, str]:
@@ -140,7 +126,7 @@ class ExperimentService:
     def create(
         self, name: object, artifact_location: str, tags: Sequence[tuple[object, str]]
     ) -> ExperimentRecord:
-        name = check_experiment_name("name", name)
+        name = check_stored_experiment_name("name", name)
         checked = dict(
             _experiment_tag(f"tags[{i}].key", k, f"tags[{i}].value", v)
             for i, (k, v) in enumerate(tags)
@@ -149,7 +135,7 @@ class ExperimentService:
 
     def get_or_create(self, name: object) -> ExperimentRecord:
         """The active experiment of this name, created if there is none (set_experiment)."""
-        name = check_experiment_name("name", name)
+        name = check_stored_experiment_name("name", name)
         record = self._catalog.get_experiment_by_name(name)
         if record is None:
             try:
@@ -170,7 +156,8 @@ class ExperimentService:
 
     def rename(self, experiment_id: object, new_name: object) -> None:
         experiment_id = check_experiment_id("experiment_id", experiment_id)
-        self._catalog.rename_experiment(experiment_id, check_experiment_name("new_name", new_name))
+        new_name = check_stored_experiment_name("new_name", new_name)
+        self._catalog.rename_experiment(experiment_id, new_name)
 
     def delete(self, experiment_id: object) -> list[str]:
         """Delete the experiment and its runs; returns the ids of the runs it deleted."""
