@@ -660,12 +660,12 @@ class Ingestor:
         await store.wait_for_room()
         # No await from here to append(): seqs enter the WAL in the order they are taken.
         seq = max(self._http_seq, store.watermark(HTTP_STREAM_ID)) + 1
-        # Encoded and decoded like any gRPC batch: the WAL record and the tail's table are
-        # exactly what a client's batch would have produced (and recovery will replay).
-        batch = wire.encode_metric_batch(HTTP_STREAM_ID, seq, table)
-        decoded = wire.decode_metric_batch(batch)
+        # The WAL record is the gRPC batch of these columns (what recovery replays); the tail
+        # takes the checked table itself, which is what that batch decodes to (the store
+        # dictionary-encodes it in first-appearance order, as the batch's dictionaries are).
+        payload = wire.encode_metric_batch(HTTP_STREAM_ID, seq, table).SerializeToString()
         try:
-            durable = store.append(HTTP_STREAM_ID, seq, decoded.table, batch.SerializeToString())
+            durable = store.append(HTTP_STREAM_ID, seq, table, payload)
         except (WalFailed, StoreClosed) as exc:
             raise ServerUnavailable(f"cannot log points now: {exc}") from exc
         self._http_seq = seq
