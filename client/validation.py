@@ -134,9 +134,13 @@ def check_experiment_id(field: str, experiment_id: object) -> str:
     return experiment_id
 
 
-def check_experiment_name(field: str, name: object) -> str:
-    if not isinstance(name, str) or name.strip() == "":
-        raise InvalidParameterValue(field, name, "experiment name must be a non-empty string")
+def check_stored_experiment_name(field: str, name: object) -> str:
+    """MLflow's server rule (mlflow.utils.validation._validate_experiment_name): a string, not
+    empty, at most MAX_EXPERIMENT_NAME_LENGTH characters; all spaces is a name."""
+    if not isinstance(name, str):
+        raise InvalidParameterValue(field, name, "experiment name must be a string")
+    if name == "":
+        raise InvalidParameterValue(field, name, "is a required parameter (a non-empty string)")
     if len(name) > MAX_EXPERIMENT_NAME_LENGTH:
         raise InvalidParameterValue(
             field,
@@ -145,3 +149,11 @@ def check_experiment_name(field: str, name: object) -> str:
             "characters",
         )
     return name
+
+
+def check_experiment_name(field: str, name: object) -> str:
+    """The client's call-site check: the server's rule, and (stricter, steppe's own) not all
+    spaces, which is almost always a mistake in a training script."""
+    if isinstance(name, str) and name != "" and name.strip() == "":
+        raise InvalidParameterValue(field, name, "experiment name must be a non-empty string")
+    return check_stored_experiment_name(field, name)

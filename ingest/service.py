@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from steppe.errors import (
     SteppeError,
 )
 from steppe.ingest import wire
-from steppe.ingest.catalog import DEFAULT_EXPERIMENT_ID, Catalog
+from steppe.ingest.catalog import Catalog
 from steppe.ingest.compactor import Compactor
 from steppe.ingest.layout import METRICS_SCHEMA, DataDir
 from steppe.ingest.sqlite_catalog import SqliteCatalog
@@ -38,17 +37,12 @@ from steppe.ingest.store import (
     MetricStore,
     StoreClosed,
 )
+from steppe.ingest.tracking import ExperimentService, RunService
 from steppe.ingest.wal import WalFailed
 from steppe.validation import (
-    MAX_EXPERIMENT_TAG_VAL_LENGTH,
     MAX_METRIC_KEYS_PER_RUN,
-    check_experiment_id,
-    check_experiment_name,
     check_name,
-    check_param_value,
     check_run_id,
-    check_tag_value,
-    check_timestamp,
 )
 
 __all__ = [
@@ -298,24 +292,14 @@ class _Session:
 # -- the servicer -------------------------------------------------------------------------
 
 
-def _tag_pairs(
-    tags: Iterable[Any], *, field: str = "tags", max_value: int | None = None
-) -> list[tuple[str, str]]:
-    pairs = []
-    for i, tag in enumerate(tags):
-        key = check_name(f"{field}[{i}].key", tag.key, "tag key")
-        value = check_tag_value(f"{field}[{i}].value", tag.value)
-        pairs.append((key, value if max_value is None else value[:max_value]))
-    return pairs
-
-
 class IngestServicer(wire.IngestServicerBase):
     """steppe.v1.Ingest on grpc.aio. Catalog calls run in worker threads (SQLite commits
     fsync), so the loop keeps acking streams meanwhile."""
 
     def __init__(self, ingestor: Ingestor) -> None:
         self._ingestor = ingestor
-        self._catalog = ingestor.catalog
+        self._experiments = ExperimentService(ingestor.catalog)
+        self._runs = RunService(ingestor.catalog)
 
     async def StreamMetrics(
         self, request_iterator: AsyncIterable[wire.MetricBatch], context: Any
@@ -354,9 +338,8 @@ class IngestServicer(wire.IngestServicerBase):
         return await self._unary(context, self._create_experiment, request)
 
     def _create_experiment(self, request: wire.CreateExperimentRequest) -> wire.Experiment:
-        name = check_experiment_name("name", request.name)
-        tags = _tag_pairs(request.tags, max_value=MAX_EXPERIMENT_TAG_VAL_LENGTH)
-        record = self._catalog.create_experiment(name, request.artifact_location, dict(tags))
+        tags = [(tag.key, tag.value) for tag in request.tags]
+        record = self._experiments.create(request.name, request.artifact_location, tags)
         return wire.experiment_to_pb(record)
 
     async def SetExperiment(
@@ -365,21 +348,7 @@ class IngestServicer(wire.IngestServicerBase):
         return await self._unary(context, self._set_experiment, request)
 
     def _set_experiment(self, request: wire.SetExperimentRequest) -> wire.Experiment:
-        name = check_experiment_name("name", request.name)
-        record = self._catalog.get_experiment_by_name(name)
-        if record is None:
-            try:
-                record = self._catalog.create_experiment(name)
-            except SteppeError:
-                # Lost a race with another creator: take theirs.
-                record = self._catalog.get_experiment_by_name(name)
-                if record is None:
-                    raise
-        if record.lifecycle_stage != "active":
-            raise InvalidParameterValue(
-                "name", name, "the experiment is deleted; restore it or choose another name"
-            )
-        return wire.experiment_to_pb(record)
+        return wire.experiment_to_pb(self._experiments.get_or_create(request.name))
 
     async def GetExperiment(
         self, request: wire.GetExperimentRequest, context: Any
@@ -387,8 +356,7 @@ class IngestServicer(wire.IngestServicerBase):
         return await self._unary(context, self._get_experiment, request)
 
     def _get_experiment(self, request: wire.GetExperimentRequest) -> wire.Experiment:
-        experiment_id = check_experiment_id("experiment_id", request.experiment_id)
-        return wire.experiment_to_pb(self._catalog.get_experiment(experiment_id))
+        return wire.experiment_to_pb(self._experiments.get(request.experiment_id))
 
     # runs -------------------------------------------------------------------------------
 
@@ -399,14 +367,13 @@ class IngestServicer(wire.IngestServicerBase):
         return run
 
     def _create_run(self, request: wire.CreateRunRequest) -> wire.Run:
-        run_id = check_run_id("run_id", request.run_id or uuid.uuid4().hex)
-        experiment_id = check_experiment_id(
-            "experiment_id", request.experiment_id or DEFAULT_EXPERIMENT_ID
-        )
-        start_time = check_timestamp("start_time", request.start_time or _now_ms())
-        tags = dict(_tag_pairs(request.tags))
-        record = self._catalog.create_run(
-            run_id, experiment_id, request.run_name, start_time, tags, request.user_id
+        record = self._runs.create(
+            run_id=request.run_id,
+            experiment_id=request.experiment_id,
+            run_name=request.run_name,
+            start_time=request.start_time,
+            tags=[(tag.key, tag.value) for tag in request.tags],
+            user_id=request.user_id,
         )
         return wire.run_to_pb(record)
 
@@ -414,17 +381,17 @@ class IngestServicer(wire.IngestServicerBase):
         return await self._unary(context, self._get_run, request)
 
     def _get_run(self, request: wire.GetRunRequest) -> wire.Run:
-        return wire.run_to_pb(self._catalog.get_run(check_run_id("run_id", request.run_id)))
+        return wire.run_to_pb(self._runs.get(request.run_id))
 
     async def UpdateRun(self, request: wire.UpdateRunRequest, context: Any) -> wire.Run:
         return await self._unary(context, self._update_run, request)
 
     def _update_run(self, request: wire.UpdateRunRequest) -> wire.Run:
-        run_id = check_run_id("run_id", request.run_id)
-        status = wire.status_from_pb("status", request.status)
-        end_time = check_timestamp("end_time", request.end_time) if request.end_time else None
-        record = self._catalog.update_run(
-            run_id, status=status, end_time=end_time, run_name=request.run_name or None
+        record = self._runs.update(
+            request.run_id,
+            status=wire.status_from_pb("status", request.status),
+            end_time=request.end_time or None,
+            run_name=request.run_name or None,
         )
         return wire.run_to_pb(record)
 
@@ -434,23 +401,14 @@ class IngestServicer(wire.IngestServicerBase):
         return await self._unary(context, self._log_params, request)
 
     def _log_params(self, request: wire.LogParamsRequest) -> wire.LogParamsResponse:
-        run_id = check_run_id("run_id", request.run_id)
-        params = [
-            (
-                check_name(f"params[{i}].key", param.key, "param key"),
-                check_param_value(f"params[{i}].value", param.value),
-            )
-            for i, param in enumerate(request.params)
-        ]
-        self._catalog.log_params(run_id, params)
+        self._runs.log_params(request.run_id, [(p.key, p.value) for p in request.params])
         return wire.LogParamsResponse()
 
     async def SetTags(self, request: wire.SetTagsRequest, context: Any) -> wire.SetTagsResponse:
         return await self._unary(context, self._set_tags, request)
 
     def _set_tags(self, request: wire.SetTagsRequest) -> wire.SetTagsResponse:
-        run_id = check_run_id("run_id", request.run_id)
-        self._catalog.set_tags(run_id, _tag_pairs(request.tags))
+        self._runs.set_tags(request.run_id, [(tag.key, tag.value) for tag in request.tags])
         return wire.SetTagsResponse()
 
     async def DeleteTag(
@@ -459,8 +417,7 @@ class IngestServicer(wire.IngestServicerBase):
         return await self._unary(context, self._delete_tag, request)
 
     def _delete_tag(self, request: wire.DeleteTagRequest) -> wire.DeleteTagResponse:
-        run_id = check_run_id("run_id", request.run_id)
-        self._catalog.delete_tag(run_id, check_name("key", request.key, "tag key"))
+        self._runs.delete_tag(request.run_id, request.key)
         return wire.DeleteTagResponse()
 
 
@@ -703,12 +660,12 @@ class Ingestor:
         await store.wait_for_room()
         # No await from here to append(): seqs enter the WAL in the order they are taken.
         seq = max(self._http_seq, store.watermark(HTTP_STREAM_ID)) + 1
-        # Encoded and decoded like any gRPC batch: the WAL record and the tail's table are
-        # exactly what a client's batch would have produced (and recovery will replay).
-        batch = wire.encode_metric_batch(HTTP_STREAM_ID, seq, table)
-        decoded = wire.decode_metric_batch(batch)
+        # The WAL record is the gRPC batch of these columns (what recovery replays); the tail
+        # takes the checked table itself, which is what that batch decodes to (the store
+        # dictionary-encodes it in first-appearance order, as the batch's dictionaries are).
+        payload = wire.encode_metric_batch(HTTP_STREAM_ID, seq, table).SerializeToString()
         try:
-            durable = store.append(HTTP_STREAM_ID, seq, decoded.table, batch.SerializeToString())
+            durable = store.append(HTTP_STREAM_ID, seq, table, payload)
         except (WalFailed, StoreClosed) as exc:
             raise ServerUnavailable(f"cannot log points now: {exc}") from exc
         self._http_seq = seq

@@ -13,7 +13,6 @@ import asyncio
 import math
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, Protocol, TypeVar
@@ -29,13 +28,13 @@ from steppe.errors import (
     http_status,
 )
 from steppe.ingest.catalog import (
-    DEFAULT_EXPERIMENT_ID,
     Catalog,
     DatasetInputRecord,
     ExperimentRecord,
     RunRecord,
 )
 from steppe.ingest.layout import Snapshot
+from steppe.ingest.tracking import ExperimentService, RunService, run_params, run_tags
 from steppe.query import paging
 from steppe.query.artifacts import clean_path
 from steppe.query.context import CATALOG, CATALOG_TABLES, READER, SQL_TIME_LIMIT_S, with_snapshot
@@ -51,11 +50,8 @@ from steppe.query.search import (
 )
 from steppe.query.views import CatalogTables, matching_run_ids
 from steppe.validation import (
-    MAX_EXPERIMENT_NAME_LENGTH,
     MAX_METRICS_PER_BATCH,
-    MAX_PARAM_VAL_LENGTH,
     MAX_PARAMS_TAGS_PER_BATCH,
-    MAX_TAG_VAL_LENGTH,
     check_experiment_id,
     check_name,
     check_run_id,
@@ -85,7 +81,6 @@ _page_offset = paging.page_offset
 #: MLflow's limits beyond the naming ones (mlflow.utils.validation, mlflow.server.handlers).
 MAX_BATCH_REQUEST_BYTES = 1_000_000
 MAX_ENTITIES_PER_BATCH = 1000
-MAX_EXPERIMENT_TAG_VAL_LENGTH = 20_000
 MAX_SEARCH_RESULTS = 50_000
 DEFAULT_SEARCH_RESULTS = 1000
 #: get-history pages: MLflow's client asks for 25000 at a time. steppe answers a request without
@@ -289,16 +284,6 @@ def _experiment_id(fields: _Fields, name: str = "experiment_id") -> str:
     return check_experiment_id(name, fields.string(name, required=True))
 
 
-def _experiment_name(field: str, name: str) -> str:
-    if name == "":
-        raise InvalidParameterValue(field, name, "is a required parameter")
-    if len(name) > MAX_EXPERIMENT_NAME_LENGTH:
-        raise InvalidParameterValue(
-            field, name, f"exceeds the maximum length of {MAX_EXPERIMENT_NAME_LENGTH} characters"
-        )
-    return name
-
-
 def _key(field: str, key: object, what: str) -> str:
     if key is None or key == "":
         raise InvalidParameterValue(field, key, "is a required parameter")
@@ -313,43 +298,12 @@ def _text(field: str, value: object) -> str:
     return value
 
 
-def _tag_value(field: str, value: object) -> str:
-    # MLflow truncates long tag values (MLFLOW_TRUNCATE_LONG_VALUES, on by default).
-    return _text(field, value)[:MAX_TAG_VAL_LENGTH]
-
-
-def _param_value(field: str, value: object) -> str:
-    return _text(field, value)[:MAX_PARAM_VAL_LENGTH]
-
-
-def _pairs(
-    items: Sequence[Mapping[str, Any]], field: str, what: str, value: Callable[[str, object], str]
-) -> list[tuple[str, str]]:
+def _pairs(items: Sequence[Mapping[str, Any]], field: str) -> list[tuple[object, str]]:
+    """JSON key/value objects as the pairs the domain services check (values are strings)."""
     return [
-        (
-            _key(f"{field}[{i}].key", item.get("key"), what),
-            value(f"{field}[{i}].value", item.get("value")),
-        )
+        (item.get("key"), _text(f"{field}[{i}].value", item.get("value")))
         for i, item in enumerate(items)
     ]
-
-
-def _experiment_tags(items: Sequence[Mapping[str, Any]], field: str = "tags") -> dict[str, str]:
-    tags: dict[str, str] = {}
-    for key, value in _pairs(items, field, "tag key", _text):
-        _experiment_tag_value(field, value)
-        tags[key] = value
-    return tags
-
-
-def _experiment_tag_value(field: str, value: str) -> str:
-    if len(value) > MAX_EXPERIMENT_TAG_VAL_LENGTH:
-        raise InvalidParameterValue(
-            field,
-            value,
-            f"exceeds the maximum length of {MAX_EXPERIMENT_TAG_VAL_LENGTH} characters",
-        )
-    return value
 
 
 @dataclass(frozen=True)
@@ -408,8 +362,9 @@ def _log_batch_request(fields: _Fields) -> _LogBatch:
         fields.objects("tags"),
     )
     metrics = [_metric(item, f"metrics[{i}].") for i, item in enumerate(raw_metrics)]
-    params = _pairs(raw_params, "params", "param key", _param_value)
-    tags = _pairs(raw_tags, "tags", "tag key", _tag_value)
+    # Checked whole before anything is written (the services check again, cheaply).
+    params = run_params(_pairs(raw_params, "params"), "params")
+    tags = run_tags(_pairs(raw_tags, "tags"), "tags")
     _batch_limit("metrics", len(metrics), MAX_METRICS_PER_BATCH)
     _batch_limit("params", len(params), MAX_PARAMS_TAGS_PER_BATCH)
     _batch_limit("tags", len(tags), MAX_PARAMS_TAGS_PER_BATCH)
@@ -613,16 +568,12 @@ def _catalog(request: web.Request) -> Catalog:
     return request.app[CATALOG]
 
 
-def _active_run(catalog: Catalog, run_id: str) -> RunRecord:
-    """The run, which must exist (404) and be active (400), as MLflow checks before writes."""
-    run = catalog.get_run(run_id)
-    if run.lifecycle_stage != "active":
-        raise InvalidParameterValue(
-            "run_id",
-            run_id,
-            f"the run must be in the 'active' state; it is {run.lifecycle_stage}",
-        )
-    return run
+def _experiments(request: web.Request) -> ExperimentService:
+    return ExperimentService(request.app[CATALOG])
+
+
+def _runs(request: web.Request) -> RunService:
+    return RunService(request.app[CATALOG])
 
 
 # -- experiments --------------------------------------------------------------------------
@@ -631,19 +582,19 @@ def _active_run(catalog: Catalog, run_id: str) -> RunRecord:
 async def _create_experiment(request: web.Request) -> web.Response:
     _writer(request)
     fields = await _fields(request)
-    name = _experiment_name("name", fields.string("name", required=True))
+    name = fields.string("name")
     location = fields.string("artifact_location")
     if location.startswith("mlflow-artifacts:"):
         # Served by this server: the folder must stay inside its artifact store.
         clean_path(location.split(":", 1)[1].lstrip("/"), "artifact_location", allow_root=True)
-    tags = _experiment_tags(fields.objects("tags"))
-    record = await _blocking(_catalog(request).create_experiment, name, location, tags)
+    tags = _pairs(fields.objects("tags"), "tags")
+    record = await _blocking(_experiments(request).create, name, location, tags)
     return _json({"experiment_id": record.experiment_id})
 
 
 async def _get_experiment(request: web.Request) -> web.Response:
     fields = await _fields(request)
-    record = await _blocking(_catalog(request).get_experiment, _experiment_id(fields))
+    record = await _blocking(_experiments(request).get, _experiment_id(fields))
     return _json({"experiment": _experiment_json(record)})
 
 
@@ -660,15 +611,15 @@ async def _update_experiment(request: web.Request) -> web.Response:
     _writer(request)
     fields = await _fields(request)
     experiment_id = _experiment_id(fields)
-    new_name = _experiment_name("new_name", fields.string("new_name", required=True))
-    await _blocking(_catalog(request).rename_experiment, experiment_id, new_name)
+    new_name = fields.string("new_name")
+    await _blocking(_experiments(request).rename, experiment_id, new_name)
     return _ok()
 
 
 async def _delete_experiment(request: web.Request) -> web.Response:
     writer = _writer(request)
     fields = await _fields(request)
-    deleted = await _blocking(_catalog(request).delete_experiment, _experiment_id(fields))
+    deleted = await _blocking(_experiments(request).delete, _experiment_id(fields))
     writer.forget_runs(deleted)
     return _ok()
 
@@ -676,7 +627,7 @@ async def _delete_experiment(request: web.Request) -> web.Response:
 async def _restore_experiment(request: web.Request) -> web.Response:
     _writer(request)
     fields = await _fields(request)
-    await _blocking(_catalog(request).restore_experiment, _experiment_id(fields))
+    await _blocking(_experiments(request).restore, _experiment_id(fields))
     return _ok()
 
 
@@ -684,9 +635,8 @@ async def _set_experiment_tag(request: web.Request) -> web.Response:
     _writer(request)
     fields = await _fields(request)
     experiment_id = _experiment_id(fields)
-    key = _key("key", fields.raw("key"), "tag key")
-    value = _experiment_tag_value("value", _text("value", fields.raw("value")))
-    await _blocking(_catalog(request).set_experiment_tag, experiment_id, key, value)
+    value = _text("value", fields.raw("value"))
+    await _blocking(_experiments(request).set_tag, experiment_id, fields.raw("key"), value)
     return _ok()
 
 
@@ -695,7 +645,7 @@ async def _delete_experiment_tag(request: web.Request) -> web.Response:
     fields = await _fields(request)
     experiment_id = _experiment_id(fields)
     key = fields.string("key", required=True)
-    await _blocking(_catalog(request).delete_experiment_tag, experiment_id, key)
+    await _blocking(_experiments(request).delete_tag, experiment_id, key)
     return _ok()
 
 
@@ -893,31 +843,18 @@ class _ExperimentQuery:
 async def _create_run(request: web.Request) -> web.Response:
     _writer(request)
     fields = await _fields(request)
-    experiment_id = check_experiment_id(
-        "experiment_id", fields.string("experiment_id") or DEFAULT_EXPERIMENT_ID
-    )
-    start_time = fields.int64("start_time") or _now_ms()
-    if start_time < 0:
+    start_time = fields.int64("start_time")
+    if start_time is not None and start_time < 0:
         raise InvalidParameterValue("start_time", start_time, "must be non-negative (ms)")
-    run_name = fields.string("run_name")
-    tags = dict(_pairs(fields.objects("tags"), "tags", "tag key", _tag_value))
-    tag_name = tags.get("mlflow.runName")
-    if run_name and tag_name and run_name != tag_name:
-        raise InvalidParameterValue(
-            "run_name",
-            run_name,
-            f"both run_name and the mlflow.runName tag are given, with different values "
-            f"(tag: {tag_name!r})",
-        )
-    catalog = _catalog(request)
+    services = _runs(request)
     record = await _blocking(
-        catalog.create_run,
-        uuid.uuid4().hex,
-        experiment_id,
-        run_name or tag_name or "",
-        start_time,
-        tags,
-        fields.string("user_id"),
+        lambda: services.create(
+            experiment_id=fields.string("experiment_id"),
+            run_name=fields.string("run_name"),
+            start_time=start_time,
+            tags=_pairs(fields.objects("tags"), "tags"),
+            user_id=fields.string("user_id"),
+        )
     )
     return _json({"run": _run_json(record, {})})
 
@@ -942,13 +879,10 @@ async def _update_run(request: web.Request) -> web.Response:
     if end_time is not None and end_time < 0:
         raise InvalidParameterValue("end_time", end_time, "must be non-negative (ms)")
     run_name = fields.string("run_name") or None
-    catalog = _catalog(request)
-
-    def update() -> RunRecord:
-        _active_run(catalog, run_id)
-        return catalog.update_run(run_id, status=status, end_time=end_time, run_name=run_name)
-
-    record = await _blocking(update)
+    runs = _runs(request)
+    record = await _blocking(
+        lambda: runs.update(run_id, status=status, end_time=end_time, run_name=run_name)
+    )
     return _json({"run_info": _run_info_json(record)})
 
 
@@ -956,7 +890,7 @@ async def _delete_run(request: web.Request) -> web.Response:
     writer = _writer(request)
     fields = await _fields(request)
     run_id = _run_id(fields)
-    await _blocking(_catalog(request).delete_run, run_id)
+    await _blocking(_runs(request).delete, run_id)
     writer.forget_runs([run_id])
     return _ok()
 
@@ -964,7 +898,7 @@ async def _delete_run(request: web.Request) -> web.Response:
 async def _restore_run(request: web.Request) -> web.Response:
     _writer(request)
     fields = await _fields(request)
-    await _blocking(_catalog(request).restore_run, _run_id(fields))
+    await _blocking(_runs(request).restore, _run_id(fields))
     return _ok()
 
 
@@ -989,7 +923,7 @@ async def _log_metric(request: web.Request) -> web.Response:
 
     linked = {name: fields.raw(name) for name in ("model_id", "dataset_name", "dataset_digest")}
     model_metrics = mlflow_models.model_metrics_of(run_id, [linked], [point])
-    await _blocking(_active_run, _catalog(request), run_id)
+    await _blocking(_runs(request).active, run_id)
     await mlflow_models.check_model_metrics(request, model_metrics)
     await _log_points(request, run_id, [point])
     await mlflow_models.save_model_metrics(request, model_metrics)
@@ -1001,14 +935,8 @@ async def _log_param(request: web.Request) -> web.Response:
     fields = await _fields(request)
     run_id = _run_id(fields)
     key = _key("key", fields.raw("key"), "param key")
-    value = _param_value("value", fields.raw("value"))
-    catalog = _catalog(request)
-
-    def log() -> None:
-        _active_run(catalog, run_id)
-        catalog.log_params(run_id, [(key, value)])
-
-    await _blocking(log)
+    value = _text("value", fields.raw("value"))
+    await _blocking(_runs(request).log_params, run_id, [(key, value)], "param")
     return _ok()
 
 
@@ -1017,14 +945,8 @@ async def _set_tag(request: web.Request) -> web.Response:
     fields = await _fields(request)
     run_id = _run_id(fields)
     key = _key("key", fields.raw("key"), "tag key")
-    value = _tag_value("value", fields.raw("value"))
-    catalog = _catalog(request)
-
-    def set_tag() -> None:
-        _active_run(catalog, run_id)
-        catalog.set_tags(run_id, [(key, value)])
-
-    await _blocking(set_tag)
+    value = _text("value", fields.raw("value"))
+    await _blocking(_runs(request).set_tags, run_id, [(key, value)], "tag")
     return _ok()
 
 
@@ -1033,13 +955,7 @@ async def _delete_tag(request: web.Request) -> web.Response:
     fields = await _fields(request)
     run_id = _run_id(fields)
     key = fields.string("key", required=True)
-    catalog = _catalog(request)
-
-    def delete() -> None:
-        _active_run(catalog, run_id)
-        catalog.delete_tag(run_id, key)
-
-    await _blocking(delete)
+    await _blocking(_runs(request).delete_tag, run_id, key)
     return _ok()
 
 
@@ -1047,7 +963,7 @@ async def _log_batch(request: web.Request) -> web.Response:
     _writer(request)
     fields = await _fields(request, MAX_BATCH_REQUEST_BYTES)
     batch = _log_batch_request(fields)
-    catalog = _catalog(request)
+    runs = _runs(request)
     from steppe.query import mlflow_models  # LoggedModel metrics (model_id); imports us
 
     raw = fields.objects("metrics")
@@ -1060,17 +976,12 @@ async def _log_batch(request: web.Request) -> web.Response:
     )
     await mlflow_models.check_model_metrics(request, model_metrics)
 
-    def params() -> None:
-        _active_run(catalog, batch.run_id)
-        if batch.params:
-            catalog.log_params(batch.run_id, batch.params)
-
     # MLflow's order: params (a changed value rejects the request), metrics, then tags.
-    await _blocking(params)
+    await _blocking(runs.log_params, batch.run_id, batch.params)
     await _log_points(request, batch.run_id, batch.metrics)
     await mlflow_models.save_model_metrics(request, model_metrics)
     if batch.tags:
-        await _blocking(catalog.set_tags, batch.run_id, batch.tags)
+        await _blocking(runs.set_tags, batch.run_id, batch.tags)
     return _ok()
 
 
@@ -1084,9 +995,10 @@ async def _log_inputs(request: web.Request) -> web.Response:
             "models", fields.raw("models"), "steppe records no logged models; send datasets only"
         )
     catalog = _catalog(request)
+    runs = _runs(request)
 
     def log() -> None:
-        _active_run(catalog, run_id)
+        runs.active(run_id)
         if datasets:
             catalog.log_inputs(run_id, datasets)
 
