@@ -29,20 +29,19 @@ from steppe.ingest.models_catalog import (
 from steppe.ingest.sqlite_catalog import SqliteCatalog
 from steppe.query.artifacts import ARTIFACT_STORE, _file_json, _one, _send, clean_path
 from steppe.query.context import CATALOG
-from steppe.query.mlflow_api import (
+from steppe.query.mlflow_api.common import (
     MLFLOW_PREFIXES,
     ApiError,
     _blocking,
-    _compare,
     _Fields,
     _fields,
     _json,
     _ok,
     _page_offset,
     _page_token,
-    _split_outside_quotes,
     _writer,
 )
+from steppe.query.mlflow_api.experiments import _compare, _split_outside_quotes
 
 __all__ = [
     "add_model_routes",

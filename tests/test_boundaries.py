@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import steppe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,6 +76,22 @@ def test_the_query_app_sits_on_its_parts_and_they_not_on_it() -> None:
     assert not {
         m for m in loaded if m.startswith(("steppe.query.mlflow", "steppe.query.artifacts"))
     }
+
+
+def test_every_package_folder_is_installed() -> None:
+    """pyproject lists packages by hand (package-dir maps folders to steppe.*): a new folder
+    with an __init__.py that is not listed would be missing from `pip install .`."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    roots = {"client": "steppe", "ingest": "steppe.ingest", "query": "steppe.query"}
+    found = set()
+    for folder, name in roots.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            parts = init.parent.relative_to(ROOT / folder).parts
+            found.add(".".join((name, *parts)))
+    assert found <= listed, sorted(found - listed)
 
 
 def test_only_wire_modules_touch_generated_code() -> None:
