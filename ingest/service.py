@@ -15,20 +15,18 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from steppe import auth
 from steppe.errors import (
     InvalidParameterValue,
-    ResourceDoesNotExist,
     ServerUnavailable,
     SteppeError,
 )
 from steppe.ingest import wire
 from steppe.ingest.catalog import Catalog
 from steppe.ingest.compactor import Compactor
-from steppe.ingest.layout import METRICS_SCHEMA, DataDir
+from steppe.ingest.layout import DataDir
+from steppe.ingest.metrics import MetricRules
 from steppe.ingest.sqlite_catalog import SqliteCatalog
 from steppe.ingest.store import (
     DEFAULT_STREAM_RETENTION_S,
@@ -39,11 +37,6 @@ from steppe.ingest.store import (
 )
 from steppe.ingest.tracking import ExperimentService, RunService
 from steppe.ingest.wal import WalFailed
-from steppe.validation import (
-    MAX_METRIC_KEYS_PER_RUN,
-    check_name,
-    check_run_id,
-)
 
 __all__ = [
     "DEFAULT_KEEPALIVE_S",
@@ -179,9 +172,9 @@ class _Session:
             return _Entry(seq, store.barrier())
         try:
             decoded = wire.decode_metric_batch(batch)
-            ingestor.check_keys(decoded.keys)
-            await ingestor.check_runs(decoded.run_ids)
-            ingestor.check_key_budget(decoded.run_ids, decoded.keys, decoded.table)
+            await ingestor.metrics.check(
+                run_ids=decoded.run_ids, keys=decoded.keys, table=decoded.table
+            )
         except InvalidParameterValue as err:
             return _Entry(seq, _done(), wire.rejection(seq, err))
         await store.wait_for_room()
@@ -363,7 +356,7 @@ class IngestServicer(wire.IngestServicerBase):
     async def CreateRun(self, request: wire.CreateRunRequest, context: Any) -> wire.Run:
         run = await self._unary(context, self._create_run, request)
         if run.info.lifecycle_stage == "active":
-            self._ingestor.note_active_run(run.info.run_id)
+            self._ingestor.metrics.note_active_run(run.info.run_id)
         return run
 
     def _create_run(self, request: wire.CreateRunRequest) -> wire.Run:
@@ -527,9 +520,7 @@ class Ingestor:
         self._max_message_bytes = max_message_bytes
         self._server: Any = None
         self._stopping: asyncio.Task[None] | None = None
-        self._active_runs: set[str] = set()
-        self._valid_keys: set[str] = set()
-        self._run_keys: dict[str, set[str]] = {}  # metric keys per run, for the budget
+        self.metrics = MetricRules(self.catalog, self.store.latest)
         self._http_seq = 0
         self._expirer: asyncio.Task[None] | None = None
 
@@ -638,22 +629,16 @@ class Ingestor:
         """
         self.touch()
         count = len(run_ids)
-        if not count == len(keys) == len(steps) == len(timestamps) == len(values):
-            raise InvalidParameterValue(
-                "points",
-                [len(run_ids), len(keys), len(steps), len(timestamps), len(values)],
-                "run_ids, keys, steps, timestamps and values must have the same length",
-            )
         if count > wire.MAX_POINTS_PER_BATCH:
             raise InvalidParameterValue(
                 "points", count, f"at most {wire.MAX_POINTS_PER_BATCH} points per call"
             )
+        table = MetricRules.points_table(run_ids, keys, steps, timestamps, values)
         if count == 0:
             return
-        table = _points_table(run_ids, keys, steps, timestamps, values)
-        self.check_keys(dict.fromkeys(keys))
-        await self.check_runs(dict.fromkeys(run_ids))
-        self.check_key_pairs(dict.fromkeys(zip(run_ids, keys, strict=True)))
+        await self.metrics.check(
+            run_ids=list(dict.fromkeys(run_ids)), keys=list(dict.fromkeys(keys)), table=table
+        )
         if self.closing:
             raise ServerUnavailable("steppe server is shutting down; retry after it restarts")
         store = self.store
@@ -675,138 +660,5 @@ class Ingestor:
             raise ServerUnavailable(f"cannot log points now: {exc}") from exc
 
     def forget_runs(self, run_ids: Iterable[str]) -> None:
-        """Drop runs from the active-run cache (they were deleted): the next point logged to
-        one of them is checked against the catalog again."""
-        for run_id in run_ids:
-            self._active_runs.discard(run_id)
-
-    # validation shared by the stream sessions -------------------------------------------
-
-    def note_active_run(self, run_id: str) -> None:
-        self._active_runs.add(run_id)
-
-    def check_keys(self, keys: Iterable[str]) -> None:
-        for i, key in enumerate(keys):
-            if key not in self._valid_keys:
-                check_name(f"keys[{i}]", key, "metric key")
-                if len(self._valid_keys) >= _MAX_CACHED_KEYS:
-                    self._valid_keys.clear()
-                self._valid_keys.add(key)
-
-    def check_key_budget(
-        self, run_ids: Sequence[str], keys: Sequence[str], table: pa.Table
-    ) -> None:
-        """At most MAX_METRIC_KEYS_PER_RUN distinct metric keys per run (bounded memory for
-        the latest summary and the UI); a batch that would exceed it is rejected whole."""
-        if len(run_ids) == 1:
-            pairs: Iterable[tuple[str, str]] = ((run_ids[0], key) for key in keys)
-        else:
-            codes = (
-                pa.table(
-                    [
-                        table.column("run_id").combine_chunks().indices,
-                        table.column("key").combine_chunks().indices,
-                    ],
-                    names=["r", "k"],
-                )
-                .group_by(["r", "k"])
-                .aggregate([])
-            )
-            pairs = (
-                (run_ids[r], keys[k])
-                for r, k in zip(codes["r"].to_pylist(), codes["k"].to_pylist(), strict=True)
-            )
-        self.check_key_pairs(pairs)
-
-    def check_key_pairs(self, pairs: Iterable[tuple[str, str]]) -> None:
-        """Check every pair first, then count the new keys: a rejected batch uses none of
-        the budget."""
-        added: dict[str, set[str]] = {}
-        for run_id, key in pairs:
-            known = self._run_keys.get(run_id)
-            if known is None:
-                latest = self.store.latest()
-                mine = latest.filter(pc.equal(latest["run_id"], run_id))
-                known = self._run_keys[run_id] = set(mine["key"].to_pylist())
-            if key not in known:
-                new = added.setdefault(run_id, set())
-                if key not in new and len(known) + len(new) >= MAX_METRIC_KEYS_PER_RUN:
-                    raise InvalidParameterValue(
-                        "keys",
-                        key,
-                        f"run {run_id} already has {MAX_METRIC_KEYS_PER_RUN} metric keys, "
-                        "the most one run may have",
-                    )
-                new.add(key)
-        for run_id, new in added.items():
-            self._run_keys[run_id] |= new
-
-    async def check_runs(self, run_ids: Iterable[str]) -> None:
-        for i, run_id in enumerate(run_ids):
-            if run_id in self._active_runs:
-                continue
-            check_run_id(f"run_ids[{i}]", run_id)
-            stage = await asyncio.to_thread(self._lifecycle_stage, run_id)
-            if stage is None:
-                raise InvalidParameterValue(
-                    f"run_ids[{i}]",
-                    run_id,
-                    "no run with this id exists; create it with CreateRun before logging to it",
-                )
-            if stage != "active":
-                raise InvalidParameterValue(
-                    f"run_ids[{i}]", run_id, f"the run is {stage}; metrics cannot be logged to it"
-                )
-            self._active_runs.add(run_id)
-
-    def _lifecycle_stage(self, run_id: str) -> str | None:
-        if not self.catalog.run_exists(run_id):
-            return None
-        try:
-            return self.catalog.get_run(run_id).lifecycle_stage
-        except ResourceDoesNotExist:
-            return None
-
-
-def _points_table(
-    run_ids: Sequence[str],
-    keys: Sequence[str],
-    steps: Sequence[int],
-    timestamps: Sequence[int],
-    values: Sequence[float],
-) -> pa.Table:
-    """The METRICS_SCHEMA table of parallel columns; InvalidParameterValue names the first bad
-    point (a non-string name, a step or timestamp outside int64, a negative timestamp)."""
-    for field, column in (("run_ids", run_ids), ("keys", keys)):
-        for i, item in enumerate(column):
-            if not isinstance(item, str):
-                raise InvalidParameterValue(f"{field}[{i}]", item, "must be a string")
-    for i, step in enumerate(steps):
-        if isinstance(step, bool) or not isinstance(step, int) or not -(2**63) <= step < 2**63:
-            raise InvalidParameterValue(f"steps[{i}]", step, "step must be a 64-bit signed integer")
-    for i, timestamp in enumerate(timestamps):
-        if (
-            isinstance(timestamp, bool)
-            or not isinstance(timestamp, int)
-            or not 0 <= timestamp < 2**63
-        ):
-            raise InvalidParameterValue(
-                f"timestamps[{i}]",
-                timestamp,
-                "timestamp must be a non-negative 64-bit integer (ms since the epoch)",
-            )
-    for i, value in enumerate(values):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InvalidParameterValue(
-                f"values[{i}]", value, "metric value must be a number (64-bit float)"
-            )
-    return pa.Table.from_arrays(
-        [
-            pa.array(run_ids, pa.string()),
-            pa.array(keys, pa.string()),
-            pa.array(steps, pa.int64()),
-            pa.array(timestamps, pa.int64()),
-            pa.array([float(v) for v in values], pa.float64()),
-        ],
-        schema=METRICS_SCHEMA,
-    )
+        """Runs were deleted: the next point logged to one of them is checked again."""
+        self.metrics.forget_runs(run_ids)

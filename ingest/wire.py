@@ -179,7 +179,8 @@ def decode_metric_batch(
     """Check the batch's shape and build its METRICS_SCHEMA table.
 
     Raises InvalidParameterValue naming the first bad field: header (stream_id, seq), count
-    vs. column byte lengths, dictionary indices, negative timestamps. Names are not checked.
+    vs. column byte lengths, dictionary indices. Names, runs and timestamps are checked by
+    steppe.ingest.metrics, the rules of both doors.
     """
     if not batch.stream_id:
         raise InvalidParameterValue("stream_id", batch.stream_id, "stream_id must be set")
@@ -217,15 +218,6 @@ def decode_metric_batch(
     value = _column(columns["value"][0], pa.float64(), "d", count)
     _check_indices("run_index", run_index, len(run_ids), "run_ids")
     _check_indices("key_index", key_index, len(keys), "keys")
-    if count:
-        negative = pc.less(timestamp, pa.scalar(0, pa.int64()))
-        if pc.any(negative).as_py():
-            i = _first_position(negative)
-            raise InvalidParameterValue(
-                f"timestamp_ms[{i}]",
-                timestamp[i].as_py(),
-                "timestamp must be a non-negative 64-bit integer (ms since the epoch)",
-            )
     # Zero-copy: the validated uint32 indices are < len(dictionary) < 2**31, so the same
     # buffers read as int32 dictionary indices.
     table = pa.Table.from_arrays(

@@ -55,6 +55,14 @@ def test_ingest_does_not_import_query() -> None:
     assert not {m for m in loaded if m.startswith("steppe.query")}
 
 
+def test_the_metric_rules_sit_below_both_doors() -> None:
+    """steppe.ingest.metrics owns the metric rules; it knows neither door (the servicer and
+    its wire codecs, the REST API) nor the store it is handed."""
+    loaded = _modules_after("import steppe.ingest.metrics")
+    doors = {"steppe.ingest.service", "steppe.ingest.wire", "steppe.ingest.store"}
+    assert not {m for m in loaded if m in doors or m.startswith("steppe.query")}
+
+
 def test_the_store_sits_on_its_parts_and_they_not_on_it() -> None:
     """ingest's write side in layers: metrics_files <- latest <- recovery <- store; each
     module imports only those below it."""

@@ -213,6 +213,60 @@ def test_a_missing_tag_is_not_found_on_both_doors(unary: Unary, rest: Rest) -> N
     assert grpc_code == rest_code == "RESOURCE_DOES_NOT_EXIST"
 
 
+def _streamed_rejection(port: int, run_id: str, key: str, timestamp: int) -> str:
+    """Stream one point over gRPC; the rejection's message (the stream acks past it)."""
+    table = pa.table(
+        {"run_id": [run_id], "key": [key], "step": [0], "timestamp": [timestamp], "value": [1.0]},
+        schema=METRICS_SCHEMA,
+    )
+    batch = wire.encode_metric_batch(f"rules-{uuid.uuid4().hex}", 1, table)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        acks = list(pb_grpc.IngestStub(channel).StreamMetrics(iter([batch]), timeout=10))
+    rejected = [r for a in acks for r in a.rejected]
+    assert len(rejected) == 1, acks
+    return f"{rejected[0].field}: {rejected[0].message}"
+
+
+def test_metric_points_break_the_same_rules_on_both_doors(
+    steppe_server: ServerProcess, unary: Unary, rest: Rest
+) -> None:
+    """One owner of the metric rules (steppe.ingest.metrics): a bad key name, a negative
+    timestamp, an unknown and a deleted run are refused alike through both doors."""
+    experiment = unary.create_experiment(_name("rules"), "", None)
+    live = unary.create_run(uuid.uuid4().hex, experiment.experiment_id, "r", 1, {}, "u")
+    live_id = live.info.run_id
+    # (run, key, timestamp, the rule's words on the stream, the REST code and words): an
+    # unknown run is MLflow's RESOURCE_DOES_NOT_EXIST over REST (its run lookup comes first).
+    cases = [
+        (live_id, "bad@key", 1, "names may only contain", "INVALID_PARAMETER_VALUE", "bad@key"),
+        (live_id, "loss", -1, "non-negative 64-bit integer", "INVALID_PARAMETER_VALUE", "non-neg"),
+        (
+            uuid.uuid4().hex,
+            "loss",
+            1,
+            "no run with this id",
+            "RESOURCE_DOES_NOT_EXIST",
+            "not found",
+        ),
+        (
+            _deleted_run(unary, rest),
+            "loss",
+            1,
+            "cannot be logged",
+            "INVALID_PARAMETER_VALUE",
+            "active",
+        ),
+    ]
+    for run_id, key, timestamp, rule, rest_code, rest_words in cases:
+        by_grpc = _streamed_rejection(steppe_server.grpc_port, run_id, key, timestamp)
+        body = {"run_id": run_id, "key": key, "value": 1.0, "timestamp": timestamp, "step": 0}
+        code, by_rest = _code(lambda body=body: rest("runs/log-metric", body))
+        assert rule in by_grpc, (rule, by_grpc)
+        assert code == rest_code and rest_words in by_rest, (rest_code, code, by_rest)
+    # Neither door stored anything of the refused points.
+    assert rest.get("runs/get", run_id=live_id)["run"]["data"].get("metrics", []) == []
+
+
 async def test_rest_points_land_as_a_grpc_batch_of_the_same_columns_would(tmp_path: Path) -> None:
     """The REST door's points (Ingestor.log_points) go into the tail as the table a gRPC batch
     of the same columns decodes to, and WAL recovery (which decodes that batch) agrees."""

@@ -27,6 +27,7 @@ from steppe.ingest.catalog import (
     RunRecord,
 )
 from steppe.ingest.layout import Snapshot
+from steppe.ingest.metrics import check_timestamp
 from steppe.ingest.tracking import ExperimentService, RunService, run_params, run_tags
 from steppe.query import paging
 from steppe.query.context import CATALOG
@@ -300,12 +301,7 @@ def _metric(item: Mapping[str, Any], path: str) -> _Point:
     if raw_timestamp is None or raw_timestamp == "":
         raise InvalidParameterValue(f"{path}timestamp", raw_timestamp, "is a required parameter")
     timestamp = _int64(f"{path}timestamp", raw_timestamp)
-    if timestamp < 0:
-        raise InvalidParameterValue(
-            f"{path}timestamp",
-            timestamp,
-            f"metric '{key}': timestamp must be a non-negative 64-bit integer (ms)",
-        )
+    check_timestamp(f"{path}timestamp", timestamp)
     raw_step = item.get("step")
     step = 0 if raw_step is None or raw_step == "" else _int64(f"{path}step", raw_step)
     return _Point(key, value, timestamp, step)
