@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from steppe import __version__, config
 
 if TYPE_CHECKING:
-    from steppe.server import ServerOptions
+    from steppe.query.server import ServerOptions
     from steppe.spool import Orphan
 
 EXIT_LOCKED = 3
@@ -289,7 +289,7 @@ def _setup_logging() -> None:
 
 def _run_server(options: ServerOptions, on_ready: object = None, port_flag: str = "") -> int:
     from steppe.lock import DataDirLocked
-    from steppe.server import WalUnwritable, serve
+    from steppe.query.server import WalUnwritable, serve
 
     try:
         asyncio.run(serve(options, on_ready))  # type: ignore[arg-type]
@@ -336,7 +336,7 @@ def _server(args: argparse.Namespace) -> int:
 
 
 def _server_options(data_dir: Path, args: argparse.Namespace) -> ServerOptions:
-    from steppe.server import ServerOptions
+    from steppe.query.server import ServerOptions
 
     if (args.tls_cert is None) != (args.tls_key is None):
         raise SystemExit("steppe: --tls-cert and --tls-key go together")
@@ -539,7 +539,7 @@ def _ui(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-        from steppe.server import ServerOptions
+        from steppe.query.server import ServerOptions
 
         return _run_server(ServerOptions(data_dir, args.host, args.port, 0), ready, "--port")
     print(

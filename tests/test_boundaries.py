@@ -50,6 +50,29 @@ def test_the_model_libraries_load_only_when_models_are_used() -> None:
     assert "steppe.sklearn" in loaded
 
 
+def test_the_client_reaches_the_server_side_only_lazily() -> None:
+    """The training-process package (client/) imports ingest and query only inside functions
+    (the CLI starting a server, steppe.sql reading a data dir in-process); the composition
+    root of the server lives at the top of the graph, in query/server.py."""
+    import ast
+
+    for path in sorted((ROOT / "client").rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in tree.body:  # module level, including `if TYPE_CHECKING:` blocks' bodies
+            if isinstance(node, ast.If):
+                continue
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            bad = [n for n in names if n.startswith(("steppe.ingest", "steppe.query"))]
+            assert not bad, f"{path.relative_to(ROOT)}:{node.lineno} imports {bad} eagerly"
+    assert not (ROOT / "client" / "server.py").exists()
+    loaded = _modules_after("import steppe.cli")
+    assert not {m for m in loaded if m.startswith(("steppe.ingest", "steppe.query"))}
+
+
 def test_ingest_does_not_import_query() -> None:
     loaded = _modules_after("import steppe.ingest.service")
     assert not {m for m in loaded if m.startswith("steppe.query")}

@@ -176,7 +176,7 @@ def test_temp_files_of_interrupted_uploads_are_removed_at_startup(tmp_path: Path
 
 
 def test_accept_errors_are_logged_once_per_window_with_a_count() -> None:
-    from steppe.server import _ACCEPT_ERROR, _OncePerWindow
+    from steppe.query.server import _ACCEPT_ERROR, _OncePerWindow
 
     records = []
     logger = logging.getLogger("test-accept-flood")

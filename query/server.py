@@ -1,7 +1,9 @@
 """The composition root of ``steppe server``: gRPC ingest and the HTTP query app on one
 asyncio loop, for one data dir that this process owns.
 
-Imported only by the CLI: importing ``steppe`` never loads the server side.
+It sits at the top of the dependency graph (client <- ingest <- query <- this module): it
+wires ingest's Ingestor and query's app together, and nothing but the CLI imports it, lazily,
+so that importing ``steppe`` in a training process never loads the server side.
 """
 
 from __future__ import annotations
