@@ -134,9 +134,10 @@ def check_experiment_id(field: str, experiment_id: object) -> str:
     return experiment_id
 
 
-def check_stored_experiment_name(field: str, name: object) -> str:
-    """MLflow's server rule (mlflow.utils.validation._validate_experiment_name): a string, not
-    empty, at most MAX_EXPERIMENT_NAME_LENGTH characters; all spaces is a name."""
+def check_experiment_name(field: str, name: object) -> str:
+    """MLflow's rule (mlflow.utils.validation._validate_experiment_name), on the client and the
+    server alike: a string, not empty, at most MAX_EXPERIMENT_NAME_LENGTH characters; all
+    spaces is a name (MLflow accepts it, so steppe does too)."""
     if not isinstance(name, str):
         raise InvalidParameterValue(field, name, "experiment name must be a string")
     if name == "":
@@ -149,11 +150,3 @@ def check_stored_experiment_name(field: str, name: object) -> str:
             "characters",
         )
     return name
-
-
-def check_experiment_name(field: str, name: object) -> str:
-    """The client's call-site check: the server's rule, and (stricter, steppe's own) not all
-    spaces, which is almost always a mistake in a training script."""
-    if isinstance(name, str) and name != "" and name.strip() == "":
-        raise InvalidParameterValue(field, name, "experiment name must be a non-empty string")
-    return check_stored_experiment_name(field, name)

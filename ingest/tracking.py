@@ -27,7 +27,7 @@ MAX_EXPERIMENT_TAG_VAL_LENGTH        steppe.validation  a second copy       step
 
 The limits table is ``steppe.validation`` (client/validation.py): the client checks at the
 call site with it and this module imports it, so there is one table and one experiment-name
-rule (``check_stored_experiment_name``; the client's call-site check adds "not all spaces").
+rule (``check_experiment_name``: MLflow's, on both sides; an all-spaces name is a name).
 """
 
 from __future__ import annotations
@@ -46,10 +46,10 @@ from steppe.ingest.catalog import (
 from steppe.validation import (
     MAX_EXPERIMENT_TAG_VAL_LENGTH,
     check_experiment_id,
+    check_experiment_name,
     check_name,
     check_param_value,
     check_run_id,
-    check_stored_experiment_name,
     check_tag_value,
     check_timestamp,
 )
@@ -126,7 +126,7 @@ class ExperimentService:
     def create(
         self, name: object, artifact_location: str, tags: Sequence[tuple[object, str]]
     ) -> ExperimentRecord:
-        name = check_stored_experiment_name("name", name)
+        name = check_experiment_name("name", name)
         checked = dict(
             _experiment_tag(f"tags[{i}].key", k, f"tags[{i}].value", v)
             for i, (k, v) in enumerate(tags)
@@ -135,7 +135,7 @@ class ExperimentService:
 
     def get_or_create(self, name: object) -> ExperimentRecord:
         """The active experiment of this name, created if there is none (set_experiment)."""
-        name = check_stored_experiment_name("name", name)
+        name = check_experiment_name("name", name)
         record = self._catalog.get_experiment_by_name(name)
         if record is None:
             try:
@@ -156,7 +156,7 @@ class ExperimentService:
 
     def rename(self, experiment_id: object, new_name: object) -> None:
         experiment_id = check_experiment_id("experiment_id", experiment_id)
-        new_name = check_stored_experiment_name("new_name", new_name)
+        new_name = check_experiment_name("new_name", new_name)
         self._catalog.rename_experiment(experiment_id, new_name)
 
     def delete(self, experiment_id: object) -> list[str]:

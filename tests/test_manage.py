@@ -49,7 +49,11 @@ def test_experiment_lifecycle_and_tags(uri: str) -> None:
     steppe.restore_experiment(exp.experiment_id)
     assert reader.get_experiment(exp.experiment_id).lifecycle_stage == "active"
     with pytest.raises(steppe.InvalidParameterValue, match="new_name"):
-        client.rename_experiment(exp.experiment_id, "   ")
+        client.rename_experiment(exp.experiment_id, "")
+    # MLflow's rule, on the client as on the server: all spaces is a name.
+    spaces = " " * (50 + uuid.uuid4().int % 450)  # names are unique on the shared server
+    client.rename_experiment(exp.experiment_id, spaces)
+    assert reader.get_experiment(exp.experiment_id).name == spaces
 
 
 def test_run_delete_restore_and_parent(uri: str) -> None:
