@@ -115,7 +115,7 @@ class _Session:
     while the handler awaits their durability in order and yields cumulative acks, so the
     reader runs ahead during an fsync by up to MAX_INFLIGHT_BATCHES batches."""
 
-    def __init__(self, ingestor: Ingestor, requests: AsyncIterable[wire.MetricBatch]) -> None:
+    def __init__(self, ingestor: Ingestor, requests: AsyncIterable[wire.ReceivedBatch]) -> None:
         self._ingestor = ingestor
         self._requests = requests
         self._queue: deque[_Entry | _End | _Closing | _Failed] = deque()
@@ -161,8 +161,9 @@ class _Session:
         except Exception as exc:  # handed to the handler, which ends the call with a status
             self._push(_Failed(exc))
 
-    async def _admit(self, batch: wire.MetricBatch) -> _Entry:
+    async def _admit(self, received: wire.ReceivedBatch) -> _Entry:
         ingestor = self._ingestor
+        batch = received.message
         ingestor.touch()
         store = ingestor.store
         stream_id, seq = batch.stream_id, batch.seq
@@ -180,7 +181,8 @@ class _Session:
         await store.wait_for_room()
         if seq <= store.watermark(stream_id):  # a resend on another call won the race
             return _Entry(seq, store.barrier())
-        return _Entry(seq, store.append(stream_id, seq, decoded.table, batch.SerializeToString()))
+        # The WAL record is the batch's bytes as received: parsed once, never re-serialized.
+        return _Entry(seq, store.append(stream_id, seq, decoded.table, received.raw))
 
     def _check_protocol(self, stream_id: str, seq: int) -> None:
         """Refuse (end the call, ack nothing of the batch) what no ack could honestly cover:
@@ -295,7 +297,7 @@ class IngestServicer(wire.IngestServicerBase):
         self._runs = RunService(ingestor.catalog)
 
     async def StreamMetrics(
-        self, request_iterator: AsyncIterable[wire.MetricBatch], context: Any
+        self, request_iterator: AsyncIterable[wire.ReceivedBatch], context: Any
     ) -> AsyncIterator[wire.StreamAck]:
         ingestor = self._ingestor
         ingestor.touch()

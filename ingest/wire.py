@@ -10,6 +10,7 @@ import sys
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import pyarrow as pa
@@ -43,6 +44,7 @@ __all__ = [
     "LogParamsRequest",
     "LogParamsResponse",
     "MetricBatch",
+    "ReceivedBatch",
     "Run",
     "SetExperimentRequest",
     "SetTagsRequest",
@@ -120,9 +122,50 @@ class DecodedBatch:
     table: pa.Table
 
 
-def add_servicer(servicer: pb_grpc.IngestServicer, server: object) -> None:
-    """Register ``servicer`` on a grpc.aio server."""
-    pb_grpc.add_IngestServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+@dataclass(frozen=True)
+class ReceivedBatch:
+    """A MetricBatch as it came off the wire: the parsed message, and the bytes it was parsed
+    from, which become the WAL record as they are (the server never serializes a batch)."""
+
+    message: pb.MetricBatch
+    raw: bytes
+
+
+def _receive_batch(raw: bytes) -> ReceivedBatch:
+    return ReceivedBatch(pb.MetricBatch.FromString(raw), raw)
+
+
+class _Registration:
+    """Stands in for the grpc.aio server while the generated code registers the service, to
+    swap StreamMetrics' request deserializer for ``_receive_batch`` (keep the bytes)."""
+
+    def __init__(self, server: Any, servicer: pb_grpc.IngestServicer) -> None:
+        self._server = server
+        self._servicer = servicer
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass  # the registered handlers below are the ones that answer
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        stream = handlers["StreamMetrics"]
+        handlers = {
+            **handlers,
+            "StreamMetrics": grpc.stream_stream_rpc_method_handler(
+                self._servicer.StreamMetrics,
+                request_deserializer=_receive_batch,
+                response_serializer=stream.response_serializer,
+            ),
+        }
+        generic = grpc.method_handlers_generic_handler(service, handlers)
+        self._server.add_generic_rpc_handlers((generic,))
+        self._server.add_registered_method_handlers(service, handlers)
+
+
+def add_servicer(servicer: pb_grpc.IngestServicer, server: Any) -> None:
+    """Register ``servicer`` on a grpc.aio server; StreamMetrics receives ReceivedBatch."""
+    pb_grpc.add_IngestServicer_to_server(  # type: ignore[no-untyped-call]
+        servicer, _Registration(server, servicer)
+    )
 
 
 def parse_metric_batch(payload: bytes) -> pb.MetricBatch:

@@ -312,3 +312,41 @@ def _landed(table: pa.Table) -> list[tuple[object, ...]]:
         (row["run_id"], row["key"], row["step"], row["timestamp"], b)
         for row, b in zip(table.to_pylist(), bits, strict=True)
     ]
+
+
+async def test_a_streamed_batch_is_stored_in_the_wal_as_the_bytes_it_came_in(
+    tmp_path: Path,
+) -> None:
+    """Serialized once: the WAL record of a gRPC batch is the request's bytes as received. The
+    batch is sent with its header last (valid protobuf, merged on parse), an order protobuf's
+    serializer would never write, so a re-serialized record would differ."""
+    run_id = "d" * 32
+    table = pa.table(
+        {"run_id": [run_id] * 3, "key": ["a", "b", "a"], "step": [0, 0, 1]}
+        | {"timestamp": [1, 1, 2], "value": [0.5, NAN, -0.0]},
+        schema=METRICS_SCHEMA,
+    )
+    body = wire.encode_metric_batch("as-received", 1, table)
+    header = body.__class__(stream_id=body.stream_id, seq=body.seq)
+    body.ClearField("stream_id")
+    body.ClearField("seq")
+    sent = body.SerializeToString() + header.SerializeToString()
+    assert sent != wire.parse_metric_batch(sent).SerializeToString()
+
+    data = DataDir.at(tmp_path / "data")
+    ingestor = Ingestor(data, flush_interval_s=3600)
+    port = await ingestor.start("127.0.0.1", 0)
+    try:
+        ingestor.catalog.create_run(run_id, "0", "r", 1)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.stream_stream(
+                "/steppe.v1.Ingest/StreamMetrics",
+                request_serializer=lambda raw: raw,
+                response_deserializer=wire.StreamAck.FromString,
+            )
+            acks = [ack async for ack in call(iter([sent]), timeout=10)]
+        records = [p for _, path in list_segments(data.wal_dir) for p in read_segment(path)]
+    finally:
+        await ingestor.stop()
+    assert acks[-1].acked_seq == 1 and not [r for a in acks for r in a.rejected]
+    assert records == [sent]
