@@ -80,6 +80,23 @@ class RegistryMixin:
 
     # --- transport ---------------------------------------------------------------------
 
+    def _search(
+        self,
+        route: str,
+        filter_string: str | None,
+        max_results: int,
+        order_by: Sequence[str] | None,
+        page_token: str | None,
+    ) -> dict[str, Any]:
+        """One page of a registry search (GET with MLflow's filter, order_by, page_token)."""
+        body = {
+            "filter": filter_string,
+            "max_results": max_results,
+            "order_by": list(order_by or []),
+            "page_token": page_token,
+        }
+        return self._call("GET", route, body)
+
     def _call(
         self, method: str, route: str, body: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
@@ -143,15 +160,8 @@ class RegistryMixin:
         """Registered models matching e.g. ``name LIKE 'fraud%'`` or ``tags.team = 'a'``,
         sorted by ``order_by`` (``name``, ``creation_timestamp``, ``last_updated_timestamp``
         with ASC/DESC); one page of at most ``max_results``."""
-        raw = self._call(
-            "GET",
-            "/registered-models/search",
-            {
-                "filter": filter_string,
-                "max_results": max_results,
-                "order_by": list(order_by or []),
-                "page_token": page_token,
-            },
+        raw = self._search(
+            "/registered-models/search", filter_string, max_results, order_by, page_token
         )
         return PagedList(
             [RegisteredModel.from_json(m) for m in raw.get("registered_models", [])],
@@ -246,15 +256,8 @@ class RegistryMixin:
     ) -> PagedList[ModelVersion]:
         """Versions matching e.g. ``name = 'fraud'``, ``run_id = '...'`` or
         ``tags.validated = 'yes'``; newest first unless ``order_by`` says otherwise."""
-        raw = self._call(
-            "GET",
-            "/model-versions/search",
-            {
-                "filter": filter_string,
-                "max_results": max_results,
-                "order_by": list(order_by or []),
-                "page_token": page_token,
-            },
+        raw = self._search(
+            "/model-versions/search", filter_string, max_results, order_by, page_token
         )
         return PagedList(
             [ModelVersion.from_json(v) for v in raw.get("model_versions", [])],
