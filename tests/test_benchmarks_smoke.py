@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import clean_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,6 +69,7 @@ def test_query_benchmark_smoke() -> None:
     assert all(r["steppe_ms"] > 0 for r in rows)
 
 
+@pytest.mark.timeout(330)  # it starts MLflow's own server, which is slow on a busy machine
 def test_models_benchmark_smoke() -> None:
     rows = json_rows("models.py", "--smoke", timeout=300)
     assert [r["client -> server"] for r in rows] == [
