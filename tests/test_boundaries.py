@@ -50,6 +50,19 @@ def test_the_model_libraries_load_only_when_models_are_used() -> None:
     assert "steppe.sklearn" in loaded
 
 
+def test_the_training_frameworks_load_only_with_their_integration() -> None:
+    """``import steppe`` (and a run with system metrics) never loads torch, Lightning,
+    transformers, Keras or the system-metrics readers' libraries; each integration loads its
+    own framework only."""
+    frameworks = {"torch", "lightning", "transformers", "keras", "psutil", "pynvml", "tensorflow"}
+    loaded = _modules_after("import steppe, steppe.integration, steppe.system_metrics")
+    assert not {m for m in loaded if m.split(".")[0] in frameworks}
+    for name, framework in [("lightning", "lightning"), ("transformers", "transformers")]:
+        pytest.importorskip(framework)
+        loaded = _modules_after(f"import steppe.{name}")
+        assert framework in loaded and "keras" not in loaded, name
+
+
 def test_ingest_does_not_import_query() -> None:
     loaded = _modules_after("import steppe.ingest.service")
     assert not {m for m in loaded if m.startswith("steppe.query")}
