@@ -9,20 +9,18 @@ from typing import Any
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-pytest.importorskip("torch")
+import steppe
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers loads: nothing downloaded
+torch = pytest.importorskip("torch")
 pytest.importorskip("accelerate")
 transformers = pytest.importorskip("transformers")
-
-import torch
-
-import steppe
-from steppe.transformers import SteppeCallback
+SteppeCallback = pytest.importorskip("steppe.transformers").SteppeCallback
 
 STEPS = 6
 
 
-class Tokens(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
+class Tokens(torch.utils.data.Dataset):
     def __init__(self, rows: int = 16, length: int = 8) -> None:
         generator = torch.Generator().manual_seed(0)
         self.ids = torch.randint(0, 32, (rows, length), generator=generator)
@@ -30,7 +28,7 @@ class Tokens(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, i: int) -> dict[str, Any]:
         return {"input_ids": self.ids[i], "labels": self.ids[i]}
 
 
