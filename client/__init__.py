@@ -219,11 +219,12 @@ __all__ += [
 # --- the model flavors and other subpackages, imported on first use as ``mlflow.<name>`` -------
 #: ``steppe.sklearn`` works after a bare ``import steppe`` (as ``mlflow.sklearn`` does), without
 #: making ``import steppe`` load scikit-learn, PyYAML or pandas.
-#: The training-framework integrations (lightning, transformers) load their framework.
+#: The training-framework integrations (lightning, transformers, keras) load their framework.
 _LAZY_SUBMODULES = frozenset(
     {
         "artifacts",
         "data",
+        "keras",
         "lightning",
         "models",
         "projects",
