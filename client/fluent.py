@@ -193,6 +193,9 @@ def start_run(
 ) -> ActiveRun:
     """Start a run (or resume ``run_id``, else STEPPE_RUN_ID/MLFLOW_RUN_ID) and make it active.
 
+    ``log_system_metrics=True`` (or MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING, or
+    ``enable_system_metrics_logging()``) samples ``system/*`` metrics until ``end_run``.
+
     Example::
 
         with steppe.start_run(run_name="baseline"):
