@@ -232,13 +232,3 @@ def spans_several_hosts() -> bool:
         if w.isdigit() and lo.isdigit() and int(w) > int(lo) > 0:
             return True
     return False
-
-
-def global_rank() -> int:
-    """This process's rank in the job from the launcher's variables (torchrun and Lightning:
-    RANK; Slurm: SLURM_PROCID; Open MPI; MPICH); 0 for a single process."""
-    for name in ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
-        raw = os.environ.get(name, "").strip()
-        if raw.isdigit():
-            return int(raw)
-    return 0

@@ -32,12 +32,6 @@ def process_group() -> Any | None:
     return dist if dist.get_world_size() > 1 else None
 
 
-def global_rank() -> int:
-    """This process's rank in the job: torch.distributed's, else the launcher's (0 alone)."""
-    dist = process_group()
-    return int(dist.get_rank()) if dist is not None else config.global_rank()
-
-
 def flatten(params: Mapping[str, Any], prefix: str = "", sep: str = "/") -> dict[str, Any]:
     """Nested dicts as ``a/b`` keys (Lightning's and MLflow's convention for hparams)."""
     out: dict[str, Any] = {}
@@ -198,7 +192,11 @@ class TrainingRun:
         """``key`` as a valid MLflow name: other characters become ``_`` (warned once)."""
         name = self._keys.get(key)
         if name is None:
-            name = _BAD_KEY_CHARS.sub("_", key) or "_"
+            name = _BAD_KEY_CHARS.sub("_", key)[: validation.MAX_ENTITY_KEY_LENGTH] or "_"
+            try:
+                validation.check_name("key", name)
+            except errors.InvalidParameterValue:  # a path-like name ("a//b", "../x", "/x")
+                name = name.replace("/", "_").strip(".") or "_"
             if name != key:
                 log.warning("steppe: metric/param key %r is logged as %r", key, name)
             self._keys[key] = name
