@@ -92,6 +92,7 @@ def test_autolog_benchmark_smoke() -> None:
     assert row["autolog_fit_ms"] > row["plain_fit_ms"]
 
 
+@pytest.mark.timeout(330)  # three processes importing torch and Lightning
 def test_integrations_benchmark_smoke() -> None:
     # Lightning only (each mode is a process importing torch): the other frameworks run the
     # same driver. Skipped where the integration extras are not installed (CI's base install).

@@ -82,6 +82,7 @@ def test_finalize_maps_lightnings_statuses(tracking: str) -> None:
         assert steppe.get_run(logger.run_id).info.status == mlflow_status
 
 
+@pytest.mark.timeout(300)  # two processes importing torch and Lightning on a shared machine
 def test_ddp_two_processes_log_into_one_run_exactly_once(
     steppe_server: ServerProcess, tmp_path: Path
 ) -> None:
@@ -90,7 +91,7 @@ def test_ddp_two_processes_log_into_one_run_exactly_once(
         env=clean_env(PYTHONPATH=str(ROOT)),
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=280,
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
