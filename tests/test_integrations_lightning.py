@@ -4,6 +4,7 @@ two processes (gloo), against a real steppe server."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -88,7 +89,7 @@ def test_ddp_two_processes_log_into_one_run_exactly_once(
 ) -> None:
     done = subprocess.run(
         [sys.executable, str(JOB), steppe_server.http_url, str(tmp_path), "2"],
-        env=clean_env(PYTHONPATH=str(ROOT)),
+        env=clean_env(PYTHONPATH=str(ROOT), STEPPE_SYSTEM_METRICS_INTERVAL_S="0.05"),
         capture_output=True,
         text=True,
         timeout=280,
@@ -111,5 +112,10 @@ def test_ddp_two_processes_log_into_one_run_exactly_once(
             assert _history(run_id, f"rank_{rank}_step") == [(s, float(s)) for s in range(per_rank)]
         steps = [s for s, _ in _history(run_id, "train_loss")]
         assert steps == sorted(list(range(per_rank)) * 2)  # both ranks' losses at each step
+        # System metrics: sampled by local rank 0 only, so one series of steps 0, 1, 2, ...
+        # (two samplers on this host would log every step twice).
+        cpu = [s for s, _ in _history(run_id, "system/cpu_utilization_percentage")]
+        assert cpu and cpu == list(range(len(cpu)))
+        assert run.data.tags["steppe.system_metrics.host"] == socket.gethostname()
     finally:
         steppe.set_tracking_uri(None)
