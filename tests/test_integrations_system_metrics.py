@@ -4,6 +4,7 @@ logged into the run as buffer appends, stopped by end_run; against a real server
 from __future__ import annotations
 
 import socket
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -216,3 +217,63 @@ def test_the_proc_reader_agrees_with_psutil() -> None:
     )
     assert proc["process_rss_megabytes"] == pytest.approx(ps["process_rss_megabytes"], rel=0.2)
     assert 0.0 <= proc["cpu_utilization_percentage"] <= 100.0
+
+
+class _FakeNvml:
+    """The part of nvidia-ml-py's pynvml that the reader calls, for two GPUs."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, fail_init: bool = False) -> None:
+        self.fail_init = fail_init
+
+    def nvmlInit(self) -> None:
+        if self.fail_init:
+            raise self.NVMLError("Driver Not Loaded")
+
+    def nvmlDeviceGetCount(self) -> int:
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
+        return i
+
+    def nvmlDeviceGetMemoryInfo(self, h: int) -> object:
+        return type("Memory", (), {"used": 4e9 * (h + 1), "total": 16e9})()
+
+    def nvmlDeviceGetUtilizationRates(self, h: int) -> object:
+        return type("Rates", (), {"gpu": 50 + h})()
+
+    def nvmlDeviceGetPowerUsage(self, h: int) -> int:
+        if h == 1:
+            raise self.NVMLError("Not Supported")
+        return 150_000
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, h: int) -> int:
+        return 300_000
+
+
+def test_gpu_metrics_use_mlflows_names_and_skip_what_nvml_lacks() -> None:
+    sample = system_metrics.NvmlReader(_FakeNvml()).read()
+    assert sample == {
+        "gpu_0_memory_usage_percentage": 25.0,
+        "gpu_0_memory_usage_megabytes": 4000.0,
+        "gpu_0_utilization_percentage": 50.0,
+        "gpu_0_power_usage_watts": 150.0,
+        "gpu_0_power_usage_percentage": 50.0,
+        # GPU 1 has no power reading: its other figures are still logged
+        "gpu_1_memory_usage_percentage": 50.0,
+        "gpu_1_memory_usage_megabytes": 8000.0,
+        "gpu_1_utilization_percentage": 51.0,
+    }
+
+
+def test_no_gpu_or_no_nvml_means_no_gpu_reader(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", _FakeNvml(fail_init=True))
+    readers = system_metrics.default_readers()
+    assert readers and not any(isinstance(r, system_metrics.NvmlReader) for r in readers)
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # not installed: import fails
+    readers = system_metrics.default_readers()
+    assert readers and not any(isinstance(r, system_metrics.NvmlReader) for r in readers)
+    monkeypatch.setitem(sys.modules, "pynvml", _FakeNvml())
+    assert any(isinstance(r, system_metrics.NvmlReader) for r in system_metrics.default_readers())
