@@ -219,7 +219,20 @@ __all__ += [
 # --- the model flavors and other subpackages, imported on first use as ``mlflow.<name>`` -------
 #: ``steppe.sklearn`` works after a bare ``import steppe`` (as ``mlflow.sklearn`` does), without
 #: making ``import steppe`` load scikit-learn, PyYAML or pandas.
-_LAZY_SUBMODULES = frozenset({"artifacts", "data", "models", "projects", "pyfunc", "sklearn"})
+#: The training-framework integrations (lightning, transformers, keras) load their framework.
+_LAZY_SUBMODULES = frozenset(
+    {
+        "artifacts",
+        "data",
+        "keras",
+        "lightning",
+        "models",
+        "projects",
+        "pyfunc",
+        "sklearn",
+        "transformers",
+    }
+)
 
 
 def __getattr__(name: str) -> object:

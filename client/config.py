@@ -161,3 +161,74 @@ def idle_timeout_s() -> float:
 def connect_timeout_s() -> float:
     """How long a run-lifecycle call (start_run, log_param, ...) retries an unreachable server."""
     return _float("STEPPE_CONNECT_TIMEOUT_S", 10.0)
+
+
+# --- system metrics and the ranks of a distributed job ------------------------------------
+
+
+def system_metrics_interval_s() -> float:
+    """STEPPE_SYSTEM_METRICS_INTERVAL_S, else MLflow's MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL:
+    seconds between two system-metrics samples (default 5)."""
+    name = "STEPPE_SYSTEM_METRICS_INTERVAL_S"
+    if not os.environ.get(name):
+        name = "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"
+    value = _float(name, 5.0)
+    if not value > 0:
+        raise ValueError(f"{name}={value}: must be a positive number of seconds")
+    return value
+
+
+def system_metrics_samples_before_logging() -> int:
+    """MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING (or STEPPE_...): samples averaged into one
+    logged point (default 1)."""
+    name = "STEPPE_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING"
+    if not os.environ.get(name):
+        name = "MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING"
+    value = _int(name, 1)
+    if value < 1:
+        raise ValueError(f"{name}={value}: must be at least 1")
+    return value
+
+
+def system_metrics_node_id() -> str | None:
+    """STEPPE_SYSTEM_METRICS_NODE_ID, else MLFLOW_SYSTEM_METRICS_NODE_ID: the name system
+    metrics are logged under (``system/<node id>/...``)."""
+    return (
+        os.environ.get("STEPPE_SYSTEM_METRICS_NODE_ID")
+        or os.environ.get("MLFLOW_SYSTEM_METRICS_NODE_ID")
+        or None
+    )
+
+
+def launcher_run_id() -> str | None:
+    """STEPPE_RUN_ID, else MLFLOW_RUN_ID, read without taking it (see ``take_run_id``)."""
+    return os.environ.get("STEPPE_RUN_ID") or os.environ.get("MLFLOW_RUN_ID") or None
+
+
+def local_rank() -> int:
+    """This process's rank on its host, from torchrun/Lightning (LOCAL_RANK), Slurm
+    (SLURM_LOCALID), Open MPI or MPICH; 0 for a single process."""
+    for name in ("LOCAL_RANK", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID"):
+        raw = os.environ.get(name, "").strip()
+        if raw.isdigit():
+            return int(raw)
+    return 0
+
+
+def spans_several_hosts() -> bool:
+    """Whether the job runs on more than one host: Slurm's node count, or torchrun's and Open
+    MPI's world size above their per-host size."""
+    nodes = os.environ.get("SLURM_NNODES") or os.environ.get("SLURM_JOB_NUM_NODES") or ""
+    if nodes.strip().isdigit() and int(nodes) > 1:
+        return True
+    groups = os.environ.get("GROUP_WORLD_SIZE", "").strip()  # torchrun: agents, one per host
+    if groups.isdigit() and int(groups) > 1:
+        return True
+    for world, local in (
+        ("WORLD_SIZE", "LOCAL_WORLD_SIZE"),
+        ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE"),
+    ):
+        w, lo = os.environ.get(world, "").strip(), os.environ.get(local, "").strip()
+        if w.isdigit() and lo.isdigit() and int(w) > int(lo) > 0:
+            return True
+    return False

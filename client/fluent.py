@@ -7,18 +7,16 @@ input raises here, at the call site; network trouble never does (see ``flush``).
 from __future__ import annotations
 
 import atexit
-import functools
 import os
 import sys
 import threading
 import time
 import uuid
-import warnings
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
-from steppe import config, errors, validation
+from steppe import config, errors, system_metrics, validation
 from steppe.arrays import is_array
 from steppe.buffer import FIELDS
 from steppe.buffer import append_point as _append_point
@@ -195,6 +193,9 @@ def start_run(
 ) -> ActiveRun:
     """Start a run (or resume ``run_id``, else STEPPE_RUN_ID/MLFLOW_RUN_ID) and make it active.
 
+    ``log_system_metrics=True`` (or MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING, or
+    ``enable_system_metrics_logging()``) samples ``system/*`` metrics until ``end_run``.
+
     Example::
 
         with steppe.start_run(run_name="baseline"):
@@ -202,12 +203,6 @@ def start_run(
             steppe.log_metric("loss", 0.5, step=1)
     """
     global _last_run_id
-    if log_system_metrics:
-        from steppe.manage import SYSTEM_METRICS_REFUSAL
-
-        raise errors.SteppeError(SYSTEM_METRICS_REFUSAL)
-    if log_system_metrics is None and config.system_metrics_requested():
-        _warn_system_metrics_once()
     with _state_lock:
         if _stack and not nested and parent_run_id is None:
             raise errors.SteppeError(
@@ -244,16 +239,9 @@ def start_run(
         active = ActiveRun(run, client.tracking_uri)
         _stack.append(active)
         _last_run_id = run.info.run_id
-        return active
-
-
-@functools.cache
-def _warn_system_metrics_once() -> None:
-    warnings.warn(
-        "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING is set, but steppe does not sample system "
-        "metrics yet: none are logged",
-        stacklevel=3,
-    )
+    if system_metrics.wanted(log_system_metrics):  # log_system_metrics=True, or MLflow's env
+        system_metrics.start(run.info.run_id, client.tracking_uri)
+    return active
 
 
 def active_run() -> ActiveRun | None:
@@ -281,6 +269,7 @@ def end_run(status: str = "FINISHED") -> None:
         if not _stack:
             return
         run = _stack.pop()
+        system_metrics.stop(run.info.run_id)
         Client(run._tracking_uri).set_terminated(run.info.run_id, status)
 
 

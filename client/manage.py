@@ -486,30 +486,38 @@ def flush_artifact_async_logging() -> None:
     other calls (``flush()``/``end_run`` wait for that) or ``steppe sync`` does."""
 
 
-SYSTEM_METRICS_REFUSAL = (
-    "steppe does not sample system metrics yet; drop log_system_metrics=True (or "
-    "enable_system_metrics_logging()), or log your own under the 'system/' prefix"
-)
-
-
 def enable_system_metrics_logging() -> None:
-    """Refused loudly (not ignored): steppe has no system-metrics sampler yet."""
-    from steppe.errors import SteppeError
+    """Sample system metrics (``system/*``) for every run started from now on, as
+    ``start_run(log_system_metrics=True)`` does (README "System metrics")."""
+    from steppe import system_metrics
 
-    raise SteppeError(SYSTEM_METRICS_REFUSAL)
+    system_metrics.enable()
 
 
 def disable_system_metrics_logging() -> None:
-    """Nothing samples system metrics, so this is already the case."""
+    """Runs started from now on sample no system metrics (unless they ask for them)."""
+    from steppe import system_metrics
+
+    system_metrics.disable()
 
 
 def set_system_metrics_sampling_interval(interval: float | None) -> None:
-    """Accepted for MLflow compatibility; there is no sampler to configure yet."""
+    """Seconds between two samples for runs started from now on (None: the default, 5 s or
+    STEPPE_SYSTEM_METRICS_INTERVAL_S)."""
+    from steppe import system_metrics
+
+    system_metrics.set_sampling_interval(interval)
 
 
 def set_system_metrics_samples_before_logging(samples: int | None) -> None:
-    """Accepted for MLflow compatibility; there is no sampler to configure yet."""
+    """Samples averaged into each logged point (None: 1), as MLflow does."""
+    from steppe import system_metrics
+
+    system_metrics.set_samples_before_logging(samples)
 
 
 def set_system_metrics_node_id(node_id: str | None) -> None:
-    """Accepted for MLflow compatibility; there is no sampler to configure yet."""
+    """Log system metrics as ``system/<node_id>/...`` (MLflow's naming for several nodes)."""
+    from steppe import system_metrics
+
+    system_metrics.set_node_id(node_id)

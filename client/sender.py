@@ -108,6 +108,8 @@ class Sender:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._left_at: int | None = None  # seq when a wait gave up (see wait_or_leave)
+        # Called by the worker on every wake-up (at least every send_interval_s); see add_ticker.
+        self._tickers: list[Callable[[], None]] = []
 
     # --- producer side ---------------------------------------------------------------
 
@@ -295,6 +297,29 @@ class Sender:
         self._outbox[self._seq] = _Entry(batch.count, size, payload if keep else None, where)
         self._unacked_points += batch.count
 
+    # --- periodic work on the worker thread -------------------------------------------
+
+    def add_ticker(self, tick: Callable[[], None]) -> None:
+        """Call ``tick()`` on the worker thread at every wake-up (at least every
+        send_interval_s), before it encodes the buffer: for samplers (system metrics) that
+        log a point now and then without a thread of their own. ``tick`` must be quick and
+        decide itself whether it is due; one that raises is removed and logged."""
+        with self._state:
+            self._tickers = [*self._tickers, tick]
+        self.start()
+
+    def remove_ticker(self, tick: Callable[[], None]) -> None:
+        with self._state:
+            self._tickers = [t for t in self._tickers if t != tick]  # bound methods: ==
+
+    def _tick(self) -> None:
+        for tick in self._tickers:  # a copy-on-write list: no lock needed to read it
+            try:
+                tick()
+            except Exception:  # a sampler's bug must never stop the sender
+                log.exception("steppe: %r failed; it is not called again", tick)
+                self.remove_ticker(tick)
+
     # --- the worker --------------------------------------------------------------------
 
     def start(self) -> None:
@@ -310,6 +335,8 @@ class Sender:
         while True:
             self._wake.wait(self._send_interval_s)
             self._wake.clear()
+            if self._tickers:
+                self._tick()
             self.encode_pending()
             if stream is not None and stream.stream_id != self.stream_id:
                 # A new stream id (see _rotate_if_idle) goes on a call of its own: acks are

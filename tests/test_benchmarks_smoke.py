@@ -91,3 +91,18 @@ def test_autolog_benchmark_smoke() -> None:
     assert row["plain_fit_ms"] > 0 and row["autolog_fit_ms"] > 0
     # Autolog does real work inside fit (metrics, plots, uploads): it cannot be free.
     assert row["autolog_fit_ms"] > row["plain_fit_ms"]
+
+
+@pytest.mark.timeout(330)  # three processes importing torch and Lightning
+def test_integrations_benchmark_smoke() -> None:
+    # Lightning only (each mode is a process importing torch): the other frameworks run the
+    # same driver. Skipped where the integration extras are not installed (CI's base install).
+    pytest.importorskip("torch")
+    pytest.importorskip("lightning")
+    pytest.importorskip("mlflow")
+    rows = json_rows("integrations.py", "--steps", "6", "--only", "lightning", timeout=300)
+    assert [r["tool"] for r in rows] == ["none", "steppe", "mlflow"]
+    for row in rows:
+        assert row["steps"] == 6 and row["ms_per_step"] > 0
+    # Both loggers stored every step's loss exactly once; the baseline logged nothing.
+    assert [r["stored"] for r in rows] == [0, 6, 6]

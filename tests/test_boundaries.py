@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import filecmp
+import importlib.util
 import re
 import subprocess
 import sys
@@ -71,6 +72,21 @@ def test_the_client_reaches_the_server_side_only_lazily() -> None:
     assert not (ROOT / "client" / "server.py").exists()
     loaded = _modules_after("import steppe.cli")
     assert not {m for m in loaded if m.startswith(("steppe.ingest", "steppe.query"))}
+
+
+def test_the_training_frameworks_load_only_with_their_integration() -> None:
+    """``import steppe`` (and a run with system metrics) never loads torch, Lightning,
+    transformers, Keras or the system-metrics readers' libraries; each integration loads its
+    own framework only."""
+    frameworks = {"torch", "lightning", "transformers", "keras", "psutil", "pynvml", "tensorflow"}
+    loaded = _modules_after("import steppe, steppe.integration, steppe.system_metrics")
+    assert not {m for m in loaded if m.split(".")[0] in frameworks}
+    for framework, other in [("lightning", "keras"), ("transformers", "keras"), ("keras", "")]:
+        if importlib.util.find_spec(framework) is None:
+            continue  # not installed here (the integration extras are optional)
+        backend = "import os; os.environ.setdefault('KERAS_BACKEND', 'torch')"
+        loaded = _modules_after(f"{backend}; import steppe.{framework}")
+        assert framework in loaded and other not in loaded, framework
 
 
 def test_ingest_does_not_import_query() -> None:

@@ -143,17 +143,3 @@ def test_artifact_uri_and_uris(uri: str) -> None:
         root = steppe.get_artifact_uri()
         assert root == mlflow.MlflowClient().get_run(run.info.run_id).info.artifact_uri
         assert steppe.get_artifact_uri("a/b.txt") == root + "/a/b.txt"
-
-
-def test_system_metrics_are_refused_loudly_not_ignored(
-    uri: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    with pytest.raises(steppe.SteppeError, match="system metrics"):
-        steppe.start_run(log_system_metrics=True)
-    assert steppe.active_run() is None  # nothing started
-    with pytest.raises(steppe.SteppeError, match="system metrics"):
-        steppe.enable_system_metrics_logging()
-    monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true")
-    steppe.fluent._warn_system_metrics_once.cache_clear()
-    with pytest.warns(UserWarning, match="system metrics"), steppe.start_run():
-        pass
