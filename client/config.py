@@ -161,3 +161,12 @@ def idle_timeout_s() -> float:
 def connect_timeout_s() -> float:
     """How long a run-lifecycle call (start_run, log_param, ...) retries an unreachable server."""
     return _float("STEPPE_CONNECT_TIMEOUT_S", 10.0)
+
+
+def print_run_urls() -> bool:
+    """False when STEPPE_SUPPRESS_PRINTING_URL (or MLflow's MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT)
+    is true: then ``end_run`` does not say where the run went."""
+    raw = os.environ.get("STEPPE_SUPPRESS_PRINTING_URL") or os.environ.get(
+        "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", ""
+    )
+    return raw.strip().lower() not in {"1", "true", "yes", "on"}
