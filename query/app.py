@@ -92,7 +92,12 @@ from steppe.query.sql import (
     SqlSandbox,
 )
 from steppe.query.static_files import DEFAULT_STATIC_DIR, serve_index, serve_static
-from steppe.query.views import CatalogTables, matching_run_ids
+from steppe.query.views import (
+    CatalogTables,
+    count_matching_runs,
+    group_matching_runs,
+    matching_run_ids,
+)
 
 __all__ = ["make_app"]
 
@@ -287,6 +292,16 @@ async def _search_runs(request: web.Request) -> web.Response:
         out: dict[str, object] = {"runs": runs_json(reader, snapshot, runs)}
         if ask.paged and len(run_ids) > ask.max_results:
             out["next_page_token"] = page_token(ask.offset + ask.max_results)
+        if ask.count:
+            out["total_count"] = count_matching_runs(
+                reader, snapshot, view, search, time_limit_s=time_limit_s
+            )
+        if ask.grouping is not None:
+            groups, more = group_matching_runs(
+                reader, snapshot, view, search, ask.grouping, time_limit_s=time_limit_s
+            )
+            out["groups"] = groups
+            out["groups_truncated"] = more
         return dumps(out)
 
     ask = search_runs_request(await request.read())
