@@ -196,11 +196,20 @@
   /** MLflow's UI routes on the hash (the links mlflow prints: /#/experiments/1/runs/ID);
    * the same place here, or null. */
   function fromMlflowHash(hash) {
-    const p = hash.replace(/^#/, "").split("?")[0];
+    const [p, qs] = hash.replace(/^#/, "").split("?");
+    const q = new URLSearchParams(qs || "");
     let m;
     if ((m = /^\/experiments\/[^/]+\/runs\/([^/]+)/.exec(p))) return `/runs/${m[1]}`;
     if ((m = /^\/experiments\/[^/]+\/models\/([^/]+)/.exec(p))) return `/logged-models/${m[1]}`;
-    if ((m = /^\/experiments\/([^/]+)\/?$/.exec(p))) return `/experiments/${m[1]}`;
+    if ((m = /^\/experiments\/([^/]+)(\/(runs|experiment-page-tabs\/[^/]+)?)?\/?$/.exec(p))) return `/experiments/${m[1]}`;
+    if (/^\/compare-runs\/?$/.test(p)) {
+      // MLflow: runs=["a","b"]&experiments=["1"] (JSON lists). The compare page takes run ids.
+      let runs = [];
+      try { runs = JSON.parse(q.get("runs") || "[]"); } catch { runs = []; }
+      const ids = (Array.isArray(runs) ? runs : []).filter((r) => typeof r === "string" && /^[A-Za-z0-9_-]+$/.test(r));
+      return ids.length ? `/compare?runs=${ids.join(",")}` : "/compare";
+    }
+    if ((m = /^\/models\/([^/]+)\/versions\/([^/]+)/.exec(p))) return `/models/${m[1]}?version=${enc(decodeURIComponent(m[2]))}`;
     if ((m = /^\/models\/([^/]+)/.exec(p))) return `/models/${m[1]}`;
     if (/^\/models\/?$/.test(p)) return "/models";
     return null;
@@ -209,7 +218,8 @@
   function route() {
     if (page) page.dispose();
     if (location.pathname === "/" && location.hash.startsWith("#/")) {
-      const to = fromMlflowHash(location.hash);
+      let to = null;
+      try { to = fromMlflowHash(location.hash); } catch (e) { if (!(e instanceof URIError)) throw e; }
       if (to) history.replaceState(null, "", to);
     }
     page = new Page();
