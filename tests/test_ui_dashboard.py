@@ -154,3 +154,115 @@ def test_links_mlflow_prints_land_on_the_same_pages(
     ui.goto(f"/#/models/{_q(name)}")
     expect(page).to_have_url(base + f"/models/{_q(name)}")
     ui.assert_no_console_errors()
+
+
+# runs table ------------------------------------------------------------------------------
+
+
+def test_runs_table_folds_children_under_their_parent_and_counts_the_filtered_runs(
+    ui: UI, sweep: Sweep
+) -> None:
+    from playwright.sync_api import expect
+
+    page = ui.page
+    ui.goto(f"/experiments/{sweep.experiment_id}")
+    total = 1 + CHILDREN + OTHERS
+    expect(page.get_by_test_id("runs-count")).to_have_text(f"{total} runs")
+    expect(_runs_rows(ui)).to_have_count(total)
+    # Children start later than their parent but fold under it, hidden until opened.
+    assert _visible_names(ui) == ["solo-2", "solo-1", "solo-0", "sweep-parent"]
+    parent_row = page.locator(f"tr[data-run-id='{sweep.parent}']")
+    toggle = parent_row.get_by_test_id("tree-toggle")
+    expect(toggle).to_have_text("▸6")
+    expect(toggle).to_have_attribute("aria-expanded", "false")
+    toggle.click()
+    expect(toggle).to_have_attribute("aria-expanded", "true")
+    names = [f"child-{i}" for i in reversed(range(CHILDREN))]
+    assert _visible_names(ui) == ["solo-2", "solo-1", "solo-0", "sweep-parent", *names]
+    expect(page.locator("tr[data-depth='1']:not([hidden])")).to_have_count(CHILDREN)
+    ui.screenshot("dashboard-runs-tree")
+    toggle.click()
+    expect(page.locator("tr[data-depth='1']:not([hidden])")).to_have_count(0)
+
+    # A filter: "3 of 10 runs"; children whose parent is not on the page link to it.
+    page.get_by_test_id("runs-filter").fill("params.lr = '0.1'")
+    page.get_by_test_id("runs-filter").press("Enter")
+    expect(page.get_by_test_id("runs-count")).to_have_text(f"3 of {total} runs")
+    expect(page.get_by_test_id("page-info")).to_have_count(1)
+    assert _visible_names(ui) == ["child-4", "child-2", "child-0"]
+    expect(page.get_by_test_id("parent-link")).to_have_count(3)
+    assert page.get_by_test_id("parent-link").first.get_attribute("href") == f"/runs/{sweep.parent}"
+    ui.assert_no_console_errors()
+
+
+def test_runs_table_tag_columns_min_max_metric_columns_and_groups(ui: UI, sweep: Sweep) -> None:
+    from playwright.sync_api import expect
+
+    page = ui.page
+    ui.goto(f"/experiments/{sweep.experiment_id}?filter=params.layers != ''")
+    expect(_runs_rows(ui)).to_have_count(CHILDREN)
+
+    # Tags are in the column chooser (not mlflow.* ones).
+    page.get_by_test_id("columns-button").click()
+    menu = page.locator(".columns-menu")
+    expect(menu.locator("label[data-key=team]")).to_have_count(1)
+    expect(menu.locator(f"label[data-key='{'mlflow.parentRunId'}']")).to_have_count(0)
+    menu.locator("input[data-col='t:team']").check()
+    page.keyboard.press("Escape")
+    team = page.locator(f"tr[data-run-id='{sweep.children[1]}'] td[data-col='t:team']")
+    expect(team).to_have_text("nlp")
+    assert "team" in (ui.query().get("cols") or "")
+
+    # train/loss: child-1 rises from 0.2 to 1.19; min shows 0.2, and the sort follows it.
+    cell = page.locator(f"tr[data-run-id='{sweep.children[1]}'] td[data-col='m:train/loss']")
+    expect(cell).to_have_text("1.19")
+    head = page.locator("th[data-col='m:train/loss']")
+    head.get_by_test_id("metric-agg").select_option("min")
+    expect(cell).to_have_text("0.2")
+    assert ui.query()["agg"] == "train/loss:min"
+    head.get_by_role("button").click()  # sort: descending first for a metric
+    expect(head).to_have_attribute("aria-sort", "descending")
+    # mins: child-i even -> (1+i)/100, odd -> 0.1*(i+1): 0.6, 0.4, 0.2, 0.05, 0.03, 0.01
+    expect(_runs_rows(ui).first).to_have_attribute("data-run-id", sweep.children[5])
+    assert _visible_names(ui) == ["child-5", "child-3", "child-1", "child-4", "child-2", "child-0"]
+    head.get_by_test_id("metric-agg").select_option("max")
+    # maxes: odd -> 0.1*(i+1) + 0.99 at step 99; even -> (1+i) at step 0
+    expect(_runs_rows(ui).first).to_have_attribute("data-run-id", sweep.children[4])
+
+    # Group by a param: every matching run, mean ± standard deviation per metric column.
+    head.get_by_test_id("metric-agg").select_option("latest")
+    page.get_by_test_id("group-by").select_option("p:lr")
+    table = page.get_by_test_id("groups-table")
+    expect(table.locator("tbody tr")).to_have_count(2)
+    group = table.locator("tr[data-group='0.1']")
+    expect(group.locator("td").first).to_have_text("3")
+    # latest train/loss of children 0, 2, 4: 0.01, 0.03, 0.05
+    expect(group.locator("td[data-key='train/loss']")).to_have_text("0.03 ± 0.02")
+    assert ui.query()["group"] == "p:lr"
+    ui.screenshot("dashboard-runs-groups")
+    group.get_by_role("button", name="0.1").click()
+    expect(page.get_by_test_id("runs-filter")).to_have_value(
+        "params.layers != '' and params.`lr` = '0.1'"
+    )
+    expect(_runs_rows(ui)).to_have_count(3)
+    expect(table.locator("tbody tr")).to_have_count(1)
+    ui.assert_no_console_errors()
+
+
+def test_runs_table_in_a_narrow_window_scrolls_inside_its_frame(ui: UI, sweep: Sweep) -> None:
+    from playwright.sync_api import expect
+
+    page = ui.page
+    page.set_viewport_size({"width": 420, "height": 800})
+    ui.goto(f"/experiments/{sweep.experiment_id}")
+    expect(_runs_rows(ui)).to_have_count(1 + CHILDREN + OTHERS)
+    # The page itself does not scroll sideways (nothing is cut off the right edge)...
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    wrap = page.locator(".runs-wrap")
+    assert wrap.evaluate("el => el.scrollWidth > el.clientWidth")
+    # ...the table does, and its last column can be brought into view.
+    last = page.locator("[data-testid=runs-table] thead tr:last-child th").last
+    last.scroll_into_view_if_needed()
+    box = last.bounding_box()
+    assert box is not None and box["x"] + box["width"] <= 420 + 1
+    ui.screenshot("dashboard-runs-narrow", full_page=False)
