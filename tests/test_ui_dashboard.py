@@ -266,3 +266,160 @@ def test_runs_table_in_a_narrow_window_scrolls_inside_its_frame(ui: UI, sweep: S
     box = last.bounding_box()
     assert box is not None and box["x"] + box["width"] <= 420 + 1
     ui.screenshot("dashboard-runs-narrow", full_page=False)
+
+
+# run management ------------------------------------------------------------------------
+
+EVIL_NOTE = """# Plan
+**bold** and *calm* with `code` <img src=x onerror="window.__pwned=1">
+- [docs](https://example.com/docs)
+- [trap](javascript:window.__pwned=2)
+"""
+
+
+def _get_run(server: Any, run_id: str) -> Any:
+    return _mlflow(server, f"/runs/get?run_id={run_id}")["run"]
+
+
+def test_run_page_renames_describes_tags_deletes_and_restores_through_mlflows_api(
+    ui: UI, steppe_server: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    import steppe
+
+    client = steppe.Client(steppe_server.http_url)
+    exp = client.set_experiment(f"dash-manage-{time.monotonic_ns()}").experiment_id
+    rid = client.create_run(exp, run_name="to-edit", tags={"keep": "1", "drop": "x"}).info.run_id
+    client.set_terminated(rid)
+    page = ui.page
+    ui.goto(f"/runs/{rid}")
+    expect(page.get_by_test_id("run-name")).to_have_text("to-edit")
+
+    page.get_by_test_id("rename-run").click()
+    page.get_by_test_id("rename-input").fill("renamed")
+    page.get_by_test_id("rename-input").press("Enter")
+    expect(page.get_by_test_id("run-name")).to_have_text("renamed")
+    assert _get_run(steppe_server, rid)["info"]["run_name"] == "renamed"
+
+    # The description is Markdown, rendered from nodes: no HTML of the text gets in.
+    page.get_by_test_id("edit-description").click()
+    page.get_by_test_id("description-input").fill(EVIL_NOTE)
+    page.get_by_test_id("save-description").click()
+    note = page.get_by_test_id("run-description")
+    expect(note.locator("h3")).to_have_text("Plan")
+    expect(note.locator("strong")).to_have_text("bold")
+    expect(note.locator("em")).to_have_text("calm")
+    expect(note.locator("li")).to_have_count(2)
+    expect(note.locator("a")).to_have_count(1)
+    assert note.locator("a").get_attribute("href") == "https://example.com/docs"
+    expect(note).to_contain_text("[trap](javascript:window.__pwned=2)")
+    expect(note).to_contain_text('<img src=x onerror="window.__pwned=1">')
+    assert note.locator("img").count() == 0
+    assert page.evaluate("window.__pwned") is None
+    tags = {t["key"]: t["value"] for t in _get_run(steppe_server, rid)["data"]["tags"]}
+    assert tags["mlflow.note.content"] == EVIL_NOTE
+    expect(page.get_by_test_id("edit-description")).to_have_text("Edit description")
+
+    # Tags: add one, remove one.
+    page.get_by_test_id("tag-key").fill("owner")
+    page.get_by_test_id("tag-value").fill("ann")
+    page.get_by_test_id("add-tag").get_by_role("button", name="Add tag").click()
+    table = page.get_by_test_id("tags-table")
+    expect(table.locator("tr[data-key=owner] td")).to_have_text("ann\u00d7")  # and its button
+    table.locator("tr[data-key=drop]").get_by_test_id("remove-tag").click()
+    expect(table.locator("tr[data-key=drop]")).to_have_count(0)
+    tags = {t["key"]: t["value"] for t in _get_run(steppe_server, rid)["data"]["tags"]}
+    assert tags["owner"] == "ann" and "drop" not in tags and tags["keep"] == "1"
+
+    # Delete asks once more, then the run is deleted; restore brings it back.
+    delete = page.get_by_test_id("delete-run")
+    delete.click()
+    expect(delete).to_have_text("Delete this run?")
+    assert _get_run(steppe_server, rid)["info"]["lifecycle_stage"] == "active"
+    delete.click()
+    expect(page.get_by_test_id("run-deleted")).to_be_visible()
+    assert _get_run(steppe_server, rid)["info"]["lifecycle_stage"] == "deleted"
+    ui.screenshot("dashboard-run-managed")
+    page.get_by_test_id("restore-run").click()
+    expect(page.get_by_test_id("run-deleted")).to_be_hidden()
+    assert _get_run(steppe_server, rid)["info"]["lifecycle_stage"] == "active"
+
+    # The experiment: delete and restore from its page.
+    ui.goto(f"/experiments/{exp}")
+    page.get_by_test_id("delete-experiment").click()
+    page.get_by_test_id("delete-experiment").click()
+    expect(page.get_by_test_id("experiment-deleted")).to_be_visible()
+    got = _mlflow(steppe_server, f"/experiments/get?experiment_id={exp}")["experiment"]
+    assert got["lifecycle_stage"] == "deleted"
+    page.get_by_test_id("restore-experiment").click()
+    expect(page.get_by_test_id("delete-experiment")).to_be_visible()
+    got = _mlflow(steppe_server, f"/experiments/get?experiment_id={exp}")["experiment"]
+    assert got["lifecycle_stage"] == "active"
+    ui.assert_no_console_errors()
+
+
+def test_writes_a_server_refuses_show_its_message_and_change_nothing(
+    ui: UI, browser: Any, steppe_server: Any, tmp_path: Any
+) -> None:
+    from playwright.sync_api import Route, expect
+
+    import steppe
+    from tests.conftest import start_server
+
+    client = steppe.Client(steppe_server.http_url)
+    rid = client.create_run("0", run_name="stays").info.run_id
+    client.set_terminated(rid)
+    page = ui.page
+
+    # A read-only app (no ingest) answers every write 501 NOT_IMPLEMENTED with this message.
+    def read_only(route: Route) -> None:
+        body = {
+            "error_code": "NOT_IMPLEMENTED",
+            "message": "this steppe HTTP app is read-only (it was started without ingest)",
+        }
+        route.fulfill(status=501, content_type="application/json", body=json.dumps(body))
+
+    page.route("**/api/2.0/mlflow/runs/**", read_only)
+    ui.goto(f"/runs/{rid}")
+    page.get_by_test_id("rename-run").click()
+    page.get_by_test_id("rename-input").fill("changed")
+    page.get_by_test_id("rename-input").press("Enter")
+    error = page.get_by_test_id("action-error")
+    expect(error).to_contain_text("This server is read-only")
+    expect(error).to_contain_text("NOT_IMPLEMENTED")
+    expect(page.get_by_test_id("rename-input")).to_have_value("changed")  # kept for a retry
+    assert _get_run(steppe_server, rid)["info"]["run_name"] == "stays"
+    ui.assert_no_console_errors("status of 501")
+
+    # A server with a token, and a browser that lost its cookie: 401, said so.
+    server = start_server(tmp_path / "data", "--token", "s3cret")
+    context = browser.new_context()
+    try:
+        created = urllib.request.Request(
+            f"{server.http_url}/api/2.0/mlflow/runs/create",
+            data=json.dumps({"experiment_id": "0", "run_name": "guarded"}).encode(),
+            headers={"Content-Type": "application/json", "Authorization": "Bearer s3cret"},
+        )
+        with urllib.request.urlopen(created, timeout=30) as r:
+            guarded = json.load(r)["run"]["info"]["run_id"]
+        tab = context.new_page()
+        tab.goto(f"{server.http_url}/?token=s3cret")  # the login: an HttpOnly cookie
+        tab.goto(f"{server.http_url}/runs/{guarded}")
+        expect(tab.get_by_test_id("run-name")).to_have_text("guarded")
+        context.clear_cookies()
+        tab.get_by_test_id("delete-run").click()
+        tab.get_by_test_id("delete-run").click()
+        error = tab.get_by_test_id("action-error")
+        expect(error).to_contain_text("The server needs a token")
+        expect(error).to_contain_text("Deletion not saved")
+        expect(tab.get_by_test_id("run-deleted")).to_be_hidden()
+        check = urllib.request.Request(
+            f"{server.http_url}/api/2.0/mlflow/runs/get?run_id={guarded}",
+            headers={"Authorization": "Bearer s3cret"},
+        )
+        with urllib.request.urlopen(check, timeout=30) as r:
+            assert json.load(r)["run"]["info"]["lifecycle_stage"] == "active"
+    finally:
+        context.close()
+        assert server.stop() == 0

@@ -468,10 +468,12 @@
       this.grid = h("div", { class: "charts", "data-testid": "charts" });
       this.noMetrics = h("p", { class: "muted", hidden: true }, "No metrics logged yet.");
       this.models = steppe.RunModels ? new steppe.RunModels(page, run.info) : null; // models.js
+      this.editor = steppe.RunEditor ? new steppe.RunEditor(page, this) : null; // manage.js
+      this.head = h("div", { class: "page-head" }, this.nameEl, this.statusEl, this.liveEl);
 
       root.append(
         crumbs(this.expLink),
-        h("div", { class: "page-head" }, this.nameEl, this.statusEl, this.liveEl),
+        this.head,
         this.notice,
         this.description,
         this.overview,
@@ -486,6 +488,7 @@
         this.models ? this.models.el : null,
         steppe.imagesSection ? steppe.imagesSection(page, this.runId) : null, // artifacts.js
         steppe.artifactsSection ? steppe.artifactsSection(page, this.runId) : null); // artifacts.js
+      if (this.editor) this.editor.mount(this.head, this.description);
 
       // The charts (charts.js) load when they come near the viewport (a run can log hundreds of
       // keys), follow the window's width, and share the toolbar's smoothing, log y, x and zoom.
@@ -515,9 +518,12 @@
         this.status = info.status;
       }
       const tags = run.data?.tags || {};
-      const note = tags["mlflow.note.content"];
-      this.description.hidden = !note;
-      this.description.textContent = note || "";
+      if (this.editor) this.editor.update(run); // the description as Markdown, rename, delete
+      else {
+        const note = tags["mlflow.note.content"];
+        this.description.hidden = !note;
+        this.description.textContent = note || "";
+      }
 
       this.overview.replaceChildren(...[
         ["Run ID", h("code", { class: "select-all" }, info.run_id)],
@@ -542,6 +548,7 @@
         const user = all.filter(([k]) => !SYSTEM_TAG.test(k));
         const system = all.filter(([k]) => SYSTEM_TAG.test(k));
         this.tagsSlot.replaceChildren(kvTable("tags-table", user, "No tags."));
+        if (this.editor) this.editor.decorateTags(this.tagsSlot);
         // Only the contents change, so an opened section stays open across refreshes.
         this.systemTags.hidden = system.length === 0;
         this.systemTags.replaceChildren(

@@ -79,6 +79,8 @@
       search();
     });
     const groupsSlot = h("div", { class: "groups-slot", "data-testid": "groups", hidden: true });
+    const actionsSlot = h("span", { class: "experiment-actions-slot" });
+    const actionErrors = h("div");
 
     // --- filter box
     const filterInput = h("input", {
@@ -147,9 +149,9 @@
 
     S.main.append(h("section", { class: "page runs-page" },
       S.crumbs(crumbName),
-      h("div", { class: "page-head" }, title, count, h("span", { class: "spacer" }),
+      h("div", { class: "page-head" }, title, count, actionsSlot, h("span", { class: "spacer" }),
         h("label", { class: "tool" }, h("span", { class: "tool-label" }, "Group by"), groupSelect), columnsMenu),
-      filterForm, filterError, selBar, groupsSlot, holder, pager,
+      actionErrors, filterForm, filterError, selBar, groupsSlot, holder, pager,
       S.experimentModelsSection ? S.experimentModelsSection(page, expId) : null)); // models.js
 
     let experiment = null;
@@ -674,6 +676,14 @@
       crumbName.textContent = experiment.name;
       renderCount();
       renderPager();
+      if (S.experimentActions) { // manage.js: delete / restore through MLflow's REST API
+        const actions = S.experimentActions(page, experiment, (exp) => {
+          experiment = exp;
+          renderCount();
+        });
+        actionsSlot.replaceChildren(actions.el);
+        actionErrors.replaceChildren(actions.errors);
+      }
     }, (err) => {
       if (!page.alive || err.name === "AbortError") return;
       missing = true;
