@@ -423,3 +423,155 @@ def test_writes_a_server_refuses_show_its_message_and_change_nothing(
     finally:
         context.close()
         assert server.stop() == 0
+
+
+# charts ----------------------------------------------------------------------------------
+
+
+def _sections(ui: UI) -> list[str]:
+    prefixes: list[str] = ui.page.get_by_test_id("chart-section").evaluate_all(
+        "els => els.filter(e => !e.hidden).map(e => e.dataset.prefix)"
+    )
+    return prefixes
+
+
+def test_run_page_charts_in_sections_by_prefix_one_value_and_keys_combined(
+    ui: UI, sweep: Sweep
+) -> None:
+    from playwright.sync_api import expect
+
+    page = ui.page
+    ui.goto(f"/runs/{sweep.children[0]}")
+    expect(page.get_by_test_id("chart-section")).to_have_count(3)
+    assert _sections(ui) == ["system", "train", "val"]
+    val = page.locator("[data-testid=chart-section][data-prefix=val]")
+    expect(val.locator("summary")).to_have_text("val/2")
+    # A single point is its value, not a dot on an axis.
+    acc = page.get_by_test_id("chart-val/acc")
+    acc.scroll_into_view_if_needed()  # charts load as they come near the viewport
+    expect(acc).to_have_attribute("data-mode", "single")
+    expect(acc.get_by_test_id("single-value")).to_have_text("0.5")
+    expect(acc.locator(".chart-plot")).to_be_hidden()
+    expect(page.get_by_test_id("chart-val/loss")).to_have_attribute("data-mode", "exact")
+
+    # Collapsing a section: kept in the URL, its charts out of the page.
+    system = page.locator("[data-testid=chart-section][data-prefix=system]")
+    system.locator("summary").click()
+    expect(page.get_by_test_id("chart-system/gpu")).to_be_hidden()
+    page.wait_for_function("() => new URLSearchParams(location.search).get('closed') === 'system'")
+
+    # The key search filters across sections.
+    page.get_by_test_id("metrics-search").fill("loss")
+    expect(val.locator("summary")).to_have_text("val/1 of 2")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=chart-section]')]"
+        ".filter(e => !e.hidden).map(e => e.dataset.prefix).join() === 'train,val'"
+    )
+    expect(page.get_by_test_id("chart-val/acc")).to_be_hidden()
+    page.get_by_test_id("metrics-search").fill("")
+
+    # Several keys in one chart, kept in the URL.
+    page.get_by_test_id("combine-keys").fill("train/loss, val/loss")
+    page.get_by_test_id("combine-form").get_by_role("button", name="Add chart").click()
+    combined = page.get_by_test_id("combined-train/loss:val/loss")
+    combined.scroll_into_view_if_needed()
+    expect(combined.get_by_test_id("chart-legend").locator(".legend-row")).to_have_count(2)
+    expect(combined).to_have_attribute("data-points", "200")
+    assert ui.query()["combine"] == "train/loss:val/loss"
+    page.get_by_test_id("combine-keys").fill("train/loss, nope")
+    page.get_by_test_id("combine-keys").press("Enter")
+    expect(page.get_by_test_id("combine-form")).to_contain_text("No key “nope” in this run.")
+    ui.screenshot("dashboard-run-sections")
+    page.reload()
+    expect(page.get_by_test_id("combined-train/loss:val/loss")).to_have_attribute(
+        "data-points", "200"
+    )
+    expect(page.locator("[data-testid=chart-section][data-prefix=system]")).not_to_have_attribute(
+        "open", ""
+    )
+    page.get_by_test_id("remove-combined").click()
+    expect(page.get_by_test_id("combined-train/loss:val/loss")).to_have_count(0)
+    ui.assert_no_console_errors()
+
+
+SMOOTHED_SPREAD = """el => {
+  const c = el.steppeChart, lay = c.layout[0], ys = c.u.data[lay.sm];
+  const mid = ys.slice(Math.floor(ys.length / 4), Math.floor(3 * ys.length / 4));
+  return Math.sqrt(mid.reduce((a, y) => a + (y - 1) ** 2, 0) / mid.length);
+}"""
+
+
+def test_window_smoothing_is_smooth_on_a_long_noisy_series(ui: UI, steppe_server: Any) -> None:
+    import numpy as np
+    from playwright.sync_api import expect
+
+    import steppe
+
+    client = steppe.Client(steppe_server.http_url)
+    exp = client.set_experiment(f"dash-smooth-{time.monotonic_ns()}").experiment_id
+    rid = client.create_run(exp, run_name="noisy").info.run_id
+    steps = np.arange(20_000, dtype=np.int64)
+    noise = np.random.default_rng(7).uniform(-0.5, 0.5, steps.size)
+    client.log_series(rid, "loss", 1.0 + noise, steps=steps)
+    client.flush()
+    client.set_terminated(rid)
+    page = ui.page
+    ui.goto(f"/runs/{rid}?smooth=0.99")
+    chart = page.get_by_test_id("chart-loss")
+    expect(chart).to_have_attribute("data-points", "20000")
+    expect(chart).to_have_attribute("data-mode", "exact")
+    ema = chart.evaluate(SMOOTHED_SPREAD)
+    page.get_by_test_id("smoothing-mode").select_option("window")
+    page.wait_for_function("() => new URLSearchParams(location.search).get('smode') === 'window'")
+    window = chart.evaluate(SMOOTHED_SPREAD)
+    # EMA 0.99 averages ~100 points of 20,000; the window ~2,000: about 4x less noise left.
+    assert ema > 0.012, ema
+    assert window < ema / 2.5, (window, ema)
+    ui.screenshot("dashboard-window-smoothing", full_page=False)
+    ui.assert_no_console_errors()
+
+
+def test_many_overlaid_runs_draw_bold_means_on_faint_bands_and_hover_picks_one(
+    ui: UI, steppe_server: Any
+) -> None:
+    import numpy as np
+    from playwright.sync_api import expect
+
+    import steppe
+
+    client = steppe.Client(steppe_server.http_url)
+    exp = client.set_experiment(f"dash-many-{time.monotonic_ns()}").experiment_id
+    steps = np.arange(30_000, dtype=np.int64)
+    rng = np.random.default_rng(3)
+    ids = []
+    for i in range(5):
+        rid = client.create_run(exp, run_name=f"seed-{i}").info.run_id
+        client.log_series(rid, "loss", i + rng.uniform(-0.2, 0.2, steps.size), steps=steps)
+        ids.append(rid)
+    client.flush()
+    for rid in ids:
+        client.set_terminated(rid)
+    page = ui.page
+    ui.goto(f"/compare?runs={','.join(ids)}")
+    chart = page.get_by_test_id("compare-charts").get_by_test_id("chart-loss")
+    expect(chart).to_have_attribute("data-mode", "bucketed")
+    look = chart.evaluate(
+        """el => { const c = el.steppeChart, u = c.u;
+          const fill = (b) => (typeof b.fill === "function" ? b.fill(u, b.series[0]) : b.fill);
+          return { fill: u.bands.map(fill), width: c.layout.map(l => u.series[l.mid].width),
+                   edge: c.layout.map(l => u.series[l.hi].stroke()) }; }"""
+    )
+    assert all(f.endswith(", 0.05)") for f in look["fill"]), look
+    assert look["width"] == [2] * 5, look
+    assert all(e.endswith(", 0)") for e in look["edge"]), look
+    # Hover on run 3's mean line: that run comes forward, its legend row is marked.
+    x, y = chart.evaluate(
+        """el => { const u = el.steppeChart.u, r = u.over.getBoundingClientRect();
+          return [r.left + u.valToPos(15000, 'x'), r.top + u.valToPos(3, 'y')]; }"""
+    )
+    page.mouse.move(x, y)
+    expect(chart).to_have_attribute("data-focused-run", ids[3])
+    expect(chart.locator(".legend-row.focused")).to_have_attribute("data-run-id", ids[3])
+    ui.screenshot("dashboard-compare-many", full_page=False)
+    page.mouse.move(x, y + 400)
+    ui.assert_no_console_errors()

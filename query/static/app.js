@@ -465,7 +465,26 @@
         type: "search", class: "search", placeholder: "Filter metrics", "aria-label": "Filter metrics by key",
         "data-testid": "metrics-search",
       });
-      this.grid = h("div", { class: "charts", "data-testid": "charts" });
+      // Charts in sections by key prefix (train/, val/, system/; keys without one last), each
+      // collapsible (closed ones in ?closed=); combined charts (several keys) on top.
+      this.grid = h("div", { class: "chart-sections", "data-testid": "charts" });
+      this.sections = new Map();
+      this.closed = new Set(steppe.listParam("closed"));
+      this.combined = new Map(); // "a:b" -> chart
+      this.keysList = h("datalist", { id: `keys-${this.runId}` });
+      this.combineInput = h("input", {
+        type: "text", id: `combine-${this.runId}`, class: "search combine-input", list: this.keysList.id, placeholder: "train/loss, val/loss",
+        "aria-label": "Keys to draw in one chart, comma-separated", "data-testid": "combine-keys",
+      });
+      this.combineError = h("span", { class: "muted small", role: "status" });
+      this.combineForm = h("form", { class: "inline-form combine-form", "data-testid": "combine-form" },
+        h("label", { class: "tool-label", for: this.combineInput.id }, "One chart for"), this.combineInput,
+        h("button", { type: "submit", class: "btn-small" }, "Add chart"), this.combineError, this.keysList);
+      this.combineForm.addEventListener("submit", (e) => {
+        e.preventDefault();
+        this.addCombined(this.combineInput.value.split(",").map((k) => k.trim()).filter(Boolean), true);
+      });
+      this.combinedGrid = h("div", { class: "charts combined-charts", "data-testid": "combined-charts" });
       this.noMetrics = h("p", { class: "muted", hidden: true }, "No metrics logged yet.");
       this.models = steppe.RunModels ? new steppe.RunModels(page, run.info) : null; // models.js
       this.editor = steppe.RunEditor ? new steppe.RunEditor(page, this) : null; // manage.js
@@ -484,6 +503,8 @@
           h("div", { class: "section-head" },
             h("h2", null, "Metrics"), this.metricCount, h("span", { class: "spacer" }), this.filter),
           this.noMetrics,
+          this.combineForm,
+          this.combinedGrid,
           this.grid),
         this.models ? this.models.el : null,
         steppe.imagesSection ? steppe.imagesSection(page, this.runId) : null, // artifacts.js
@@ -493,7 +514,7 @@
       // The charts (charts.js) load when they come near the viewport (a run can log hundreds of
       // keys), follow the window's width, and share the toolbar's smoothing, log y, x and zoom.
       this.chartGroup = new steppe.ChartGroup(page, { syncKey: this.syncKey });
-      this.grid.before(this.chartGroup.toolbar);
+      this.combineForm.before(this.chartGroup.toolbar);
 
       this.filter.addEventListener("input", () => this.applyFilter());
 
@@ -560,26 +581,103 @@
       const keys = Object.keys(metrics).sort(collator.compare);
       this.metricCount.textContent = keys.length ? `${keys.length} key${keys.length === 1 ? "" : "s"}` : "";
       this.noMetrics.hidden = keys.length > 0;
-      let added = false;
+      this.combineForm.hidden = keys.length < 2;
+      const added = [];
       for (const key of keys) {
         let chart = this.charts.get(key);
         if (!chart) {
           chart = this.chartGroup.chart({ title: key, series: [{ run_id: this.runId, key }] });
           this.charts.set(key, chart);
-          added = true;
+          added.push(key);
         }
         chart.setSummary(metrics[key]);
       }
-      if (added) {
-        // Keep cards in key order when new keys appear mid-run.
-        for (const key of keys) this.grid.append(this.charts.get(key).el);
+      if (added.length) {
+        this.keys = keys;
+        this.keysList.replaceChildren(...keys.map((k) => h("option", { value: k })));
+        // Keep cards in key order within their section when new keys appear mid-run.
+        const touched = new Set(added.map((k) => this.sectionFor(k)));
+        for (const sec of touched) {
+          sec.grid.append(...sec.keys.map((k) => this.charts.get(k).el));
+          sec.count.textContent = `${sec.keys.length}`;
+        }
+        if (!this.combinedRestored) {
+          this.combinedRestored = true;
+          for (const group of steppe.listParam("combine")) this.addCombined(group.split(":"), false);
+        }
         this.applyFilter();
       }
+    }
+
+    /** The section of a key (its prefix before the first "/"), made on first use. */
+    sectionFor(key) {
+      const at = key.indexOf("/");
+      const prefix = at > 0 ? key.slice(0, at) : "";
+      let sec = this.sections.get(prefix);
+      if (!sec) {
+        const grid = h("div", { class: "charts" });
+        const count = h("span", { class: "muted" });
+        const el = h("details", {
+          class: "chart-section", "data-testid": "chart-section", "data-prefix": prefix, open: !this.closed.has(prefix || "-"),
+        }, h("summary", null, h("span", { class: "section-title" }, prefix ? `${prefix}/` : "other keys"), count), grid);
+        el.addEventListener("toggle", () => {
+          if (el.open) this.closed.delete(prefix || "-");
+          else this.closed.add(prefix || "-");
+          steppe.setParams({ closed: [...this.closed].join(",") });
+        });
+        sec = { el, grid, count, keys: [] };
+        this.sections.set(prefix, sec);
+        // Sections in prefix order, keys without a prefix last.
+        const order = [...this.sections.keys()].sort((a, b) => (a === "") - (b === "") || collator.compare(a, b));
+        this.grid.append(...order.map((p) => this.sections.get(p).el));
+      }
+      if (!sec.keys.includes(key)) {
+        sec.keys.push(key);
+        sec.keys.sort(collator.compare);
+      }
+      return sec;
+    }
+
+    /** One chart drawing several of this run's keys (a colour each); kept in ?combine=a:b,c:d. */
+    addCombined(keys, fromUser) {
+      const known = keys.filter((k, i) => keys.indexOf(k) === i && this.charts.has(k));
+      const unknown = keys.filter((k) => !this.charts.has(k));
+      this.combineError.textContent = unknown.length ? `No key ${unknown.map((k) => `“${k}”`).join(", ")} in this run.` : "";
+      if (known.length < 2) {
+        if (fromUser && !unknown.length) this.combineError.textContent = "Name at least two keys.";
+        return;
+      }
+      const id = known.join(":");
+      if (this.combined.has(id)) return;
+      const chart = this.chartGroup.chart({
+        title: known.join(" + "), testid: `combined-${id}`,
+        series: known.map((key, i) => ({ run_id: this.runId, key, label: key, color: steppe.runColor(i) })),
+      });
+      const remove = h("button", {
+        type: "button", class: "chip-remove", "aria-label": `Remove the chart of ${known.join(", ")}`, title: "Remove this chart",
+        "data-testid": "remove-combined",
+        onclick: () => {
+          this.chartGroup.remove(chart);
+          this.combined.delete(id);
+          steppe.setParams({ combine: [...this.combined.keys()].join(",") });
+        },
+      }, "×");
+      chart.el.querySelector(".chart-head").append(remove);
+      this.combined.set(id, chart);
+      this.combinedGrid.append(chart.el);
+      if (fromUser) this.combineInput.value = "";
+      steppe.setParams({ combine: [...this.combined.keys()].join(",") });
     }
 
     applyFilter() {
       const needle = this.filter.value.trim().toLowerCase();
       for (const [key, chart] of this.charts) chart.el.hidden = needle !== "" && !key.toLowerCase().includes(needle);
+      for (const sec of this.sections.values()) {
+        const shown = needle === "" ? sec.keys.length : sec.keys.filter((k) => k.toLowerCase().includes(needle)).length;
+        sec.el.hidden = shown === 0;
+        sec.count.textContent = needle === "" ? `${sec.keys.length}` : `${shown} of ${sec.keys.length}`;
+        if (needle !== "" && shown) sec.el.open = true; // a search shows what it found
+      }
     }
 
     async refresh() {
