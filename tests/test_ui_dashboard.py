@@ -575,3 +575,52 @@ def test_many_overlaid_runs_draw_bold_means_on_faint_bands_and_hover_picks_one(
     ui.screenshot("dashboard-compare-many", full_page=False)
     page.mouse.move(x, y + 400)
     ui.assert_no_console_errors()
+
+
+# explore ---------------------------------------------------------------------------------
+
+
+def test_parallel_coordinates_and_scatter_follow_and_drive_the_selection(
+    ui: UI, sweep: Sweep
+) -> None:
+    from playwright.sync_api import expect
+
+    page = ui.page
+    ui.goto(f"/experiments/{sweep.experiment_id}?filter=params.layers != ''")
+    expect(_runs_rows(ui)).to_have_count(CHILDREN)
+    page.get_by_test_id("explore").locator("summary").click()
+    page.get_by_test_id("explore-metric").select_option("train/loss")
+    parallel = page.get_by_test_id("parallel-coordinates")
+    lines = parallel.locator("path[data-run-id]")
+    expect(lines).to_have_count(CHILDREN)
+    # Axes layers, lr, then the metric; child-5 has the highest latest train/loss: the top.
+    labels = parallel.locator("text.pc-label").all_text_contents()
+    assert labels == ["layers", "lr", "train/loss"]
+    top = parallel.locator(f"path[data-run-id='{sweep.children[5]}']").get_attribute("d")
+    assert top is not None and top.endswith(",26.0"), top
+
+    # A click on a line selects its run in the table; the table's checkbox drives the plots.
+    parallel.locator(f"path[data-run-id='{sweep.children[2]}']").dispatch_event("click")
+    expect(page.get_by_test_id("selection-count")).to_have_text("1 run selected")
+    row = page.locator(f"tr[data-run-id='{sweep.children[2]}']")
+    expect(row.get_by_test_id("select-run")).to_be_checked()
+    expect(parallel.locator(f"path[data-run-id='{sweep.children[2]}']")).to_have_class(
+        "pc-line selected"
+    )
+    page.locator(f"tr[data-run-id='{sweep.children[3]}']").get_by_test_id("select-run").check()
+    expect(parallel.locator("path.selected")).to_have_count(2)
+
+    scatter = page.get_by_test_id("scatter")
+    page.get_by_test_id("scatter-x").select_option("p:layers")
+    points = scatter.locator("circle[data-run-id]")
+    expect(points).to_have_count(CHILDREN)
+    first = scatter.locator(f"circle[data-run-id='{sweep.children[0]}']")
+    last = scatter.locator(f"circle[data-run-id='{sweep.children[5]}']")
+    assert first.get_attribute("cx") == "48.0" and last.get_attribute("cx") == "704.0"
+    expect(scatter.locator("circle.selected")).to_have_count(2)
+    scatter.locator(f"circle[data-run-id='{sweep.children[3]}']").dispatch_event("click")
+    expect(page.get_by_test_id("selection-count")).to_have_text("1 run selected")
+    assert ui.query()["sel"] == sweep.children[2]
+    page.get_by_test_id("explore").scroll_into_view_if_needed()
+    ui.screenshot("dashboard-explore")
+    ui.assert_no_console_errors()

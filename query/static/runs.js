@@ -131,6 +131,15 @@
       },
     }, "Clear selection");
     const selBar = h("div", { class: "selection-bar", "data-testid": "selection-bar" }, selCount, compareBtn, clearSel);
+    // explore.js: parallel coordinates and a scatter of this page's runs, linked to the selection.
+    const explore = S.Explore ? new S.Explore({
+      onToggle: (id) => {
+        if (st.sel.has(id)) st.sel.delete(id);
+        else st.sel.add(id);
+        selectionChanged();
+        renderTable();
+      },
+    }) : null;
 
     // --- table and pager
     const holder = h("div", { class: "table-wrap runs-wrap" }, S.loading());
@@ -151,7 +160,7 @@
       S.crumbs(crumbName),
       h("div", { class: "page-head" }, title, count, actionsSlot, h("span", { class: "spacer" }),
         h("label", { class: "tool" }, h("span", { class: "tool-label" }, "Group by"), groupSelect), columnsMenu),
-      actionErrors, filterForm, filterError, selBar, groupsSlot, holder, pager,
+      actionErrors, filterForm, filterError, selBar, explore ? explore.el : null, groupsSlot, holder, pager,
       S.experimentModelsSection ? S.experimentModelsSection(page, expId) : null)); // models.js
 
     let experiment = null;
@@ -534,6 +543,7 @@
           all.checked = n === ids.length;
           all.indeterminate = n > 0 && n < ids.length;
           selectionChanged();
+          if (explore) explore.update({ runs, params: pKeys, metrics: mKeys, sel: st.sel, agg: st.agg });
         });
         return tr;
       });
@@ -542,6 +552,7 @@
       if (!rows.length) {
         empty = st.filter ? "No run matches the filter." : st.pageNo > 1 ? "No more runs." : "No runs in this experiment yet.";
       }
+      if (explore) explore.update({ runs, params: pKeys, metrics: mKeys, sel: st.sel, agg: st.agg });
       holder.replaceChildren(h("table", { class: "grid runs-grid", "data-testid": "runs-table" },
         h("thead", null, colGroups,
           h("tr", null, h("th", { scope: "col", class: "check" }, all), columns.map(header))),
