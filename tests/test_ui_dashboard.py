@@ -624,3 +624,64 @@ def test_parallel_coordinates_and_scatter_follow_and_drive_the_selection(
     page.get_by_test_id("explore").scroll_into_view_if_needed()
     ui.screenshot("dashboard-explore")
     ui.assert_no_console_errors()
+
+
+# artifacts -------------------------------------------------------------------------------
+
+EVIL_HTML = (
+    "<script>parent.__pwned = 1</script><h1>Report</h1>"
+    '<img src="http://127.0.0.1:9/pixel.png" onerror="parent.__pwned = 2">'
+)
+
+
+def _wav(path: Any) -> None:
+    import wave
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(b"\x00\x10" * 8000)  # one second
+
+
+def test_artifact_previews_tables_sandboxed_html_and_audio(
+    ui: UI, tracking: str, tmp_path: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    import steppe
+
+    with steppe.start_run(run_name="with-previews") as run:
+        steppe.log_table({"epoch": [1, 2, 3], "label": ["cat", "dog", "<b>x</b>"]}, "results.json")
+        steppe.log_text(EVIL_HTML, "report.html")
+        _wav(tmp_path / "beep.wav")
+        steppe.log_artifact(str(tmp_path / "beep.wav"))
+    page = ui.page
+    ui.goto(f"/runs/{run.info.run_id}")
+    section = page.get_by_test_id("artifacts")
+    section.scroll_into_view_if_needed()
+
+    section.locator("li[data-path='results.json'] > button").click()
+    table = page.get_by_test_id("artifact-table")
+    expect(table.locator("thead th")).to_have_text(["epoch", "label"])
+    expect(table.locator("tbody tr")).to_have_count(3)
+    expect(table.locator("tbody tr").nth(2).locator("td").nth(1)).to_have_text("<b>x</b>")
+    expect(page.get_by_test_id("artifact-table-size")).to_have_text("3 rows \u00d7 2 columns")
+
+    section.locator("li[data-path='report.html'] > button").click()
+    frame = page.get_by_test_id("artifact-html")
+    expect(frame).to_have_attribute("sandbox", "")
+    expect(page.frame_locator("[data-testid=artifact-html]").locator("h1")).to_have_text("Report")
+    assert page.evaluate("window.__pwned") is None  # neither the script nor the onerror ran
+
+    section.locator("li[data-path='beep.wav'] > button").click()
+    audio = page.get_by_test_id("artifact-audio")
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=artifact-audio]')?.duration > 0.9"
+    )
+    assert audio.evaluate("el => Math.round(el.duration)") == 1
+    ui.screenshot("dashboard-artifact-previews")
+    # What Chromium reports is the proof: the script was blocked, and so was the pixel.
+    assert any("Blocked script execution in 'about:srcdoc'" in e for e in ui.console_errors)
+    assert any("img-src data:" in e for e in ui.console_errors)
+    ui.assert_no_console_errors("about:srcdoc")
