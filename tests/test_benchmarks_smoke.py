@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import clean_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,3 +90,17 @@ def test_autolog_benchmark_smoke() -> None:
     assert row["plain_fit_ms"] > 0 and row["autolog_fit_ms"] > 0
     # Autolog does real work inside fit (metrics, plots, uploads): it cannot be free.
     assert row["autolog_fit_ms"] > row["plain_fit_ms"]
+
+
+def test_ui_benchmark_smoke() -> None:
+    pytest.importorskip("playwright")
+    if not Path("/usr/bin/chromium").exists():
+        pytest.skip("the UI benchmark drives Debian's /usr/bin/chromium")
+    rows = json_rows("ui.py", "--smoke", "--repeats", "1", timeout=300)
+    views = [r["view"] for r in rows]
+    assert len(rows) == 10, views
+    assert views[0] == "runs table of 500 runs: navigation -> first page"
+    timed = [r for r in rows if r["target"].startswith("<")]
+    assert len(timed) == 8
+    assert all(r["ui_ms"] > 0 and r["http_floor_ms"] > 0 for r in timed), timed
+    assert 0 < rows[-1]["uplots_live"] <= 300 and rows[-1]["heap_mib"] > 0

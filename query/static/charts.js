@@ -467,6 +467,10 @@
         this.exactHint = 0;
       }
       let buckets = Math.max(this.pixelBuckets(), this.exactHint);
+      // A zoom into data drawn bucketed: the buckets say how many points the window holds, so
+      // when that is few enough, ask for every point at once rather than after a bucketed answer.
+      const guess = this.exactHint ? 0 : this.pointsIn(st.zoom);
+      if (guess > 0 && guess <= EXACT_POINTS) buckets = Math.min(MAX_BUCKETS, Math.max(buckets, Math.ceil((guess * 1.05) / 2) + 8));
       let r = await this.request(buckets);
       if (seq !== this.seq) return null;
       let need = 0;
@@ -484,6 +488,23 @@
       }
       this.loadedBuckets = buckets;
       return r;
+    }
+
+    /** Points per series (the most of any) inside [lo, hi] by the buckets drawn now, or 0. */
+    pointsIn(zoom) {
+      if (!zoom || !this.result) return 0;
+      let most = 0;
+      for (const e of this.result.series) {
+        if (!e.bucketed) return 0; // exact already: the usual path knows
+        const xs = e.x || [];
+        let n = 0;
+        for (let i = 0; i < xs.length; i++) {
+          const next = i + 1 < xs.length ? xs[i + 1] : Infinity;
+          if (next > zoom[0] && xs[i] <= zoom[1]) n += e.count[i]; // buckets overlapping the window
+        }
+        most = Math.max(most, n);
+      }
+      return most;
     }
 
     /** force: a new request even when one is in flight (zoom, resize); polls share the one in flight. */

@@ -261,12 +261,14 @@
         filterError.hidden = true;
         filterInput.removeAttribute("aria-invalid");
         holder.classList.remove("busy", "stale");
-        holder.dataset.loadMs = String(Math.round(performance.now() - started));
+        const answered = performance.now();
+        holder.dataset.loadMs = String(Math.round(answered - started));
         renderTable();
         renderGroups();
         renderPager();
         renderCount();
         if (keys || !columnsMenu.dataset.loading) renderColumnsMenu();
+        holder.dataset.renderMs = String(Math.round(performance.now() - answered));
       }, (err) => {
         if (seq !== loadSeq || !page.alive || err.name === "AbortError") return;
         holder.classList.remove("busy");
@@ -702,10 +704,17 @@
       filterForm.hidden = selBar.hidden = pager.hidden = columnsMenu.hidden = true;
       holder.replaceChildren(S.errorBox(err, "Experiment"));
     });
-    // The table waits for the key list only to pick default columns; with ?cols= it need not.
+    // The first page does not wait for the experiment's key list (a SQL query over every run):
+    // its default columns come from the page's runs, then from the list once it is there.
     const keysLoaded = loadKeys();
-    keysLoaded.then(() => page.alive && !missing && (keys || searched) && renderColumnsMenu());
-    (st.cols ? Promise.resolve() : keysLoaded).then(() => page.alive && !missing && search());
+    search();
+    keysLoaded.then(() => {
+      if (!page.alive || missing || !keys) return;
+      if (searched) renderColumnsMenu();
+      if (!searched || st.cols) return;
+      if (st.group) search(); // the groups' statistics follow the metric columns
+      else renderTable();
+    });
   }
 
   S.runsView = runsView;
