@@ -41,6 +41,7 @@ __all__ = [
     "CatalogTables",
     "CatalogView",
     "count_matching_runs",
+    "experiment_keys",
     "group_matching_runs",
     "open_catalog_read_only",
     "register_views",
@@ -278,6 +279,26 @@ def group_matching_runs(
         }
         groups.append({"value": row["value"], "count": row["runs"], "metrics": metrics})
     return groups, len(rows) > grouping.limit
+
+
+def experiment_keys(
+    view: CatalogView, latest: pa.Table, experiment_id: str
+) -> dict[str, list[str]]:
+    """Every param key, user tag key (not ``mlflow.*``) and metric key of an experiment's runs,
+    each sorted: the runs table's column chooser. Arrow compute over the cached view."""
+    import pyarrow.compute as pc
+
+    runs = view.runs.filter(pc.equal(view.runs["experiment_id"], experiment_id))["run_id"]
+
+    def keys(table: pa.Table) -> list[str]:
+        if table.num_rows == 0 or len(runs) == 0:
+            return []
+        chosen = table.filter(pc.is_in(table["run_id"], value_set=runs))
+        found: list[str] = pc.unique(chosen["key"]).to_pylist()
+        return sorted(found)
+
+    tags = [k for k in keys(view.tags) if not k.startswith("mlflow.")]
+    return {"params": keys(view.params), "tags": tags, "metrics": keys(latest)}
 
 
 def _timed(

@@ -629,6 +629,15 @@ async def test_search_endpoint_filters_orders_and_pages(tmp_path: Path) -> None:
             assert pages == [["r2", "r3"], ["r4", "r1"], ["r5"]]
             # Without page_token the answer keeps its old shape: just "runs".
             assert set(await search({"max_results": 1})) == {"runs"}
+            # The runs table's column chooser: the keys of one experiment's runs.
+            response = await client.get("/api/steppe/v1/experiments/0/keys")
+            assert response.status == 200
+            assert await response.json() == {
+                "params": ["lr", "opt"],
+                "tags": ["team"],  # r3's note is in the other experiment; no mlflow.* tags
+                "metrics": ["acc", "loss"],
+            }
+            assert (await client.get("/api/steppe/v1/experiments/404/keys")).status == 404
             # steppe's runs table: the total over every page, min/max order, groups.
             counted = await search(
                 {"filter_string": "metrics.loss < 1", "max_results": 1, "count": True}

@@ -685,3 +685,38 @@ def test_artifact_previews_tables_sandboxed_html_and_audio(
     assert any("Blocked script execution in 'about:srcdoc'" in e for e in ui.console_errors)
     assert any("img-src data:" in e for e in ui.console_errors)
     ui.assert_no_console_errors("about:srcdoc")
+
+
+def test_a_run_of_many_keys_makes_only_the_charts_it_shows(ui: UI, steppe_server: Any) -> None:
+    from playwright.sync_api import expect
+
+    import steppe
+
+    client = steppe.Client(steppe_server.http_url)
+    exp = client.set_experiment(f"dash-wide-{time.monotonic_ns()}").experiment_id
+    rid = client.create_run(exp, run_name="wide").info.run_id
+    keys = [f"a/k{i:03d}" for i in range(70)] + [f"b/k{i:03d}" for i in range(190)]
+    for key in keys:
+        client.log_metric(rid, key, 1.0, step=0)
+    client.flush()
+    client.set_terminated(rid)
+    page = ui.page
+    ui.goto(f"/runs/{rid}")
+    a = page.locator("[data-testid=chart-section][data-prefix=a]")
+    b = page.locator("[data-testid=chart-section][data-prefix=b]")
+    # More than 200 keys: the first section opens, 60 charts at a time; the others wait.
+    expect(a.locator(".chart-card")).to_have_count(60)
+    expect(a.get_by_test_id("section-more")).to_have_text("Show 10 more (10 not shown)")
+    assert b.get_attribute("open") is None
+    assert page.locator(".chart-card").count() == 60
+    a.get_by_test_id("section-more").click()
+    expect(a.locator(".chart-card")).to_have_count(70)
+    expect(a.get_by_test_id("section-more")).to_be_hidden()
+    b.locator("summary").click()
+    expect(b.locator(".chart-card")).to_have_count(60)
+    page.wait_for_function("() => new URLSearchParams(location.search).get('open') === 'b'")
+    # The search makes what it finds, in closed sections too.
+    page.get_by_test_id("metrics-search").fill("k18")
+    expect(b.locator(".chart-card:not([hidden])")).to_have_count(10)
+    expect(a).to_be_hidden()
+    ui.assert_no_console_errors()

@@ -439,6 +439,15 @@
         : h("tr", { class: "empty" }, h("td", { colspan: 2 }, emptyText))));
   }
 
+  const MANY_KEYS = 200;     // more keys than this: only the first chart section starts open
+  const SECTION_PAGE = 60;   // charts made per section before its "Show more"
+  const prefixOf = (key) => {
+    const at = key.indexOf("/");
+    return at > 0 ? key.slice(0, at) : "";
+  };
+  // Sections in prefix order, keys without a prefix last.
+  const prefixOrder = (a, b) => (a === "") - (b === "") || collator.compare(a, b);
+
   const byKey = (obj) => Object.entries(obj || {}).sort((a, b) => collator.compare(a[0], b[0]));
 
   class RunView {
@@ -470,6 +479,11 @@
       this.grid = h("div", { class: "chart-sections", "data-testid": "charts" });
       this.sections = new Map();
       this.closed = new Set(steppe.listParam("closed"));
+      this.opened = new Set(steppe.listParam("open"));
+      this.known = new Set();   // every key of the run; this.charts holds the ones made so far
+      this.metricsNow = {};
+      this.needle = "";
+      this.manyKeys = null;
       this.combined = new Map(); // "a:b" -> chart
       this.keysList = h("datalist", { id: `keys-${this.runId}` });
       this.combineInput = h("input", {
@@ -579,28 +593,23 @@
 
       const metrics = run.data?.metrics || {};
       const keys = Object.keys(metrics).sort(collator.compare);
+      this.metricsNow = metrics;
       this.metricCount.textContent = keys.length ? `${keys.length} key${keys.length === 1 ? "" : "s"}` : "";
       this.noMetrics.hidden = keys.length > 0;
       this.combineForm.hidden = keys.length < 2;
-      const added = [];
-      for (const key of keys) {
-        let chart = this.charts.get(key);
-        if (!chart) {
-          chart = this.chartGroup.chart({ title: key, series: [{ run_id: this.runId, key }] });
-          this.charts.set(key, chart);
-          added.push(key);
-        }
-        chart.setSummary(metrics[key]);
+      if (this.manyKeys == null && keys.length) {
+        // A run of thousands of keys (per-layer metrics) opens only its first section.
+        this.manyKeys = keys.length > MANY_KEYS;
+        this.firstPrefix = keys.map(prefixOf).sort(prefixOrder)[0];
       }
-      if (added.length) {
-        this.keys = keys;
+      const fresh = keys.filter((k) => !this.known.has(k));
+      for (const key of fresh) {
+        this.known.add(key);
+        this.sectionFor(key);
+      }
+      for (const [key, chart] of this.charts) if (metrics[key]) chart.setSummary(metrics[key]);
+      if (fresh.length) {
         this.keysList.replaceChildren(...keys.map((k) => h("option", { value: k })));
-        // Keep cards in key order within their section when new keys appear mid-run.
-        const touched = new Set(added.map((k) => this.sectionFor(k)));
-        for (const sec of touched) {
-          sec.grid.append(...sec.keys.map((k) => this.charts.get(k).el));
-          sec.count.textContent = `${sec.keys.length}`;
-        }
         if (!this.combinedRestored) {
           this.combinedRestored = true;
           for (const group of steppe.listParam("combine")) this.addCombined(group.split(":"), false);
@@ -611,24 +620,33 @@
 
     /** The section of a key (its prefix before the first "/"), made on first use. */
     sectionFor(key) {
-      const at = key.indexOf("/");
-      const prefix = at > 0 ? key.slice(0, at) : "";
+      const prefix = prefixOf(key);
       let sec = this.sections.get(prefix);
       if (!sec) {
+        const name = prefix || "-";
         const grid = h("div", { class: "charts" });
         const count = h("span", { class: "muted" });
-        const el = h("details", {
-          class: "chart-section", "data-testid": "chart-section", "data-prefix": prefix, open: !this.closed.has(prefix || "-"),
-        }, h("summary", null, h("span", { class: "section-title" }, prefix ? `${prefix}/` : "other keys"), count), grid);
-        el.addEventListener("toggle", () => {
-          if (el.open) this.closed.delete(prefix || "-");
-          else this.closed.add(prefix || "-");
-          steppe.setParams({ closed: [...this.closed].join(",") });
+        const more = h("button", { type: "button", class: "btn-small section-more", "data-testid": "section-more", hidden: true });
+        const byDefault = !this.manyKeys || prefix === this.firstPrefix;
+        const open = this.opened.has(name) || (!this.closed.has(name) && byDefault);
+        const el = h("details", { class: "chart-section", "data-testid": "chart-section", "data-prefix": prefix, open },
+          h("summary", null, h("span", { class: "section-title" }, prefix ? `${prefix}/` : "other keys"), count), grid, more);
+        sec = { el, grid, count, more, keys: [], limit: SECTION_PAGE };
+        const section = sec;
+        more.addEventListener("click", () => {
+          section.limit += SECTION_PAGE;
+          this.fillSection(section);
         });
-        sec = { el, grid, count, keys: [] };
+        el.addEventListener("toggle", () => {
+          if (el.open) this.fillSection(section); // a section's charts are made when it first opens
+          // The URL names only the sections that differ from their default.
+          this.closed.delete(name);
+          this.opened.delete(name);
+          if (el.open !== byDefault) (el.open ? this.opened : this.closed).add(name);
+          steppe.setParams({ closed: [...this.closed].join(","), open: [...this.opened].join(",") });
+        });
         this.sections.set(prefix, sec);
-        // Sections in prefix order, keys without a prefix last.
-        const order = [...this.sections.keys()].sort((a, b) => (a === "") - (b === "") || collator.compare(a, b));
+        const order = [...this.sections.keys()].sort(prefixOrder);
         this.grid.append(...order.map((p) => this.sections.get(p).el));
       }
       if (!sec.keys.includes(key)) {
@@ -638,10 +656,37 @@
       return sec;
     }
 
+    matches(key) {
+      return this.needle === "" || key.toLowerCase().includes(this.needle);
+    }
+
+    /** An open section's charts: the first `limit` keys that match the search, made on demand
+     * (a run of 5,000 keys makes only what is shown), in key order; "Show more" for the rest. */
+    fillSection(sec) {
+      if (!sec.el.open) return;
+      const matching = sec.keys.filter((k) => this.matches(k));
+      const shown = matching.slice(0, sec.limit);
+      const want = new Set(shown);
+      for (const k of sec.keys) {
+        const c = this.charts.get(k);
+        if (c) c.el.hidden = !want.has(k);
+      }
+      const made = shown.filter((k) => !this.charts.has(k));
+      for (const key of made) {
+        const chart = this.chartGroup.chart({ title: key, series: [{ run_id: this.runId, key }] });
+        if (this.metricsNow[key]) chart.setSummary(this.metricsNow[key]);
+        this.charts.set(key, chart);
+      }
+      if (made.length) sec.grid.append(...shown.map((k) => this.charts.get(k).el));
+      const rest = matching.length - shown.length;
+      sec.more.hidden = rest <= 0;
+      sec.more.textContent = `Show ${Math.min(rest, SECTION_PAGE)} more (${rest.toLocaleString("en-US")} not shown)`;
+    }
+
     /** One chart drawing several of this run's keys (a colour each); kept in ?combine=a:b,c:d. */
     addCombined(keys, fromUser) {
-      const known = keys.filter((k, i) => keys.indexOf(k) === i && this.charts.has(k));
-      const unknown = keys.filter((k) => !this.charts.has(k));
+      const known = keys.filter((k, i) => keys.indexOf(k) === i && this.known.has(k));
+      const unknown = keys.filter((k) => !this.known.has(k));
       this.combineError.textContent = unknown.length ? `No key ${unknown.map((k) => `“${k}”`).join(", ")} in this run.` : "";
       if (known.length < 2) {
         if (fromUser && !unknown.length) this.combineError.textContent = "Name at least two keys.";
@@ -670,13 +715,13 @@
     }
 
     applyFilter() {
-      const needle = this.filter.value.trim().toLowerCase();
-      for (const [key, chart] of this.charts) chart.el.hidden = needle !== "" && !key.toLowerCase().includes(needle);
+      this.needle = this.filter.value.trim().toLowerCase();
       for (const sec of this.sections.values()) {
-        const shown = needle === "" ? sec.keys.length : sec.keys.filter((k) => k.toLowerCase().includes(needle)).length;
+        const shown = this.needle === "" ? sec.keys.length : sec.keys.filter((k) => this.matches(k)).length;
         sec.el.hidden = shown === 0;
-        sec.count.textContent = needle === "" ? `${sec.keys.length}` : `${shown} of ${sec.keys.length}`;
-        if (needle !== "" && shown) sec.el.open = true; // a search shows what it found
+        sec.count.textContent = this.needle === "" ? `${sec.keys.length}` : `${shown} of ${sec.keys.length}`;
+        if (this.needle !== "" && shown && !sec.el.open) sec.el.open = true; // a search shows what it found
+        this.fillSection(sec);
       }
     }
 

@@ -429,8 +429,7 @@
     /** Out of view on a page of many charts: drop the plot and the data (memory stays bounded
      * by what is near the viewport); the next time it shows it loads again. */
     release() {
-      if (!this.u && !this.result) return;
-      this.seq++;
+      this.seq++; // also an answer still on its way: it would draw a chart no one sees
       this.inflight = null;
       if (this.u) this.u.destroy();
       this.u = null;

@@ -20,7 +20,7 @@
   const KIND_ORDER = { p: 0, t: 1, m: 2 };
   const KIND_PREFIX = { p: "params", t: "tags", m: "metrics" };
 
-  const sqlString = (s) => `'${String(s).replace(/'/g, "''")}'`;
+  const sqlString = (s) => `'${String(s).replace(/'/g, "''")}'`; // MLflow's quoting of a value
   const quoted = (name) => `\`${name}\``; // MLflow's quoting for names with special characters
 
   /** Column id -> the order_by identifier, for the columns the server can sort by. */
@@ -659,20 +659,11 @@
       if (!keys) columnsBody.append(h("p", { class: "muted small" }, "Keys of this page's runs."));
     }
 
-    // Every param and metric key of the experiment, for the chooser (one SQL query on the views).
+    // Every param, user tag and metric key of the experiment, for the chooser.
     function loadKeys() {
       columnsMenu.dataset.loading = "1";
-      const inExp = `run_id IN (SELECT run_id FROM runs WHERE experiment_id = ${sqlString(expId)})`;
-      return S.postJson(page, "/sql", {
-        query: `SELECT 'p' AS kind, key FROM params WHERE ${inExp} GROUP BY key
-                UNION ALL SELECT 't', key FROM tags WHERE ${inExp} AND NOT starts_with(key, 'mlflow.') GROUP BY key
-                UNION ALL SELECT 'm', key FROM latest_metrics WHERE ${inExp} GROUP BY key`,
-        max_rows: 30000,
-      }).then((r) => {
-        const found = { p: [], t: [], m: [] };
-        for (const [kind, key] of r.rows) found[kind].push(key);
-        const sorted = (list) => list.sort(S.collator.compare);
-        keys = { params: sorted(found.p), tags: sorted(found.t), metrics: sorted(found.m) };
+      return page.api(`/experiments/${enc(expId)}/keys`).then((r) => {
+        keys = { params: r.params, tags: r.tags, metrics: r.metrics };
       }, (err) => {
         if (err.name !== "AbortError") console.warn("steppe: could not list the experiment's keys", err);
       }).finally(() => {
