@@ -8,6 +8,7 @@ Starts its own `steppe server` on a temp data dir and stops it; needs /usr/bin/c
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -26,6 +27,7 @@ def main() -> int:
 
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "docs" / "ui.png"
     with tempfile.TemporaryDirectory(prefix="steppe-shot-") as tmp:
+        os.environ["XDG_CACHE_HOME"] = tmp  # its spool, if any, goes with the temp dir
         server = Server.start(Path(tmp) / "data")
         try:
             client = steppe.Client(server.http_url)
@@ -50,7 +52,7 @@ def main() -> int:
                     floor + 2.0 * np.exp(-steps / (300 + 40 * i)) + rng.normal(0, 0.04, steps.size)
                 )
                 client.log_series(rid, "train/loss", loss, steps=steps)
-                client.log_series(rid, "val/loss", loss * 1.08, steps=steps[::50])
+                client.log_series(rid, "val/loss", (loss * 1.08)[::50], steps=steps[::50])
                 client.log_metric(rid, "val/accuracy", 0.95 - floor / 3, step=1999)
                 client.set_terminated(rid)
             client.flush()
@@ -59,7 +61,7 @@ def main() -> int:
                 browser = pw.chromium.launch(
                     executable_path="/usr/bin/chromium", args=["--headless", "--no-sandbox"]
                 )
-                page = browser.new_page(viewport={"width": 1280, "height": 860})
+                page = browser.new_page(viewport={"width": 1280, "height": 1280})
                 page.goto(f"{server.http_url}/experiments/{exp}?group=p:optimizer")
                 page.wait_for_selector("[data-testid=groups-table] tbody tr")
                 page.locator("[data-testid=tree-toggle]").click()
@@ -69,6 +71,8 @@ def main() -> int:
                 for box in page.get_by_test_id("select-run").all()[2:4]:
                     box.check()
                 page.wait_for_selector("[data-testid=parallel-coordinates] path.selected")
+                page.evaluate("window.scrollTo(0, 0)")
+                page.mouse.move(0, 0)
                 page.screenshot(path=str(out), full_page=False)
                 browser.close()
         finally:

@@ -240,6 +240,10 @@ def test_runs_table_tag_columns_min_max_metric_columns_and_groups(ui: UI, sweep:
     expect(group.locator("td[data-key='train/loss']")).to_have_text("0.03 ± 0.02")
     assert ui.query()["group"] == "p:lr"
     ui.screenshot("dashboard-runs-groups")
+    # A shared link with the default columns: the groups follow the columns once known.
+    ui.goto(f"/experiments/{sweep.experiment_id}?filter=params.layers != ''&group=p:lr")
+    group = page.get_by_test_id("groups-table").locator("tr[data-group='0.1']")
+    expect(group.locator("td[data-key='train/loss']")).to_have_text("0.03 ± 0.02")
     group.get_by_role("button", name="0.1").click()
     expect(page.get_by_test_id("runs-filter")).to_have_value(
         "params.layers != '' and params.`lr` = '0.1'"

@@ -246,9 +246,10 @@
       if (st.filter) body.filter_string = st.filter;
       body.count = true;
       if (Object.keys(st.agg).length) body.metric_aggregates = st.agg;
+      const groupMetrics = () => columnsShown().filter((c) => c.startsWith("m:")).map((c) => c.slice(2));
       if (st.group) {
         body.group_by = orderKey(st.group);
-        body.group_metrics = columnsShown().filter((c) => c.startsWith("m:")).map((c) => c.slice(2));
+        body.group_metrics = groupMetrics();
       }
       const started = performance.now();
       return S.postJson(page, "/runs/search", body).then((r) => {
@@ -269,6 +270,9 @@
         renderCount();
         if (keys || !columnsMenu.dataset.loading) renderColumnsMenu();
         holder.dataset.renderMs = String(Math.round(performance.now() - answered));
+        // The default columns can change once the runs (or the key list) are known: the groups'
+        // statistics must be those of the columns shown.
+        if (st.group && JSON.stringify(groupMetrics()) !== JSON.stringify(body.group_metrics)) search();
       }, (err) => {
         if (seq !== loadSeq || !page.alive || err.name === "AbortError") return;
         holder.classList.remove("busy");
@@ -576,7 +580,8 @@
       const label = st.group.slice(2);
       const stat = (s) => {
         if (!s || !s.count) return "—";
-        const spread = s.std == null ? "" : ` ± ${S.fmtValue(s.std)}`;
+        // The spread to two significant digits: it says how sure the mean is, not more.
+        const spread = s.std == null ? "" : ` ± ${S.fmtValue(Number(S.toNumber(s.std).toPrecision(2)))}`;
         return h("span", { title: `${s.count} runs; min ${S.fmtValue(s.min)}, max ${S.fmtValue(s.max)}` },
           S.fmtValue(s.mean), h("span", { class: "muted" }, spread));
       };
