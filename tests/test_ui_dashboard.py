@@ -192,6 +192,19 @@ def test_runs_table_folds_children_under_their_parent_and_counts_the_filtered_ru
     assert _visible_names(ui) == ["child-4", "child-2", "child-0"]
     expect(page.get_by_test_id("parent-link")).to_have_count(3)
     assert page.get_by_test_id("parent-link").first.get_attribute("href") == f"/runs/{sweep.parent}"
+
+    # A sort keeps the filter's total: the server is not asked to count again.
+    bodies: list[Any] = []
+    page.on(
+        "request",
+        lambda r: bodies.append(r.post_data_json) if r.url.endswith("/runs/search") else None,
+    )
+    name = page.get_by_test_id("runs-table").locator("th[data-col=name]")
+    name.get_by_role("button").click()
+    expect(name).to_have_attribute("aria-sort", "ascending")
+    assert _visible_names(ui) == ["child-0", "child-2", "child-4"]
+    assert len(bodies) == 1 and "count" not in bodies[0], bodies
+    expect(page.get_by_test_id("runs-count")).to_have_text(f"3 of {total} runs")
     ui.assert_no_console_errors()
 
 

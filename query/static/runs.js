@@ -167,6 +167,7 @@
     let keys = null;        // {params, tags, metrics} across the experiment, or null until known
     let runs = [];
     let total = null;       // runs matching the filter over every page
+    let countedFilter = null; // the filter `total` was counted for
     let groups = null;      // the server's groups when grouping
     let nextToken = null;
     let loadSeq = 0;
@@ -244,7 +245,9 @@
         order_by: orderKey(st.sort.id) ? [`${orderKey(st.sort.id)} ${st.sort.dir > 0 ? "ASC" : "DESC"}`] : [],
       };
       if (st.filter) body.filter_string = st.filter;
-      body.count = true;
+      // The total depends on the filter only: a sort or another page reuses it.
+      const countFor = st.filter;
+      if (total == null || countedFilter !== countFor) body.count = true;
       if (Object.keys(st.agg).length) body.metric_aggregates = st.agg;
       const groupMetrics = () => columnsShown().filter((c) => c.startsWith("m:")).map((c) => c.slice(2));
       if (st.group) {
@@ -255,7 +258,10 @@
       return S.postJson(page, "/runs/search", body).then((r) => {
         if (seq !== loadSeq || !page.alive) return;
         runs = r.runs || [];
-        total = r.total_count ?? null;
+        if (body.count) {
+          total = r.total_count ?? null;
+          countedFilter = countFor;
+        }
         groups = st.group ? { list: r.groups || [], truncated: !!r.groups_truncated } : null;
         searched = true;
         nextToken = r.next_page_token || null;
@@ -268,7 +274,9 @@
         renderGroups();
         renderPager();
         renderCount();
-        if (keys || !columnsMenu.dataset.loading) renderColumnsMenu();
+        // The chooser lists the experiment's keys once they are known (drawn then); until
+        // then, the keys of the page's runs.
+        if (!keys && !columnsMenu.dataset.loading) renderColumnsMenu();
         holder.dataset.renderMs = String(Math.round(performance.now() - answered));
         // The default columns can change once the runs (or the key list) are known: the groups'
         // statistics must be those of the columns shown.
@@ -706,7 +714,7 @@
     search();
     keysLoaded.then(() => {
       if (!page.alive || missing || !keys) return;
-      if (searched) renderColumnsMenu();
+      renderColumnsMenu();
       if (!searched || st.cols) return;
       if (st.group) search(); // the groups' statistics follow the metric columns
       else renderTable();
