@@ -327,8 +327,12 @@ def _server(args: argparse.Namespace) -> int:
     _setup_logging()
 
     def ready(owner: object) -> None:
+        url = owner.http_url  # type: ignore[attr-defined]
         print(
-            f"steppe server listening on {owner.http_url} (gRPC port {owner.grpc_port})",  # type: ignore[attr-defined]
+            f"steppe server listening on {url} (gRPC port {owner.grpc_port})\n"  # type: ignore[attr-defined]
+            f"  open {url}/ in a browser for the UI\n"
+            f"  data dir {data_dir}\n"
+            "  Ctrl+C (or SIGTERM) to stop",
             flush=True,
         )
 
@@ -535,7 +539,8 @@ def _ui(args: argparse.Namespace) -> int:
 
         def ready(owner: object) -> None:
             print(
-                f"steppe UI: {owner.http_url}  (data dir {data_dir}; Ctrl-C to stop)",  # type: ignore[attr-defined]
+                f"steppe UI: {owner.http_url}/  (data dir {data_dir}; "  # type: ignore[attr-defined]
+                "Ctrl+C to stop)",
                 flush=True,
             )
 
@@ -543,8 +548,8 @@ def _ui(args: argparse.Namespace) -> int:
 
         return _run_server(ServerOptions(data_dir, args.host, args.port, 0), ready, "--port")
     print(
-        f"steppe UI: {owner.http_url}  (served by the steppe server pid {owner.pid} "
-        f"that owns {data_dir}; Ctrl-C to stop)",
+        f"steppe UI: {owner.http_url}/  (served by the steppe server pid "
+        f"{owner.pid} that owns {data_dir}; Ctrl+C to stop)",
         flush=True,
     )
     # Keep the (possibly idle-stopping) server alive while this command runs.

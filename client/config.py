@@ -232,3 +232,12 @@ def spans_several_hosts() -> bool:
         if w.isdigit() and lo.isdigit() and int(w) > int(lo) > 0:
             return True
     return False
+
+
+def print_run_urls() -> bool:
+    """False when STEPPE_SUPPRESS_PRINTING_URL (or MLflow's MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT)
+    is true: then ``end_run`` does not say where the run went."""
+    raw = os.environ.get("STEPPE_SUPPRESS_PRINTING_URL") or os.environ.get(
+        "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", ""
+    )
+    return raw.strip().lower() not in {"1", "true", "yes", "on"}

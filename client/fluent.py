@@ -271,6 +271,31 @@ def end_run(status: str = "FINISHED") -> None:
         run = _stack.pop()
         system_metrics.stop(run.info.run_id)
         Client(run._tracking_uri).set_terminated(run.info.run_id, status)
+    _say_where(run)
+
+
+def _say_where(run: ActiveRun) -> None:
+    """MLflow's "View run ... at" lines (to stderr, so a script's own output stays its own):
+    the run's page, and for a local data dir where the data went."""
+    if not config.print_run_urls():
+        return
+    endpoint = connect(run._tracking_uri).endpoint
+    info = run.info
+    name = info.run_name or info.run_id
+    if endpoint.http_url and endpoint.grpc_target:
+        lines = [f"steppe: View run {name} at: {endpoint.http_url}/runs/{info.run_id}"]
+        if info.experiment_id:
+            lines.append(
+                f"steppe: View experiment at: {endpoint.http_url}/experiments/{info.experiment_id}"
+            )
+    else:
+        lines = [f"steppe: run {name} is spooled on this machine; `steppe sync` sends it"]
+    if endpoint.data_dir is not None:
+        lines.append(
+            f"steppe: data in {endpoint.data_dir}; `steppe ui --data-dir {endpoint.data_dir}` "
+            "serves it once this process has ended"
+        )
+    print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 def _get_or_start_run() -> ActiveRun:

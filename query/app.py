@@ -92,7 +92,13 @@ from steppe.query.sql import (
     SqlSandbox,
 )
 from steppe.query.static_files import DEFAULT_STATIC_DIR, serve_index, serve_static
-from steppe.query.views import CatalogTables, matching_run_ids
+from steppe.query.views import (
+    CatalogTables,
+    count_matching_runs,
+    experiment_keys,
+    group_matching_runs,
+    matching_run_ids,
+)
 
 __all__ = ["make_app"]
 
@@ -158,6 +164,7 @@ def make_app(
     app.router.add_get(f"{api}/experiments", _list_experiments)
     app.router.add_get(f"{api}/experiments/{{experiment_id}}", _get_experiment)
     app.router.add_get(f"{api}/experiments/{{experiment_id}}/runs", _experiment_runs)
+    app.router.add_get(f"{api}/experiments/{{experiment_id}}/keys", _experiment_keys)
     app.router.add_post(f"{api}/runs/search", _search_runs)
     app.router.add_get(f"{api}/runs/{{run_id}}", _get_run)
     app.router.add_get(f"{api}/metric-history", _metric_history)
@@ -230,9 +237,11 @@ async def _health(request: web.Request) -> web.Response:
 
 
 async def _list_experiments(request: web.Request) -> web.Response:
-    def document(catalog: Catalog) -> bytes:
+    def document(catalog: Catalog, tables: CatalogTables) -> bytes:
+        # The cached view's records (rebuilt only when the catalog changes), not a catalog
+        # read of every run per request: an experiment of 10,000 runs stays cheap to list.
         runs_by_experiment: dict[str, list[RunRecord]] = {}
-        for run in catalog.list_runs():
+        for run in tables.current().records.values():
             runs_by_experiment.setdefault(run.experiment_id, []).append(run)
         experiments = [
             experiment_json(exp, runs_by_experiment.get(exp.experiment_id, []))
@@ -240,17 +249,35 @@ async def _list_experiments(request: web.Request) -> web.Response:
         ]
         return dumps({"experiments": experiments})
 
-    return json_response(await blocking(request, document, request.app[CATALOG]))
+    app = request.app
+    return json_response(await blocking(request, document, app[CATALOG], app[CATALOG_TABLES]))
 
 
 async def _get_experiment(request: web.Request) -> web.Response:
-    def document(catalog: Catalog, experiment_id: str) -> bytes:
+    def document(catalog: Catalog, tables: CatalogTables, experiment_id: str) -> bytes:
         experiment = catalog.get_experiment(experiment_id)
-        runs = catalog.list_runs([experiment_id])
+        runs = [r for r in tables.current().records.values() if r.experiment_id == experiment_id]
         return dumps({"experiment": experiment_json(experiment, runs)})
 
+    app = request.app
     experiment_id = request.match_info["experiment_id"]
-    return json_response(await blocking(request, document, request.app[CATALOG], experiment_id))
+    return json_response(
+        await blocking(request, document, app[CATALOG], app[CATALOG_TABLES], experiment_id)
+    )
+
+
+async def _experiment_keys(request: web.Request) -> web.Response:
+    def document(
+        snapshot: Snapshot, catalog: Catalog, tables: CatalogTables, experiment_id: str
+    ) -> bytes:
+        catalog.get_experiment(experiment_id)  # 404 for an unknown id
+        return dumps(experiment_keys(tables.current(), snapshot.latest, experiment_id))
+
+    app = request.app
+    experiment_id = request.match_info["experiment_id"]
+    return json_response(
+        await with_snapshot(request, document, app[CATALOG], app[CATALOG_TABLES], experiment_id)
+    )
 
 
 async def _experiment_runs(request: web.Request) -> web.Response:
@@ -287,6 +314,16 @@ async def _search_runs(request: web.Request) -> web.Response:
         out: dict[str, object] = {"runs": runs_json(reader, snapshot, runs)}
         if ask.paged and len(run_ids) > ask.max_results:
             out["next_page_token"] = page_token(ask.offset + ask.max_results)
+        if ask.count:
+            out["total_count"] = count_matching_runs(
+                reader, snapshot, view, search, time_limit_s=time_limit_s
+            )
+        if ask.grouping is not None:
+            groups, more = group_matching_runs(
+                reader, snapshot, view, search, ask.grouping, time_limit_s=time_limit_s
+            )
+            out["groups"] = groups
+            out["groups_truncated"] = more
         return dumps(out)
 
     ask = search_runs_request(await request.read())

@@ -60,7 +60,8 @@ _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 MAX_NAME_BYTES = 200
 MAX_PATH_BYTES = 1024
 #: Types a browser may show inline. Anything else (HTML, SVG, JS, ...) is sent as an opaque
-#: download, so an uploaded file can never run script on this origin.
+#: download, so an uploaded file can never run script on this origin. Audio and video are
+#: played by media elements only (the UI's previews), never parsed as a document.
 _INLINE_TYPES = frozenset(
     {
         "text/plain",
@@ -71,6 +72,15 @@ _INLINE_TYPES = frozenset(
         "image/gif",
         "image/webp",
         "image/bmp",
+        "audio/x-wav",
+        "audio/wav",
+        "audio/mpeg",
+        "audio/ogg",
+        "audio/flac",
+        "audio/mp4",
+        "video/mp4",
+        "video/webm",
+        "video/ogg",
     }
 )
 _TEXT_SUFFIXES = (".txt", ".log", ".md", ".yaml", ".yml", ".py", ".cfg", ".ini", ".toml")

@@ -7,8 +7,8 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal
 
 from multidict import MultiMapping
 
@@ -21,6 +21,7 @@ from steppe.query.search import (
     VIEW_TYPES,
     Comparison,
     OrderKey,
+    RunGrouping,
     parse_filter,
     parse_order_by,
 )
@@ -109,6 +110,8 @@ class SearchRunsRequest:
     lifecycle_stages: tuple[str, ...] | None = None
     offset: int = 0
     paged: bool = False  # the request sent page_token (even null): answer next_page_token
+    count: bool = False  # answer total_count, the runs matching over every page
+    grouping: RunGrouping | None = None
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,10 @@ def search_runs_request(body: bytes) -> SearchRunsRequest:
             "order_by",
             "page_token",
             "run_view_type",
+            "count",
+            "metric_aggregates",
+            "group_by",
+            "group_metrics",
         ),
     )
     experiment_ids = document.get("experiment_ids")
@@ -203,14 +210,74 @@ def search_runs_request(body: bytes) -> SearchRunsRequest:
     if order_by is not None and not isinstance(order_by, list):
         raise InvalidParameterValue("order_by", order_by, "must be a list of strings or null")
     view_type = _choice(document, "run_view_type", ["ALL", "ACTIVE_ONLY", "DELETED_ONLY"])
+    count = document.get("count", False)
+    if not isinstance(count, bool):
+        raise InvalidParameterValue("count", count, "must be true or false")
+    aggregates = _metric_aggregates(document.get("metric_aggregates"))
+    keys = tuple(
+        replace(key, column=aggregates.get(key.key, "value")) if key.kind == "metric" else key
+        for key in parse_order_by(order_by)
+    )
     return SearchRunsRequest(
         experiment_ids,
         max_results,
         filters=parse_filter(filter_string),
-        order_by=parse_order_by(order_by),
+        order_by=keys,
         lifecycle_stages=VIEW_TYPES[view_type],
         offset=page_offset(document.get("page_token")),
         paged="page_token" in document,
+        count=count,
+        grouping=_grouping(document, aggregates),
+    )
+
+
+_AGGREGATES: dict[str, Literal["value", "min", "max"]] = {
+    "latest": "value",
+    "min": "min",
+    "max": "max",
+}
+MAX_GROUP_METRICS = 50
+
+
+def _metric_aggregates(raw: object) -> dict[str, Literal["value", "min", "max"]]:
+    """{"loss": "min"}: order_by and group_metrics on that key use the run's min (or max,
+    or the latest value, MLflow's meaning and the default) of the metric."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not all(
+        isinstance(k, str) and v in _AGGREGATES for k, v in raw.items()
+    ):
+        raise InvalidParameterValue(
+            "metric_aggregates", raw, 'must map metric keys to "latest", "min" or "max"'
+        )
+    return {k: _AGGREGATES[v] for k, v in raw.items()}
+
+
+def _grouping(
+    document: dict[str, Any], aggregates: dict[str, Literal["value", "min", "max"]]
+) -> RunGrouping | None:
+    raw = document.get("group_by")
+    metrics = document.get("group_metrics", [])
+    if raw is None:
+        return None
+    if not isinstance(raw, str):
+        raise InvalidParameterValue("group_by", raw, "must be a string such as 'params.lr'")
+    (by,) = parse_order_by([raw])
+    if by.kind not in ("param", "tag") or not by.ascending:
+        raise InvalidParameterValue(
+            "group_by", raw, "must name a param or a tag, e.g. 'params.lr' or 'tags.team'"
+        )
+    if (
+        not isinstance(metrics, list)
+        or len(metrics) > MAX_GROUP_METRICS
+        or not all(isinstance(k, str) for k in metrics)
+    ):
+        raise InvalidParameterValue(
+            "group_metrics", metrics, f"must be a list of at most {MAX_GROUP_METRICS} metric keys"
+        )
+    return RunGrouping(
+        by,
+        tuple(OrderKey("metric", k, column=aggregates.get(k, "value")) for k in metrics),
     )
 
 

@@ -22,7 +22,10 @@ __all__ = [
     "VIEW_TYPES",
     "Comparison",
     "OrderKey",
+    "RunGrouping",
     "RunSearch",
+    "compile_count",
+    "compile_groups",
     "compile_search",
     "parse_filter",
     "parse_order_by",
@@ -96,6 +99,9 @@ class OrderKey:
     kind: Kind
     key: str
     ascending: bool = True
+    #: For a metric: order by the run's latest value (MLflow), or by its min or max (steppe's
+    #: runs table, a column showing min or max).
+    column: Literal["value", "min", "max"] = "value"
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,17 @@ class RunSearch:
     lifecycle_stages: tuple[str, ...] | None = None
     limit: int = 1000
     offset: int = 0
+
+
+@dataclass(frozen=True)
+class RunGrouping:
+    """The runs a search selects, grouped by one param's or tag's value (runs without it form
+    the null group), with per group the count, mean, sample standard deviation, min and max
+    of each metric (its latest value, or its min or max: ``OrderKey.column``), NaN left out."""
+
+    by: OrderKey  # kind "param" or "tag"
+    metrics: tuple[OrderKey, ...] = ()
+    limit: int = 1000
 
 
 # -- parsing -----------------------------------------------------------------------------------
@@ -447,14 +464,8 @@ def _condition(term: Comparison, params: _Params) -> str:
     )
 
 
-def compile_search(search: RunSearch) -> tuple[str, dict[str, object]]:
-    """One DuckDB query returning the matching run_ids in order, over tables named runs,
-    params, tags and latest_metrics. Order: the order_by keys (values, then NaN, then runs
-    missing the key, whatever the direction), then start_time DESC, then run_id (MLflow)."""
-    params = _Params()
-    joins: list[str] = []
+def _where(search: RunSearch, params: _Params) -> list[str]:
     where: list[str] = []
-    order: list[str] = []
     if search.experiment_ids is not None:
         if not search.experiment_ids:
             where.append("false")
@@ -465,6 +476,22 @@ def compile_search(search: RunSearch) -> tuple[str, dict[str, object]]:
         marks = ", ".join(params.add(s) for s in search.lifecycle_stages)
         where.append(f"r.lifecycle_stage IN ({marks})")
     where.extend(_condition(term, params) for term in search.filters)
+    return where
+
+
+def _metric_column(key: OrderKey) -> str:
+    # A fixed identifier from the dataclass's Literal, never user text.
+    return {"value": "value", "min": "min", "max": "max"}[key.column]
+
+
+def compile_search(search: RunSearch) -> tuple[str, dict[str, object]]:
+    """One DuckDB query returning the matching run_ids in order, over tables named runs,
+    params, tags and latest_metrics. Order: the order_by keys (values, then NaN, then runs
+    missing the key, whatever the direction), then start_time DESC, then run_id (MLflow)."""
+    params = _Params()
+    joins: list[str] = []
+    where = _where(search, params)
+    order: list[str] = []
     for index, key in enumerate(search.order_by):
         direction = "ASC" if key.ascending else "DESC"
         if key.kind == "attribute":
@@ -478,13 +505,12 @@ def compile_search(search: RunSearch) -> tuple[str, dict[str, object]]:
             f"AND {alias}.key = {params.add(key.key)}"
         )
         if key.kind == "metric":
-            rank = (
-                f"CASE WHEN {alias}.value IS NULL THEN 2 "
-                f"WHEN isnan({alias}.value) THEN 1 ELSE 0 END ASC"
-            )
+            value = f"{alias}.{_metric_column(key)}"
+            rank = f"CASE WHEN {value} IS NULL THEN 2 WHEN isnan({value}) THEN 1 ELSE 0 END ASC"
         else:
-            rank = f"({alias}.value IS NULL) ASC"
-        order.append(f"{rank}, {alias}.value {direction}")
+            value = f"{alias}.value"
+            rank = f"({value} IS NULL) ASC"
+        order.append(f"{rank}, {value} {direction}")
     order.extend(["r.start_time DESC", "r.run_id ASC"])
     sql = "SELECT r.run_id FROM runs AS r"
     if joins:
@@ -493,4 +519,54 @@ def compile_search(search: RunSearch) -> tuple[str, dict[str, object]]:
         sql += "\nWHERE " + "\n  AND ".join(where)
     sql += "\nORDER BY " + ", ".join(order)
     sql += f"\nLIMIT {params.add(search.limit)} OFFSET {params.add(search.offset)}"
+    return sql, params.values
+
+
+def compile_count(search: RunSearch) -> tuple[str, dict[str, object]]:
+    """How many runs ``search`` selects (ignoring its limit and offset): one row, column n."""
+    params = _Params()
+    where = _where(search, params)
+    sql = "SELECT count(*) AS n FROM runs AS r"
+    if where:
+        sql += "\nWHERE " + "\n  AND ".join(where)
+    return sql, params.values
+
+
+def compile_groups(search: RunSearch, grouping: RunGrouping) -> tuple[str, dict[str, object]]:
+    """The groups of ``grouping`` over the runs ``search`` selects: columns value, runs, then
+    per metric i ``count_i, mean_i, std_i, min_i, max_i``; ordered by value, null last, at most
+    ``grouping.limit`` + 1 rows (one more tells the caller there were more)."""
+    if grouping.by.kind not in ("param", "tag"):
+        raise InvalidParameterValue("group_by", grouping.by.key, "must be a param or a tag")
+    params = _Params()
+    where = _where(search, params)
+    matched = "SELECT r.run_id FROM runs AS r"
+    if where:
+        matched += " WHERE " + " AND ".join(where)
+    source = _SOURCE[grouping.by.kind]
+    joins = [
+        f"LEFT JOIN {source} AS g ON g.run_id = m.run_id AND g.key = {params.add(grouping.by.key)}"
+    ]
+    columns = ["g.value AS value", "count(*) AS runs"]
+    for index, metric in enumerate(grouping.metrics):
+        alias = f"v{index}"
+        joins.append(
+            f"LEFT JOIN latest_metrics AS {alias} ON {alias}.run_id = m.run_id "
+            f"AND {alias}.key = {params.add(metric.key)}"
+        )
+        raw = f"{alias}.{_metric_column(metric)}"
+        x = f"(CASE WHEN isnan({raw}) THEN NULL ELSE {raw} END)"
+        columns += [
+            f"count({x}) AS count_{index}",
+            f"avg({x}) AS mean_{index}",
+            f"stddev_samp({x}) AS std_{index}",
+            f"min({x}) AS min_{index}",
+            f"max({x}) AS max_{index}",
+        ]
+    sql = (
+        f"WITH m AS ({matched})\nSELECT {', '.join(columns)} FROM m\n"
+        + "\n".join(joins)
+        + "\nGROUP BY g.value ORDER BY (g.value IS NULL) ASC, g.value ASC"
+        + f"\nLIMIT {params.add(grouping.limit + 1)}"
+    )
     return sql, params.values

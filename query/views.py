@@ -22,7 +22,13 @@ from steppe.ingest.layout import Snapshot
 from steppe.ingest.models_catalog import ModelRepository
 from steppe.ingest.sqlite_catalog import SqliteCatalog
 from steppe.query.reader import Reader
-from steppe.query.search import RunSearch, compile_search
+from steppe.query.search import (
+    RunGrouping,
+    RunSearch,
+    compile_count,
+    compile_groups,
+    compile_search,
+)
 
 __all__ = [
     "EXPERIMENTS_SCHEMA",
@@ -34,6 +40,9 @@ __all__ = [
     "TAGS_SCHEMA",
     "CatalogTables",
     "CatalogView",
+    "count_matching_runs",
+    "experiment_keys",
+    "group_matching_runs",
     "open_catalog_read_only",
     "register_views",
 ]
@@ -229,6 +238,83 @@ def matching_run_ids(
         ) from None
     run_ids: list[str] = found.column("run_id").to_pylist()
     return run_ids
+
+
+def count_matching_runs(
+    reader: Reader,
+    snapshot: Snapshot,
+    view: CatalogView,
+    search: RunSearch,
+    *,
+    time_limit_s: float | None = None,
+) -> int:
+    """How many runs ``search`` selects, all pages together (the runs table's "12 of 3,400")."""
+    sql, params = compile_count(search)
+    found = _timed(reader, snapshot, view, sql, params, time_limit_s)
+    n: int = found.column("n")[0].as_py()
+    return n
+
+
+def group_matching_runs(
+    reader: Reader,
+    snapshot: Snapshot,
+    view: CatalogView,
+    search: RunSearch,
+    grouping: RunGrouping,
+    *,
+    time_limit_s: float | None = None,
+) -> tuple[list[dict[str, object]], bool]:
+    """The groups of the runs ``search`` selects (``RunGrouping``), and whether there were
+    more than ``grouping.limit``: [{"value", "count", "metrics": {key: {count, mean, std,
+    min, max}}}], ordered by value with the runs that lack it last."""
+    sql, params = compile_groups(search, grouping)
+    rows = _timed(reader, snapshot, view, sql, params, time_limit_s).to_pylist()
+    groups: list[dict[str, object]] = []
+    for row in rows[: grouping.limit]:
+        metrics = {
+            metric.key: {
+                stat: row[f"{stat}_{index}"] for stat in ("count", "mean", "std", "min", "max")
+            }
+            for index, metric in enumerate(grouping.metrics)
+        }
+        groups.append({"value": row["value"], "count": row["runs"], "metrics": metrics})
+    return groups, len(rows) > grouping.limit
+
+
+def experiment_keys(
+    view: CatalogView, latest: pa.Table, experiment_id: str
+) -> dict[str, list[str]]:
+    """Every param key, user tag key (not ``mlflow.*``) and metric key of an experiment's runs,
+    each sorted: the runs table's column chooser. Arrow compute over the cached view."""
+    import pyarrow.compute as pc
+
+    runs = view.runs.filter(pc.equal(view.runs["experiment_id"], experiment_id))["run_id"]
+
+    def keys(table: pa.Table) -> list[str]:
+        if table.num_rows == 0 or len(runs) == 0:
+            return []
+        chosen = table.filter(pc.is_in(table["run_id"], value_set=runs))
+        found: list[str] = pc.unique(chosen["key"]).to_pylist()
+        return sorted(found)
+
+    tags = [k for k in keys(view.tags) if not k.startswith("mlflow.")]
+    return {"params": keys(view.params), "tags": tags, "metrics": keys(latest)}
+
+
+def _timed(
+    reader: Reader,
+    snapshot: Snapshot,
+    view: CatalogView,
+    sql: str,
+    params: dict[str, object],
+    time_limit_s: float | None,
+) -> pa.Table:
+    try:
+        return _search(reader, snapshot, view, sql, params, time_limit_s)
+    except TimeoutError as exc:
+        raise InvalidParameterValue(
+            "filter", "<the filter>", f"the search {exc}: narrow the filter or the experiments"
+        ) from None
 
 
 def _search(

@@ -106,3 +106,18 @@ def test_integrations_benchmark_smoke() -> None:
         assert row["steps"] == 6 and row["ms_per_step"] > 0
     # Both loggers stored every step's loss exactly once; the baseline logged nothing.
     assert [r["stored"] for r in rows] == [0, 6, 6]
+
+
+@pytest.mark.timeout(330)  # a server, 500 runs and a browser on a busy machine
+def test_ui_benchmark_smoke() -> None:
+    pytest.importorskip("playwright")
+    if not Path("/usr/bin/chromium").exists():
+        pytest.skip("the UI benchmark drives Debian's /usr/bin/chromium")
+    rows = json_rows("ui.py", "--smoke", "--repeats", "1", timeout=300)
+    views = [r["view"] for r in rows]
+    assert len(rows) == 10, views
+    assert views[0] == "runs table of 500 runs: navigation -> first page"
+    timed = [r for r in rows if r["target"].startswith("<")]
+    assert len(timed) == 8
+    assert all(r["ui_ms"] > 0 and r["http_floor_ms"] > 0 for r in timed), timed
+    assert 0 < rows[-1]["uplots_live"] <= 300 and rows[-1]["heap_mib"] > 0

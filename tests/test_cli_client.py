@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import steppe
-from tests.conftest import ServerProcess, clean_env, start_server
+from tests.conftest import ServerProcess, clean_env, start_server, wait_until
 
 OFFLINE_RUN = textwrap.dedent(
     """
@@ -71,6 +71,39 @@ def test_ui_shows_the_server_the_tracking_uri_names(
     assert done.returncode == 0, done.stderr
     assert f"steppe UI: {steppe_server.http_url}" in done.stdout
     assert list(tmp_path.iterdir()) == [], "no new server, no new data dir"
+
+
+def test_server_says_once_ready_where_to_open_it_its_data_dir_and_how_to_stop(
+    steppe_server: ServerProcess,
+) -> None:
+    url = steppe_server.http_url
+
+    def said() -> str:
+        return "".join(steppe_server.output)
+
+    wait_until(lambda: "to stop" in said(), timeout_s=10)
+    assert f"open {url}/ in a browser" in said()
+    assert f"data dir {steppe_server.data_dir}" in said()
+    assert "Ctrl+C (or SIGTERM) to stop" in said()
+
+
+def test_ui_starting_its_own_server_says_where_to_open_it(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    with subprocess.Popen(
+        [sys.executable, "-m", "steppe", "ui", "--port", "0", "--data-dir", str(data)],
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as ui:
+        try:
+            assert ui.stdout is not None
+            line = ui.stdout.readline()
+            assert line.startswith("steppe UI: http://127.0.0.1:"), line
+            assert f"/  (data dir {data}; Ctrl+C to stop)" in line, line
+        finally:
+            ui.terminate()
+            assert ui.wait(timeout=30) == 0
 
 
 def test_sync_to_another_uri_and_discard(tmp_path: Path) -> None:

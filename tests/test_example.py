@@ -72,17 +72,23 @@ def _stop_background_server(folder: Path) -> None:
     wait_until(gone, timeout_s=30)
 
 
+def _run_name(base: str, run_id: str) -> str:
+    with urllib.request.urlopen(f"{base}/api/steppe/v1/runs/{run_id}", timeout=10) as response:
+        name: str = json.loads(response.read())["run"]["info"]["run_name"]
+    return name
+
+
 @pytest.fixture
 def folder(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
     _stop_background_server(tmp_path)
 
 
-def _python(folder: Path, code: str, *args: str) -> subprocess.CompletedProcess[str]:
+def _python(folder: Path, code: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", code, *args],
         cwd=folder,
-        env=clean_env(),
+        env=clean_env(**env),
         capture_output=True,
         text=True,
         timeout=90,
@@ -100,6 +106,16 @@ def test_example_runs_with_no_server_started_by_hand(folder: Path) -> None:
     assert (folder / "steppe-data" / "catalog.sqlite").exists()
     owner = _owner(folder)
     assert owner is not None and owner["pid"] != os.getpid()
+    # As MLflow prints "View run ... at", once per run (on stderr): the page, where the data went.
+    base = f"http://127.0.0.1:{owner['http_port']}"
+    said = done.stderr.splitlines()
+    assert [line for line in said if "View run" in line] == [
+        f"steppe: View run {_run_name(base, run_id)} at: {base}/runs/{run_id}"
+    ], done.stderr
+    assert any(f"data in {folder / 'steppe-data'}" in line for line in said), done.stderr
+    quiet = _python(folder, EXAMPLE, MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true")
+    assert quiet.returncode == 0, quiet.stderr
+    assert "View run" not in quiet.stderr and "data in" not in quiet.stderr
 
     # A second process reads it back with the client...
     read = _python(folder, READ_BACK, run_id)

@@ -629,7 +629,46 @@ async def test_search_endpoint_filters_orders_and_pages(tmp_path: Path) -> None:
             assert pages == [["r2", "r3"], ["r4", "r1"], ["r5"]]
             # Without page_token the answer keeps its old shape: just "runs".
             assert set(await search({"max_results": 1})) == {"runs"}
+            # The runs table's column chooser: the keys of one experiment's runs.
+            response = await client.get("/api/steppe/v1/experiments/0/keys")
+            assert response.status == 200
+            assert await response.json() == {
+                "params": ["lr", "opt"],
+                "tags": ["team"],  # r3's note is in the other experiment; no mlflow.* tags
+                "metrics": ["acc", "loss"],
+            }
+            assert (await client.get("/api/steppe/v1/experiments/404/keys")).status == 404
+            # steppe's runs table: the total over every page, min/max order, groups.
+            counted = await search(
+                {"filter_string": "metrics.loss < 1", "max_results": 1, "count": True}
+            )
+            assert ids(counted) == ["r2"] and counted["total_count"] == 3
+            by_max = await search(
+                {"order_by": ["metrics.loss DESC"], "metric_aggregates": {"loss": "max"}}
+            )
+            assert ids(by_max)[:3] == ["r1", "r2", "r3"]  # r1's max is 0.5, its latest 0.05
+            grouped = await search(
+                {
+                    "group_by": "params.opt",
+                    "group_metrics": ["loss"],
+                    "metric_aggregates": {"loss": "max"},
+                }
+            )
+            groups = {g["value"]: g for g in grouped["groups"]}  # type: ignore[attr-defined]
+            assert (
+                list(groups) == ["adam", "adamw", "sgd", None] and not grouped["groups_truncated"]
+            )
+            assert groups["adam"]["count"] == 1 and groups["adam"]["metrics"]["loss"]["mean"] == 0.5
+            assert groups["adamw"]["metrics"]["loss"]["count"] == 0
+            nulls = groups[None]  # r3 (0.05) and r4 (NaN, left out)
+            assert nulls["count"] == 2 and nulls["metrics"]["loss"]["count"] == 1
+            two = (await search({"group_by": "tags.team", "group_metrics": ["loss"]}))["groups"]
+            red = next(g for g in two if g["value"] == "red")  # type: ignore[attr-defined]
+            assert red["metrics"]["loss"]["mean"] == 0.05
             for body, field, needle in [
+                ({"group_by": "metrics.loss"}, "group_by", "must name a param or a tag"),
+                ({"metric_aggregates": {"loss": "median"}}, "metric_aggregates", "latest"),
+                ({"count": "yes"}, "count", "true or false"),
                 ({"filter_string": "metrics.a < 1 or metrics.b > 2"}, "filter_string", "OR"),
                 ({"filter_string": 5}, "filter_string", "must be a string"),
                 ({"order_by": "metrics.a"}, "order_by", "must be a list"),

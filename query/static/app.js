@@ -196,11 +196,20 @@
   /** MLflow's UI routes on the hash (the links mlflow prints: /#/experiments/1/runs/ID);
    * the same place here, or null. */
   function fromMlflowHash(hash) {
-    const p = hash.replace(/^#/, "").split("?")[0];
+    const [p, qs] = hash.replace(/^#/, "").split("?");
+    const q = new URLSearchParams(qs || "");
     let m;
     if ((m = /^\/experiments\/[^/]+\/runs\/([^/]+)/.exec(p))) return `/runs/${m[1]}`;
     if ((m = /^\/experiments\/[^/]+\/models\/([^/]+)/.exec(p))) return `/logged-models/${m[1]}`;
-    if ((m = /^\/experiments\/([^/]+)\/?$/.exec(p))) return `/experiments/${m[1]}`;
+    if ((m = /^\/experiments\/([^/]+)(\/(runs|experiment-page-tabs\/[^/]+)?)?\/?$/.exec(p))) return `/experiments/${m[1]}`;
+    if (/^\/compare-runs\/?$/.test(p)) {
+      // MLflow: runs=["a","b"]&experiments=["1"] (JSON lists). The compare page takes run ids.
+      let runs = [];
+      try { runs = JSON.parse(q.get("runs") || "[]"); } catch { runs = []; }
+      const ids = (Array.isArray(runs) ? runs : []).filter((r) => typeof r === "string" && /^[A-Za-z0-9_-]+$/.test(r));
+      return ids.length ? `/compare?runs=${ids.join(",")}` : "/compare";
+    }
+    if ((m = /^\/models\/([^/]+)\/versions\/([^/]+)/.exec(p))) return `/models/${m[1]}?version=${enc(decodeURIComponent(m[2]))}`;
     if ((m = /^\/models\/([^/]+)/.exec(p))) return `/models/${m[1]}`;
     if (/^\/models\/?$/.test(p)) return "/models";
     return null;
@@ -209,7 +218,8 @@
   function route() {
     if (page) page.dispose();
     if (location.pathname === "/" && location.hash.startsWith("#/")) {
-      const to = fromMlflowHash(location.hash);
+      let to = null;
+      try { to = fromMlflowHash(location.hash); } catch (e) { if (!(e instanceof URIError)) throw e; }
       if (to) history.replaceState(null, "", to);
     }
     page = new Page();
@@ -429,6 +439,15 @@
         : h("tr", { class: "empty" }, h("td", { colspan: 2 }, emptyText))));
   }
 
+  const MANY_KEYS = 200;     // more keys than this: only the first chart section starts open
+  const SECTION_PAGE = 60;   // charts made per section before its "Show more"
+  const prefixOf = (key) => {
+    const at = key.indexOf("/");
+    return at > 0 ? key.slice(0, at) : "";
+  };
+  // Sections in prefix order, keys without a prefix last.
+  const prefixOrder = (a, b) => (a === "") - (b === "") || collator.compare(a, b);
+
   const byKey = (obj) => Object.entries(obj || {}).sort((a, b) => collator.compare(a[0], b[0]));
 
   class RunView {
@@ -455,13 +474,39 @@
         type: "search", class: "search", placeholder: "Filter metrics", "aria-label": "Filter metrics by key",
         "data-testid": "metrics-search",
       });
-      this.grid = h("div", { class: "charts", "data-testid": "charts" });
+      // Charts in sections by key prefix (train/, val/, system/; keys without one last), each
+      // collapsible (closed ones in ?closed=); combined charts (several keys) on top.
+      this.grid = h("div", { class: "chart-sections", "data-testid": "charts" });
+      this.sections = new Map();
+      this.closed = new Set(steppe.listParam("closed"));
+      this.opened = new Set(steppe.listParam("open"));
+      this.known = new Set();   // every key of the run; this.charts holds the ones made so far
+      this.metricsNow = {};
+      this.needle = "";
+      this.manyKeys = null;
+      this.combined = new Map(); // "a:b" -> chart
+      this.keysList = h("datalist", { id: `keys-${this.runId}` });
+      this.combineInput = h("input", {
+        type: "text", id: `combine-${this.runId}`, class: "search combine-input", list: this.keysList.id, placeholder: "train/loss, val/loss",
+        "aria-label": "Keys to draw in one chart, comma-separated", "data-testid": "combine-keys",
+      });
+      this.combineError = h("span", { class: "muted small", role: "status" });
+      this.combineForm = h("form", { class: "inline-form combine-form", "data-testid": "combine-form" },
+        h("label", { class: "tool-label", for: this.combineInput.id }, "One chart for"), this.combineInput,
+        h("button", { type: "submit", class: "btn-small" }, "Add chart"), this.combineError, this.keysList);
+      this.combineForm.addEventListener("submit", (e) => {
+        e.preventDefault();
+        this.addCombined(this.combineInput.value.split(",").map((k) => k.trim()).filter(Boolean), true);
+      });
+      this.combinedGrid = h("div", { class: "charts combined-charts", "data-testid": "combined-charts" });
       this.noMetrics = h("p", { class: "muted", hidden: true }, "No metrics logged yet.");
       this.models = steppe.RunModels ? new steppe.RunModels(page, run.info) : null; // models.js
+      this.editor = steppe.RunEditor ? new steppe.RunEditor(page, this) : null; // manage.js
+      this.head = h("div", { class: "page-head" }, this.nameEl, this.statusEl, this.liveEl);
 
       root.append(
         crumbs(this.expLink),
-        h("div", { class: "page-head" }, this.nameEl, this.statusEl, this.liveEl),
+        this.head,
         this.notice,
         this.description,
         this.overview,
@@ -472,15 +517,18 @@
           h("div", { class: "section-head" },
             h("h2", null, "Metrics"), this.metricCount, h("span", { class: "spacer" }), this.filter),
           this.noMetrics,
+          this.combineForm,
+          this.combinedGrid,
           this.grid),
         this.models ? this.models.el : null,
         steppe.imagesSection ? steppe.imagesSection(page, this.runId) : null, // artifacts.js
         steppe.artifactsSection ? steppe.artifactsSection(page, this.runId) : null); // artifacts.js
+      if (this.editor) this.editor.mount(this.head, this.description);
 
       // The charts (charts.js) load when they come near the viewport (a run can log hundreds of
       // keys), follow the window's width, and share the toolbar's smoothing, log y, x and zoom.
       this.chartGroup = new steppe.ChartGroup(page, { syncKey: this.syncKey });
-      this.grid.before(this.chartGroup.toolbar);
+      this.combineForm.before(this.chartGroup.toolbar);
 
       this.filter.addEventListener("input", () => this.applyFilter());
 
@@ -505,9 +553,12 @@
         this.status = info.status;
       }
       const tags = run.data?.tags || {};
-      const note = tags["mlflow.note.content"];
-      this.description.hidden = !note;
-      this.description.textContent = note || "";
+      if (this.editor) this.editor.update(run); // the description as Markdown, rename, delete
+      else {
+        const note = tags["mlflow.note.content"];
+        this.description.hidden = !note;
+        this.description.textContent = note || "";
+      }
 
       this.overview.replaceChildren(...[
         ["Run ID", h("code", { class: "select-all" }, info.run_id)],
@@ -532,6 +583,7 @@
         const user = all.filter(([k]) => !SYSTEM_TAG.test(k));
         const system = all.filter(([k]) => SYSTEM_TAG.test(k));
         this.tagsSlot.replaceChildren(kvTable("tags-table", user, "No tags."));
+        if (this.editor) this.editor.decorateTags(this.tagsSlot);
         // Only the contents change, so an opened section stays open across refreshes.
         this.systemTags.hidden = system.length === 0;
         this.systemTags.replaceChildren(
@@ -541,28 +593,136 @@
 
       const metrics = run.data?.metrics || {};
       const keys = Object.keys(metrics).sort(collator.compare);
+      this.metricsNow = metrics;
       this.metricCount.textContent = keys.length ? `${keys.length} key${keys.length === 1 ? "" : "s"}` : "";
       this.noMetrics.hidden = keys.length > 0;
-      let added = false;
-      for (const key of keys) {
-        let chart = this.charts.get(key);
-        if (!chart) {
-          chart = this.chartGroup.chart({ title: key, series: [{ run_id: this.runId, key }] });
-          this.charts.set(key, chart);
-          added = true;
-        }
-        chart.setSummary(metrics[key]);
+      this.combineForm.hidden = keys.length < 2;
+      if (this.manyKeys == null && keys.length) {
+        // A run of thousands of keys (per-layer metrics) opens only its first section.
+        this.manyKeys = keys.length > MANY_KEYS;
+        this.firstPrefix = keys.map(prefixOf).sort(prefixOrder)[0];
       }
-      if (added) {
-        // Keep cards in key order when new keys appear mid-run.
-        for (const key of keys) this.grid.append(this.charts.get(key).el);
+      const fresh = keys.filter((k) => !this.known.has(k));
+      for (const key of fresh) {
+        this.known.add(key);
+        this.sectionFor(key);
+      }
+      for (const [key, chart] of this.charts) if (metrics[key]) chart.setSummary(metrics[key]);
+      if (fresh.length) {
+        this.keysList.replaceChildren(...keys.map((k) => h("option", { value: k })));
+        if (!this.combinedRestored) {
+          this.combinedRestored = true;
+          for (const group of steppe.listParam("combine")) this.addCombined(group.split(":"), false);
+        }
         this.applyFilter();
       }
     }
 
+    /** The section of a key (its prefix before the first "/"), made on first use. */
+    sectionFor(key) {
+      const prefix = prefixOf(key);
+      let sec = this.sections.get(prefix);
+      if (!sec) {
+        const name = prefix || "-";
+        const grid = h("div", { class: "charts" });
+        const count = h("span", { class: "muted" });
+        const more = h("button", { type: "button", class: "btn-small section-more", "data-testid": "section-more", hidden: true });
+        const byDefault = !this.manyKeys || prefix === this.firstPrefix;
+        const open = this.opened.has(name) || (!this.closed.has(name) && byDefault);
+        const el = h("details", { class: "chart-section", "data-testid": "chart-section", "data-prefix": prefix, open },
+          h("summary", null, h("span", { class: "section-title" }, prefix ? `${prefix}/` : "other keys"), count), grid, more);
+        sec = { el, grid, count, more, keys: [], limit: SECTION_PAGE };
+        const section = sec;
+        more.addEventListener("click", () => {
+          section.limit += SECTION_PAGE;
+          this.fillSection(section);
+        });
+        el.addEventListener("toggle", () => {
+          if (el.open) this.fillSection(section); // a section's charts are made when it first opens
+          // The URL names only the sections that differ from their default.
+          this.closed.delete(name);
+          this.opened.delete(name);
+          if (el.open !== byDefault) (el.open ? this.opened : this.closed).add(name);
+          steppe.setParams({ closed: [...this.closed].join(","), open: [...this.opened].join(",") });
+        });
+        this.sections.set(prefix, sec);
+        const order = [...this.sections.keys()].sort(prefixOrder);
+        this.grid.append(...order.map((p) => this.sections.get(p).el));
+      }
+      if (!sec.keys.includes(key)) {
+        sec.keys.push(key);
+        sec.keys.sort(collator.compare);
+      }
+      return sec;
+    }
+
+    matches(key) {
+      return this.needle === "" || key.toLowerCase().includes(this.needle);
+    }
+
+    /** An open section's charts: the first `limit` keys that match the search, made on demand
+     * (a run of 5,000 keys makes only what is shown), in key order; "Show more" for the rest. */
+    fillSection(sec) {
+      if (!sec.el.open) return;
+      const matching = sec.keys.filter((k) => this.matches(k));
+      const shown = matching.slice(0, sec.limit);
+      const want = new Set(shown);
+      for (const k of sec.keys) {
+        const c = this.charts.get(k);
+        if (c) c.el.hidden = !want.has(k);
+      }
+      const made = shown.filter((k) => !this.charts.has(k));
+      for (const key of made) {
+        const chart = this.chartGroup.chart({ title: key, series: [{ run_id: this.runId, key }] });
+        if (this.metricsNow[key]) chart.setSummary(this.metricsNow[key]);
+        this.charts.set(key, chart);
+      }
+      if (made.length) sec.grid.append(...shown.map((k) => this.charts.get(k).el));
+      const rest = matching.length - shown.length;
+      sec.more.hidden = rest <= 0;
+      sec.more.textContent = `Show ${Math.min(rest, SECTION_PAGE)} more (${rest.toLocaleString("en-US")} not shown)`;
+    }
+
+    /** One chart drawing several of this run's keys (a colour each); kept in ?combine=a:b,c:d. */
+    addCombined(keys, fromUser) {
+      const known = keys.filter((k, i) => keys.indexOf(k) === i && this.known.has(k));
+      const unknown = keys.filter((k) => !this.known.has(k));
+      this.combineError.textContent = unknown.length ? `No key ${unknown.map((k) => `“${k}”`).join(", ")} in this run.` : "";
+      if (known.length < 2) {
+        if (fromUser && !unknown.length) this.combineError.textContent = "Name at least two keys.";
+        return;
+      }
+      const id = known.join(":");
+      if (this.combined.has(id)) return;
+      const chart = this.chartGroup.chart({
+        title: known.join(" + "), testid: `combined-${id}`,
+        series: known.map((key, i) => ({ run_id: this.runId, key, label: key, color: steppe.runColor(i) })),
+      });
+      const remove = h("button", {
+        type: "button", class: "chip-remove", "aria-label": `Remove the chart of ${known.join(", ")}`, title: "Remove this chart",
+        "data-testid": "remove-combined",
+        onclick: () => {
+          this.chartGroup.remove(chart);
+          this.combined.delete(id);
+          steppe.setParams({ combine: [...this.combined.keys()].join(",") });
+        },
+      }, "×");
+      chart.el.querySelector(".chart-head").append(remove);
+      this.combined.set(id, chart);
+      this.combinedGrid.append(chart.el);
+      if (fromUser) this.combineInput.value = "";
+      steppe.setParams({ combine: [...this.combined.keys()].join(",") });
+    }
+
     applyFilter() {
-      const needle = this.filter.value.trim().toLowerCase();
-      for (const [key, chart] of this.charts) chart.el.hidden = needle !== "" && !key.toLowerCase().includes(needle);
+      this.needle = this.filter.value.trim().toLowerCase();
+      for (const sec of this.sections.values()) {
+        const shown = this.needle === "" ? sec.keys.length : sec.keys.filter((k) => this.matches(k)).length;
+        sec.el.hidden = shown === 0;
+        sec.count.textContent = this.needle === "" ? `${sec.keys.length}` : `${shown} of ${sec.keys.length}`;
+        if (this.needle !== "" && shown && !sec.el.open) sec.el.open = true; // a search shows what it found
+        this.fillSection(sec);
+      }
     }
 
     async refresh() {

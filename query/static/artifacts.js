@@ -13,6 +13,13 @@
   const TEXT_FILE = /(\.(txt|log|md|csv|tsv|yaml|yml|py|cfg|ini|toml|sh|out|err)|(^|\/)MLmodel)$/i;
   const JSON_FILE = /\.json$/i;
   const IMAGE_FILE = /\.(png|jpe?g|gif|webp|bmp)$/i;
+  const AUDIO_FILE = /\.(wav|mp3|ogg|flac|m4a)$/i;
+  const VIDEO_FILE = /\.(mp4|webm|ogv)$/i;
+  const HTML_FILE = /\.html?$/i;
+  const TABLE_ROWS = 1000; // a log_table JSON shows at most this many rows
+  // An HTML artifact is shown in an iframe with no sandbox permission (no script, no forms,
+  // an opaque origin) and a policy that loads nothing from the network (no tracking pixels).
+  const HTML_POLICY = "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'; font-src data:\">";
 
   const baseName = (path) => path.slice(path.lastIndexOf("/") + 1);
   const joinPath = (a, b) => (a ? `${a}/${b}` : b);
@@ -153,7 +160,12 @@
         body.append(h("img", { src: url, alt: file.path, "data-testid": "artifact-image" }));
         return;
       }
-      if (!TEXT_FILE.test(file.path) && !JSON_FILE.test(file.path)) {
+      if (AUDIO_FILE.test(file.path) || VIDEO_FILE.test(file.path)) {
+        const tag = AUDIO_FILE.test(file.path) ? "audio" : "video";
+        body.append(h(tag, { src: url, controls: true, preload: "metadata", class: `artifact-${tag}`, "data-testid": `artifact-${tag}` }));
+        return;
+      }
+      if (!TEXT_FILE.test(file.path) && !JSON_FILE.test(file.path) && !HTML_FILE.test(file.path)) {
         body.append(h("p", { class: "muted" }, "No preview for this type of file."));
         return;
       }
@@ -169,14 +181,55 @@
       }
       const { text, cut } = await readHead(res, PREVIEW_BYTES);
       if (!this.page.alive || this.selected !== button) return;
+      if (HTML_FILE.test(file.path)) {
+        body.replaceChildren(
+          h("iframe", { sandbox: "", srcdoc: HTML_POLICY + text, class: "artifact-html", title: `Preview of ${file.path}`, "data-testid": "artifact-html", referrerpolicy: "no-referrer" }),
+          h("p", { class: "muted small" }, cut ? `Sandboxed preview of the first ${fmtSize(PREVIEW_BYTES)} (no scripts, nothing loaded from the network).`
+            : "Sandboxed preview: no scripts, nothing loaded from the network."));
+        return;
+      }
       let shown = text;
       if (JSON_FILE.test(file.path) && !cut) {
-        try { shown = JSON.stringify(JSON.parse(text), null, 2); } catch { /* not JSON after all: as text */ }
+        let doc;
+        try { doc = JSON.parse(text); } catch { doc = undefined; /* not JSON after all: as text */ }
+        if (doc !== undefined) shown = JSON.stringify(doc, null, 2);
+        if (isTable(doc)) {
+          body.replaceChildren(tableView(doc, shown));
+          return;
+        }
       }
       body.replaceChildren(
         h("pre", { class: "artifact-text", "data-testid": "artifact-text" }, shown),
         cut ? h("p", { class: "muted" }, `Showing the first ${fmtSize(PREVIEW_BYTES)}; download for the rest.`) : "");
     }
+  }
+
+  /** pandas' "split" layout, as log_table writes it: {"columns": [...], "data": [[...], ...]}. */
+  function isTable(doc) {
+    return doc != null && typeof doc === "object" && Array.isArray(doc.columns) && Array.isArray(doc.data) &&
+      doc.data.every((row) => Array.isArray(row));
+  }
+
+  function cellText(v) {
+    if (v == null) return "";
+    return typeof v === "object" ? JSON.stringify(v) : String(v);
+  }
+
+  /** A log_table artifact as a table (first TABLE_ROWS rows), with the raw JSON a click away. */
+  function tableView(doc, raw) {
+    const rows = doc.data.slice(0, TABLE_ROWS);
+    const table = h("table", { class: "grid artifact-table", "data-testid": "artifact-table" },
+      h("thead", null, h("tr", null, doc.columns.map((c) => h("th", { scope: "col" }, cellText(c))))),
+      h("tbody", null, rows.map((row) => h("tr", null, doc.columns.map((c, i) => {
+        const v = row[i];
+        return h("td", { class: typeof v === "number" ? "num" : null }, typeof v === "number" ? S.fmtValue(v) : cellText(v));
+      })))));
+    return h("div", { class: "artifact-table-view" },
+      h("p", { class: "muted small", "data-testid": "artifact-table-size" },
+        `${doc.data.length.toLocaleString("en-US")} rows × ${doc.columns.length} columns` +
+        (doc.data.length > TABLE_ROWS ? ` (the first ${TABLE_ROWS.toLocaleString("en-US")} shown)` : "")),
+      h("div", { class: "table-wrap" }, table),
+      h("details", null, h("summary", null, "Raw JSON"), h("pre", { class: "artifact-text" }, raw)));
   }
 
   /* Images logged with log_image(key=..., step=...): MLflow's layout

@@ -1,5 +1,8 @@
 /* steppe web UI: the metric chart shared by the run and compare pages (uPlot), and the toolbar
-   that drives all charts of a page: EMA smoothing, log y, x by step / relative / wall time, zoom.
+   that drives all charts of a page: smoothing (EMA, or a mean over a window of the x axis that
+   stays smooth on long series), log y, x by step / relative / wall time, zoom. A lone point is
+   shown as its value; many overlaid runs draw their means bold over faint bands, and hovering
+   brings one run forward.
    Every load asks the server for buckets of the visible range (POST /series, query/API.md) and
    draws the exact points whenever the window holds few enough; nothing here downsamples.
    Loaded after app.js, whose helpers it takes from window.steppe. */
@@ -14,6 +17,10 @@
   const MAX_BUCKETS = 10000;      // the series endpoint's limit
   const EXACT_POINTS = 2 * MAX_BUCKETS; // a window with at most this many points per series is drawn exactly
   const X_MODES = [["step", "Step"], ["relative", "Relative"], ["wall", "Wall time"]];
+  const SMOOTH_MODES = [["window", "Window"], ["ema", "EMA"]];
+  const WINDOW_SHARE = 0.1;       // at smoothing 0.99 the window spans ~10% of the visible x range
+  const MANY_RUNS = 4;            // from this many series, means bold over faint bands
+  const RELEASE_ABOVE = 120;      // a page with more charts frees those far out of view
 
   // Distinct on light and dark backgrounds and in the common colour-vision deficiencies (mostly
   // Okabe-Ito and Tableau hues), in the order runs get them.
@@ -74,7 +81,8 @@
     const smooth = Math.min(0.99, Math.max(0, Number(q.get("smooth")) || 0));
     const z = (q.get("zoom") || "").split(",").map(Number);
     const zoom = z.length === 2 && z.every(Number.isFinite) && z[0] < z[1] ? z : null;
-    return { x, smooth, logy: q.get("logy") === "1", zoom };
+    const smode = SMOOTH_MODES.some(([id]) => id === q.get("smode")) ? q.get("smode") : "ema";
+    return { x, smooth, smode, logy: q.get("logy") === "1", zoom };
   }
 
   function postJson(page, path, body) {
@@ -142,6 +150,40 @@
       last = last * weight + (1 - weight) * y;
       n++;
       out[i] = last / (1 - weight ** n);
+    }
+    return out;
+  }
+
+  /** The weighted mean of the points whose x lies within ±half of each point's x (xs sorted):
+   * O(n) with two moving edges. Weights are bucket counts (1 for exact points); gaps stay gaps.
+   * On the x axis, not per point: uneven logging or time gaps do not skew it. */
+  function windowMean(xs, ys, weights, half) {
+    const n = ys.length;
+    const out = new Array(n).fill(null);
+    let lo = 0;
+    let hi = 0;
+    let sum = 0;
+    let wsum = 0;
+    for (let i = 0; i < n; i++) {
+      if (ys[i] == null) continue;
+      const x = xs[i];
+      while (hi < n && xs[hi] <= x + half) {
+        if (ys[hi] != null) {
+          const w = weights ? weights[hi] || 0 : 1;
+          sum += ys[hi] * w;
+          wsum += w;
+        }
+        hi++;
+      }
+      while (lo < n && xs[lo] < x - half) {
+        if (ys[lo] != null) {
+          const w = weights ? weights[lo] || 0 : 1;
+          sum -= ys[lo] * w;
+          wsum -= w;
+        }
+        lo++;
+      }
+      out[i] = wsum > 0 ? sum / wsum : ys[i];
     }
     return out;
   }
@@ -225,6 +267,7 @@
         setParams({
           x: st.x === "step" ? null : st.x,
           smooth: st.smooth ? st.smooth.toFixed(2) : null,
+          smode: st.smode === "ema" ? null : st.smode,
           logy: st.logy ? "1" : null,
           zoom: st.zoom ? st.zoom.join(",") : null,
         });
@@ -254,6 +297,12 @@
       for (const c of this.charts) c.redraw();
     }
 
+    setSmoothMode(mode) {
+      this.state.smode = mode;
+      this.writeUrl();
+      for (const c of this.charts) c.redraw();
+    }
+
     setLogY(on) {
       this.state.logy = on;
       this.writeUrl();
@@ -272,9 +321,14 @@
       const smooth = h("input", {
         type: "range", id, min: "0", max: "0.99", step: "0.01", value: String(st.smooth),
         "data-testid": "smoothing", "aria-describedby": `${id}-out`,
-        title: "Exponential moving average: the smoothed line is drawn over the faded raw one",
+        title: "How much to smooth: the smoothed line is drawn over the faded raw one",
       });
       smooth.addEventListener("input", () => this.setSmoothing(Number(smooth.value)));
+      const smode = h("select", {
+        class: "select select-small", "aria-label": "Smoothing method", "data-testid": "smoothing-mode",
+        title: "Window: the mean over a window of the x axis (up to 10% of the visible range), smooth on long series. EMA: exponential moving average per point, as TensorBoard.",
+      }, SMOOTH_MODES.map(([v, label]) => h("option", { value: v, selected: st.smode === v }, label)));
+      smode.addEventListener("change", () => this.setSmoothMode(smode.value));
       this.smoothOut = h("output", { id: `${id}-out`, for: id, class: "mono smooth-out" }, st.smooth.toFixed(2));
 
       const logy = h("input", { type: "checkbox", "data-testid": "log-y", checked: st.logy });
@@ -294,7 +348,7 @@
       }, "Reset zoom");
 
       return h("div", { class: "chart-toolbar", role: "toolbar", "aria-label": "Chart options", "data-testid": "chart-toolbar" },
-        h("label", { class: "tool", for: id }, h("span", { class: "tool-label" }, "Smoothing"), smooth, this.smoothOut),
+        h("span", { class: "tool" }, h("label", { class: "tool-label", for: id }, "Smoothing"), smode, smooth, this.smoothOut),
         h("label", { class: "tool" }, logy, h("span", null, "Log y")),
         h("div", { class: "tool segmented", role: "radiogroup", "aria-label": "X axis" },
           h("span", { class: "tool-label" }, "X axis"), modes),
@@ -334,13 +388,15 @@
       this.plot = h("div", { class: "chart-plot" });
       this.legend = h("div", { class: "chart-legend", "data-testid": "chart-legend", "aria-live": "off" });
       this.msg = h("div", { class: "chart-msg", role: "status" }, "Loading…");
+      this.single = h("div", { class: "chart-single", hidden: true });
       this.el = h("section", {
         class: "chart-card", "data-testid": testid || `chart-${title}`, "data-key": title, "aria-label": `Metric ${title}`,
       },
         h("header", { class: "chart-head" },
           h("h3", { class: "chart-title", title }, title),
           this.latest, h("span", { class: "spacer" }), this.meta),
-        this.plot, this.legend, this.msg);
+        this.plot, this.single, this.legend, this.msg);
+      Object.defineProperty(this.el, "steppeChart", { value: this }); // for tests and benchmarks
     }
 
     /** The run page's latest value for this key ({value, step, min, max, count}). */
@@ -367,6 +423,19 @@
       this.visible = v;
       if (v && this.stale) this.load(true).catch(() => {});
       else if (v) this.updateLegend(this.u);
+      else if (this.group.charts.size > RELEASE_ABOVE) this.release();
+    }
+
+    /** Out of view on a page of many charts: drop the plot and the data (memory stays bounded
+     * by what is near the viewport); the next time it shows it loads again. */
+    release() {
+      this.seq++; // also an answer still on its way: it would draw a chart no one sees
+      this.inflight = null;
+      if (this.u) this.u.destroy();
+      this.u = null;
+      this.shape = null;
+      this.result = null;
+      this.stale = true;
     }
 
     width() {
@@ -397,6 +466,10 @@
         this.exactHint = 0;
       }
       let buckets = Math.max(this.pixelBuckets(), this.exactHint);
+      // A zoom into data drawn bucketed: the buckets say how many points the window holds, so
+      // when that is few enough, ask for every point at once rather than after a bucketed answer.
+      const guess = this.exactHint ? 0 : this.pointsIn(st.zoom);
+      if (guess > 0 && guess <= EXACT_POINTS) buckets = Math.min(MAX_BUCKETS, Math.max(buckets, Math.ceil((guess * 1.05) / 2) + 8));
       let r = await this.request(buckets);
       if (seq !== this.seq) return null;
       let need = 0;
@@ -414,6 +487,23 @@
       }
       this.loadedBuckets = buckets;
       return r;
+    }
+
+    /** Points per series (the most of any) inside [lo, hi] by the buckets drawn now, or 0. */
+    pointsIn(zoom) {
+      if (!zoom || !this.result) return 0;
+      let most = 0;
+      for (const e of this.result.series) {
+        if (!e.bucketed) return 0; // exact already: the usual path knows
+        const xs = e.x || [];
+        let n = 0;
+        for (let i = 0; i < xs.length; i++) {
+          const next = i + 1 < xs.length ? xs[i + 1] : Infinity;
+          if (next > zoom[0] && xs[i] <= zoom[1]) n += e.count[i]; // buckets overlapping the window
+        }
+        most = Math.max(most, n);
+      }
+      return most;
     }
 
     /** force: a new request even when one is in flight (zoom, resize); polls share the one in flight. */
@@ -503,7 +593,16 @@
           col.mid = clean(e.value, true);
           col.points = xs.length;
         }
-        col.smooth = st.smooth > 0 ? ema(col.mid, st.smooth) : null;
+        col.smooth = null;
+        if (st.smooth > 0) {
+          if (st.smode === "window") {
+            const span = xs.length ? xs[xs.length - 1] - xs[0] : 0;
+            const half = (span * WINDOW_SHARE * st.smooth) / 2;
+            col.smooth = windowMean(xs, col.mid, e.bucketed ? e.count : null, half);
+          } else {
+            col.smooth = ema(col.mid, st.smooth);
+          }
+        }
         return col;
       });
       return { cols, gaps, nonPositive };
@@ -514,6 +613,7 @@
       const { cols, gaps, nonPositive } = this.columns();
       const t = chartTheme();
       const smoothing = st.smooth > 0;
+      const many = cols.length >= MANY_RUNS;
       const tables = [];
       const series = [{}];
       const bands = [];
@@ -524,10 +624,11 @@
         const lay = { col, color };
         const table = [col.xs];
         if (col.bucketed) {
-          const edge = { stroke: withAlpha(color, 0.35), width: 1, points: { show: false } };
+          // With many runs the bands overlap: faint, and no edges, so the means stay readable.
+          const edge = { stroke: withAlpha(color, many ? 0 : 0.35), width: 1, points: { show: false } };
           table.push(col.hi, col.lo);
           series.push({ ...edge, label: "max" }, { ...edge, label: "min" });
-          bands.push({ series: [idx, idx + 1], fill: withAlpha(color, 0.15) });
+          bands.push({ series: [idx, idx + 1], fill: withAlpha(color, many ? 0.05 : 0.15) });
           lay.hi = idx;
           lay.lo = idx + 1;
           idx += 2;
@@ -536,7 +637,7 @@
         series.push({
           label: col.bucketed ? "mean" : "value",
           stroke: smoothing ? withAlpha(color, 0.22) : color,
-          width: smoothing ? 1 : 1.5,
+          width: smoothing ? 1 : many && col.bucketed ? 2 : 1.5,
           // Markers once points (or buckets) are at least 6 px apart: isolated points between NaN
           // gaps, or a lone bucket, stay visible.
           points: smoothing ? { show: false } : { size: 5, space: 6, fill: color },
@@ -555,7 +656,25 @@
       const data = tables.length === 1 ? tables[0] : uPlot.join(tables);
       this.layout = layout;
 
-      const shape = JSON.stringify([st.x, st.logy, smoothing, cols.map((c) => [c.bucketed, c.src.color || ""])]);
+      // One point in all (a final score): its value, not a dot on a made-up axis.
+      const lone = cols.length === 1 && !st.zoom && !cols[0].bucketed && cols[0].xs.length === 1 && cols[0].mid[0] != null;
+      this.plot.hidden = lone;
+      this.single.hidden = !lone;
+      if (lone) {
+        this.single.replaceChildren(
+          h("span", { class: "single-value", "data-testid": "single-value" }, fmtValue(cols[0].entry.value[0])),
+          h("span", { class: "muted" }, ` at ${fmtX(st.x, cols[0].xs[0])}`));
+        this.el.dataset.mode = "single";
+        this.el.dataset.points = "1";
+        this.meta.textContent = "1 point";
+        this.showMessage("", false);
+        if (this.u) this.u.destroy();
+        this.u = null;
+        this.shape = null;
+        return;
+      }
+
+      const shape = JSON.stringify([st.x, st.logy, smoothing, many, cols.map((c) => [c.bucketed, c.src.color || ""])]);
       if (!this.u || shape !== this.shape) this.create(series, bands, data);
       else this.u.setData(data);
       this.shape = shape;
@@ -620,6 +739,8 @@
         series,
         bands,
         legend: { show: false },
+        // Hover brings the nearest series forward and dims the rest (many overlaid runs).
+        focus: { alpha: this.sources.length > 1 ? 0.25 : 1 },
         scales: {
           x: { time: st.x === "wall", range: (u, min, max) => this.xRange(min, max) },
           y: st.logy ? { distr: 3, log: 10 } : {},
@@ -635,6 +756,7 @@
             filters: { pub: (type) => type === "mousemove" || type === "mouseleave" || type === "mouseenter" },
           },
           drag: { x: true, y: false, setScale: false },
+          focus: { prox: this.sources.length > 1 ? 24 : -1 },
           // Hover finds each series' nearest drawn point, skipping the holes of the joined x array.
           hover: { skip: [undefined, null] },
           points: {
@@ -652,10 +774,20 @@
         hooks: {
           setSelect: [(u) => this.onSelect(u)],
           setCursor: [(u) => this.updateLegend(u)],
+          setSeries: [(u, si) => this.onFocus(si)],
           draw: [() => this.onDrawn()],
         },
       };
       this.u = new uPlot(opts, data, this.plot);
+    }
+
+    /** The run whose series the cursor is nearest: its legend row marked, the card says which. */
+    onFocus(si) {
+      const lay = si == null ? null : this.layout.find((l) => [l.mid, l.sm, l.hi, l.lo].includes(si));
+      const id = lay ? lay.col.src.run_id || "" : "";
+      if (id) this.el.dataset.focusedRun = id;
+      else delete this.el.dataset.focusedRun;
+      for (const row of this.legend.children) row.classList.toggle("focused", !!id && row.dataset.runId === id);
     }
 
     onDrawn() {

@@ -611,7 +611,13 @@
       { id: "description", label: "Description", cls: "desc-cell",
         cell: (v) => (v.description ? h("span", { title: v.description }, v.description.split("\n")[0]) : "—") },
     ];
-    return plainTable("versions-table", columns, versions, "No versions yet.", (v) => ({ "data-version": v.version }));
+    // /models/<name>?version=N (MLflow's #/models/<name>/versions/N lands here): that row marked.
+    const wanted = new URLSearchParams(location.search).get("version");
+    return plainTable("versions-table", columns, versions, "No versions yet.", (v) => ({
+      "data-version": v.version,
+      class: String(v.version) === wanted ? "selected" : null,
+      "aria-current": String(v.version) === wanted ? "true" : null,
+    }));
   }
 
   // ---------------------------------------------------------------- /logged-models/<model_id>

@@ -1,7 +1,10 @@
 /* steppe web UI: the runs table of one experiment. Filtering, sorting and paging happen on the
    server (POST /runs/search with MLflow's filter grammar, order_by and page tokens), so a page
    of 100 runs is as fast at 10,000 runs as at 10. The URL holds the filter, sort, columns,
-   selection and page. Loaded after app.js, whose helpers it takes from window.steppe. */
+   selection and page. Columns are params, tags and metrics (each metric its latest value, min
+   or max); child runs (tag mlflow.parentRunId) fold under their parent when both are on the
+   page; "Group by" a param or tag asks the server for per-group mean and spread over every
+   matching run. Loaded after app.js, whose helpers it takes from window.steppe. */
 (() => {
   "use strict";
 
@@ -12,8 +15,12 @@
   const DEFAULT_PAGE_SIZE = 100;
   const DEFAULT_COLUMNS_PER_KIND = 8;
   const FILTER_EXAMPLE = "metrics.loss < 0.5 and params.optimizer = 'adam'";
+  const PARENT_TAG = "mlflow.parentRunId";
+  const AGGS = [["latest", "latest"], ["min", "min"], ["max", "max"]];
+  const KIND_ORDER = { p: 0, t: 1, m: 2 };
+  const KIND_PREFIX = { p: "params", t: "tags", m: "metrics" };
 
-  const sqlString = (s) => `'${String(s).replace(/'/g, "''")}'`;
+  const sqlString = (s) => `'${String(s).replace(/'/g, "''")}'`; // MLflow's quoting of a value
   const quoted = (name) => `\`${name}\``; // MLflow's quoting for names with special characters
 
   /** Column id -> the order_by identifier, for the columns the server can sort by. */
@@ -23,8 +30,20 @@
     if (id === "start") return "attributes.start_time";
     if (id === "end") return "attributes.end_time";
     if (id.startsWith("p:")) return `params.${quoted(id.slice(2))}`;
+    if (id.startsWith("t:")) return `tags.${quoted(id.slice(2))}`;
     if (id.startsWith("m:")) return `metrics.${quoted(id.slice(2))}`;
     return null;
+  }
+
+  /** ?agg=train/loss:min,val/acc:max (MLflow keys hold no comma or colon) <-> {key: "min"}. */
+  function readAggs(q) {
+    const out = {};
+    for (const item of (q.get("agg") || "").split(",")) {
+      const at = item.lastIndexOf(":");
+      const agg = item.slice(at + 1);
+      if (at > 0 && (agg === "min" || agg === "max")) out[item.slice(0, at)] = agg;
+    }
+    return out;
   }
 
   function readState() {
@@ -38,6 +57,9 @@
       token: q.get("after") || null,
       pageNo: q.get("after") ? Math.max(2, Number(q.get("page")) || 2) : 1,
       size: PAGE_SIZES.includes(size) ? size : DEFAULT_PAGE_SIZE,
+      agg: readAggs(q),
+      group: /^[pt]:./.test(q.get("group") || "") ? q.get("group") : null,
+      open: new Set(), // parents whose children are shown (not kept in the URL)
     };
   }
 
@@ -49,6 +71,16 @@
     const crumbName = h("span", null, expId);
     const title = h("h1", null, `Experiment ${expId}`);
     const count = h("span", { class: "muted", "data-testid": "runs-count" });
+    const groupSelect = h("select", { class: "select", "aria-label": "Group runs by", "data-testid": "group-by" },
+      h("option", { value: "" }, "No grouping"));
+    groupSelect.addEventListener("change", () => {
+      st.group = groupSelect.value || null;
+      writeUrl();
+      search();
+    });
+    const groupsSlot = h("div", { class: "groups-slot", "data-testid": "groups", hidden: true });
+    const actionsSlot = h("span", { class: "experiment-actions-slot" });
+    const actionErrors = h("div");
 
     // --- filter box
     const filterInput = h("input", {
@@ -99,6 +131,15 @@
       },
     }, "Clear selection");
     const selBar = h("div", { class: "selection-bar", "data-testid": "selection-bar" }, selCount, compareBtn, clearSel);
+    // explore.js: parallel coordinates and a scatter of this page's runs, linked to the selection.
+    const explore = S.Explore ? new S.Explore({
+      onToggle: (id) => {
+        if (st.sel.has(id)) st.sel.delete(id);
+        else st.sel.add(id);
+        selectionChanged();
+        renderTable();
+      },
+    }) : null;
 
     // --- table and pager
     const holder = h("div", { class: "table-wrap runs-wrap" }, S.loading());
@@ -117,13 +158,17 @@
 
     S.main.append(h("section", { class: "page runs-page" },
       S.crumbs(crumbName),
-      h("div", { class: "page-head" }, title, count, h("span", { class: "spacer" }), columnsMenu),
-      filterForm, filterError, selBar, holder, pager,
+      h("div", { class: "page-head" }, title, count, actionsSlot, h("span", { class: "spacer" }),
+        h("label", { class: "tool" }, h("span", { class: "tool-label" }, "Group by"), groupSelect), columnsMenu),
+      actionErrors, filterForm, filterError, selBar, explore ? explore.el : null, groupsSlot, holder, pager,
       S.experimentModelsSection ? S.experimentModelsSection(page, expId) : null)); // models.js
 
     let experiment = null;
-    let keys = null;        // {params: [...], metrics: [...]} across the experiment, or null until known
+    let keys = null;        // {params, tags, metrics} across the experiment, or null until known
     let runs = [];
+    let total = null;       // runs matching the filter over every page
+    let countedFilter = null; // the filter `total` was counted for
+    let groups = null;      // the server's groups when grouping
     let nextToken = null;
     let loadSeq = 0;
     let searched = false;
@@ -153,11 +198,13 @@
         after: st.token,
         page: st.pageNo > 1 ? st.pageNo : null,
         size: st.size === DEFAULT_PAGE_SIZE ? null : st.size,
+        agg: Object.entries(st.agg).map(([k, a]) => `${k}:${a}`).join(","),
+        group: st.group,
       });
     }
 
     function columnsShown() {
-      if (st.cols) return st.cols.filter((c) => c.startsWith("p:") || c.startsWith("m:"));
+      if (st.cols) return st.cols.filter((c) => /^[ptm]:./.test(c));
       const k = keys || keysOf(runs);
       return [...k.params.slice(0, DEFAULT_COLUMNS_PER_KIND).map((x) => `p:${x}`),
         ...k.metrics.slice(0, DEFAULT_COLUMNS_PER_KIND).map((x) => `m:${x}`)];
@@ -165,12 +212,15 @@
 
     function keysOf(list) {
       const p = new Set();
+      const t = new Set();
       const m = new Set();
       for (const r of list) {
         Object.keys(r.data?.params || {}).forEach((k) => p.add(k));
+        Object.keys(r.data?.tags || {}).forEach((k) => !S.SYSTEM_TAG.test(k) && t.add(k));
         Object.keys(r.data?.metrics || {}).forEach((k) => m.add(k));
       }
-      return { params: [...p].sort(S.collator.compare), metrics: [...m].sort(S.collator.compare) };
+      const sorted = (set) => [...set].sort(S.collator.compare);
+      return { params: sorted(p), tags: sorted(t), metrics: sorted(m) };
     }
 
     function selectionChanged() {
@@ -195,19 +245,42 @@
         order_by: orderKey(st.sort.id) ? [`${orderKey(st.sort.id)} ${st.sort.dir > 0 ? "ASC" : "DESC"}`] : [],
       };
       if (st.filter) body.filter_string = st.filter;
+      // The total depends on the filter only: a sort or another page reuses it.
+      const countFor = st.filter;
+      if (total == null || countedFilter !== countFor) body.count = true;
+      if (Object.keys(st.agg).length) body.metric_aggregates = st.agg;
+      const groupMetrics = () => columnsShown().filter((c) => c.startsWith("m:")).map((c) => c.slice(2));
+      if (st.group) {
+        body.group_by = orderKey(st.group);
+        body.group_metrics = groupMetrics();
+      }
       const started = performance.now();
       return S.postJson(page, "/runs/search", body).then((r) => {
         if (seq !== loadSeq || !page.alive) return;
         runs = r.runs || [];
+        if (body.count) {
+          total = r.total_count ?? null;
+          countedFilter = countFor;
+        }
+        groups = st.group ? { list: r.groups || [], truncated: !!r.groups_truncated } : null;
         searched = true;
         nextToken = r.next_page_token || null;
         filterError.hidden = true;
         filterInput.removeAttribute("aria-invalid");
         holder.classList.remove("busy", "stale");
-        holder.dataset.loadMs = String(Math.round(performance.now() - started));
+        const answered = performance.now();
+        holder.dataset.loadMs = String(Math.round(answered - started));
         renderTable();
+        renderGroups();
         renderPager();
-        if (keys || !columnsMenu.dataset.loading) renderColumnsMenu();
+        renderCount();
+        // The chooser lists the experiment's keys once they are known (drawn then); until
+        // then, the keys of the page's runs.
+        if (!keys && !columnsMenu.dataset.loading) renderColumnsMenu();
+        holder.dataset.renderMs = String(Math.round(performance.now() - answered));
+        // The default columns can change once the runs (or the key list) are known: the groups'
+        // statistics must be those of the columns shown.
+        if (st.group && JSON.stringify(groupMetrics()) !== JSON.stringify(body.group_metrics)) search();
       }, (err) => {
         if (seq !== loadSeq || !page.alive || err.name === "AbortError") return;
         holder.classList.remove("busy");
@@ -268,12 +341,25 @@
       search();
     }
 
+    const fmtN = (n) => n.toLocaleString("en-US");
+
+    /** "3,400 runs", or with a filter "12 of 3,400 runs". */
+    function renderCount() {
+      const all = experiment ? experiment.run_count : null;
+      const plural = (n) => `run${n === 1 ? "" : "s"}`;
+      if (st.filter && total != null) {
+        count.textContent = all != null ? `${fmtN(total)} of ${fmtN(all)} ${plural(all)}` : `${fmtN(total)} matching`;
+      } else if (all != null) {
+        count.textContent = `${fmtN(all)} ${plural(all)}`;
+      }
+    }
+
     function renderPager() {
       const from = (st.pageNo - 1) * st.size + 1;
       const to = from + runs.length - 1;
-      const total = experiment && !st.filter ? ` of ${experiment.run_count.toLocaleString("en-US")}` : "";
+      const of = total ?? (experiment && !st.filter ? experiment.run_count : null);
       pageInfo.textContent = runs.length
-        ? `Runs ${from.toLocaleString("en-US")}–${to.toLocaleString("en-US")}${total}${st.filter ? " matching" : ""}`
+        ? `Runs ${fmtN(from)}–${fmtN(to)}${of != null ? ` of ${fmtN(of)}` : ""}${st.filter ? " matching" : ""}`
         : "";
       firstBtn.disabled = prevBtn.disabled = st.pageNo <= 1;
       nextBtn.disabled = !nextToken;
@@ -295,9 +381,32 @@
       });
     }
 
+    function setAgg(key, agg) {
+      if (agg === "latest") delete st.agg[key];
+      else st.agg[key] = agg;
+      writeUrl();
+      // The order (and the groups' statistics) depend on it: ask again, from the first page.
+      if (st.sort.id === `m:${key}` || st.group) {
+        st.token = null;
+        st.pageNo = 1;
+        tokens.length = 0;
+        writeUrl();
+        search();
+      } else {
+        renderTable();
+      }
+    }
+
     function header(col) {
       const active = st.sort.id === col.id;
       const label = h("span", { class: "label" }, col.label);
+      let agg = null;
+      if (col.id.startsWith("m:")) {
+        const key = col.id.slice(2);
+        agg = h("select", { class: "agg-select", "aria-label": `Value of ${key}`, "data-testid": "metric-agg" },
+          AGGS.map(([v, text]) => h("option", { value: v, selected: (st.agg[key] || "latest") === v }, text)));
+        agg.addEventListener("change", () => setAgg(key, agg.value));
+      }
       return h("th", {
         scope: "col", "data-col": col.id, title: col.title || null,
         class: [col.num ? "num" : "", col.cls || ""].join(" ").trim() || null,
@@ -305,16 +414,81 @@
       }, orderKey(col.id)
         ? h("button", { type: "button", class: "sort", onclick: () => sortBy(col.id) }, label,
           h("span", { class: "arrow", "aria-hidden": "true" }, active ? (st.sort.dir > 0 ? "▲" : "▼") : ""))
-        : label);
+        : label, agg);
+    }
+
+    /** The page's runs with each child right after its parent (when both are on the page). */
+    function treeOrder(list) {
+      const onPage = new Set(list.map((r) => r.info.run_id));
+      const kids = new Map();
+      for (const r of list) {
+        const parent = r.data?.tags?.[PARENT_TAG];
+        if (parent && onPage.has(parent) && parent !== r.info.run_id) {
+          if (!kids.has(parent)) kids.set(parent, []);
+          kids.get(parent).push(r);
+        }
+      }
+      const out = [];
+      const seen = new Set();
+      const visit = (r, depth, hiddenBy) => {
+        const id = r.info.run_id;
+        if (seen.has(id)) return; // a cycle of parent tags: show each run once
+        seen.add(id);
+        const children = kids.get(id) || [];
+        out.push({ run: r, depth, children: children.length, hidden: hiddenBy });
+        const open = st.open.has(id);
+        for (const c of children) visit(c, depth + 1, hiddenBy || !open);
+      };
+      for (const r of list) {
+        const parent = r.data?.tags?.[PARENT_TAG];
+        if (!(parent && onPage.has(parent) && parent !== r.info.run_id)) visit(r, 0, false);
+      }
+      for (const r of list) visit(r, 0, false); // runs only reachable through a cycle
+      return out;
     }
 
     function renderTable() {
       const shown = columnsShown();
       const pKeys = shown.filter((c) => c.startsWith("p:")).map((c) => c.slice(2));
+      const tKeys = shown.filter((c) => c.startsWith("t:")).map((c) => c.slice(2));
       const mKeys = shown.filter((c) => c.startsWith("m:")).map((c) => c.slice(2));
+      const tree = treeOrder(runs);
+      const nodeOf = new Map(tree.map((n) => [n.run.info.run_id, n]));
+      const pageIds = new Set(runs.map((r) => r.info.run_id));
+      const nameCell = (r) => {
+        const id = r.info.run_id;
+        const node = nodeOf.get(id);
+        const link = h("a", { href: `/runs/${enc(id)}`, "data-testid": "run-link", "data-run-id": id }, r.info.run_name || id);
+        const parent = r.data?.tags?.[PARENT_TAG];
+        let toggle = null;
+        if (node.children) {
+          const open = st.open.has(id);
+          toggle = h("button", {
+            type: "button", class: "tree-toggle", "data-testid": "tree-toggle", "aria-expanded": String(open),
+            "aria-label": `${open ? "Hide" : "Show"} the ${node.children} child runs of ${r.info.run_name || id}`,
+            onclick: () => {
+              if (st.open.has(id)) st.open.delete(id);
+              else st.open.add(id);
+              renderTable();
+              holder.querySelector(`tr[data-run-id="${CSS.escape(id)}"] [data-testid=tree-toggle]`)?.focus();
+            },
+          }, open ? "▾" : "▸", h("span", { class: "tree-count" }, String(node.children)));
+        }
+        const orphan = parent && !pageIds.has(parent)
+          ? h("a", { class: "tree-parent muted", href: `/runs/${enc(parent)}`, title: "Its parent run is on another page",
+            "data-testid": "parent-link" }, "↳ child run")
+          : null;
+        return h("span", { class: "tree-cell", style: `padding-left:${node.depth * 18}px` },
+          toggle || h("span", { class: "tree-pad", "aria-hidden": "true" }), link, orphan ? " " : null, orphan);
+      };
+      const metricOf = (r, k) => {
+        const m = r.data?.metrics?.[k];
+        if (!m) return null;
+        const agg = st.agg[k];
+        return { m, v: agg === "min" ? m.min : agg === "max" ? m.max : m.value };
+      };
       const columns = [
-        { id: "name", label: "Run", cell: (r) => h("a", { href: `/runs/${enc(r.info.run_id)}`, "data-testid": "run-link", "data-run-id": r.info.run_id },
-          r.info.run_name || r.info.run_id) },
+        { id: "name", label: "Run", cell: nameCell },
         { id: "status", label: "Status", cell: (r) => S.statusBadge(r.info.status) },
         { id: "start", label: "Started", cell: (r) => (r.info.start_time == null ? "—"
           : h("time", { datetime: new Date(r.info.start_time).toISOString() }, S.fmtTime(r.info.start_time))) },
@@ -324,12 +498,18 @@
           id: `p:${k}`, label: k, title: `param ${k}`, cls: i === 0 ? "param first-of-group" : "param",
           cell: (r) => r.data?.params?.[k] ?? "",
         })),
+        ...tKeys.map((k, i) => ({
+          id: `t:${k}`, label: k, title: `tag ${k}`, cls: i === 0 ? "tag first-of-group" : "tag",
+          cell: (r) => r.data?.tags?.[k] ?? "",
+        })),
         ...mKeys.map((k, i) => ({
-          id: `m:${k}`, label: k, title: `metric ${k}: latest value`, num: true,
+          id: `m:${k}`, label: k, title: `metric ${k}: ${st.agg[k] || "latest"} value`, num: true,
           cls: i === 0 ? "metric first-of-group" : "metric",
           cell: (r) => {
-            const m = r.data?.metrics?.[k];
-            return m ? h("span", { title: `step ${m.step}` }, S.fmtValue(m.value)) : "";
+            const x = metricOf(r, k);
+            return x ? h("span", {
+              title: `latest ${S.fmtValue(x.m.value)} at step ${x.m.step}; min ${S.fmtValue(x.m.min)}, max ${S.fmtValue(x.m.max)}`,
+            }, S.fmtValue(x.v)) : "";
           },
         })),
       ];
@@ -351,20 +531,24 @@
         holder.querySelector("[data-testid=select-page]")?.focus();
       });
 
-      const groups = pKeys.length || mKeys.length ? h("tr", { class: "groups" },
+      const colGroups = pKeys.length || tKeys.length || mKeys.length ? h("tr", { class: "groups" },
         h("th", { colspan: 5, scope: "colgroup" }),
         pKeys.length ? h("th", { colspan: pKeys.length, scope: "colgroup", class: "first-of-group" }, "Params") : null,
+        tKeys.length ? h("th", { colspan: tKeys.length, scope: "colgroup", class: "first-of-group" }, "Tags") : null,
         mKeys.length ? h("th", { colspan: mKeys.length, scope: "colgroup", class: "first-of-group" }, "Metrics") : null) : null;
 
-      const rows = runs.map((r) => {
+      const rows = tree.map(({ run: r, depth, hidden }) => {
         const id = r.info.run_id;
         const box = h("input", {
           type: "checkbox", checked: st.sel.has(id), "data-testid": "select-run",
           "aria-label": `Select run ${r.info.run_name || id}`,
         });
-        const tr = h("tr", { "data-run-id": id, class: st.sel.has(id) ? "selected" : null },
+        const tr = h("tr", {
+          "data-run-id": id, "data-depth": String(depth), hidden,
+          class: [st.sel.has(id) ? "selected" : "", depth ? "child-run" : ""].join(" ").trim() || null,
+        },
           h("td", { class: "check" }, box),
-          columns.map((c) => h("td", { class: [c.num ? "num" : "", c.cls || ""].join(" ").trim() || null }, c.cell(r))));
+          columns.map((c) => h("td", { class: [c.num ? "num" : "", c.cls || ""].join(" ").trim() || null, "data-col": c.id }, c.cell(r))));
         box.addEventListener("change", () => {
           if (box.checked) st.sel.add(id);
           else st.sel.delete(id);
@@ -373,6 +557,7 @@
           all.checked = n === ids.length;
           all.indeterminate = n > 0 && n < ids.length;
           selectionChanged();
+          if (explore) explore.update({ runs, params: pKeys, metrics: mKeys, sel: st.sel, agg: st.agg });
         });
         return tr;
       });
@@ -381,11 +566,63 @@
       if (!rows.length) {
         empty = st.filter ? "No run matches the filter." : st.pageNo > 1 ? "No more runs." : "No runs in this experiment yet.";
       }
+      if (explore) explore.update({ runs, params: pKeys, metrics: mKeys, sel: st.sel, agg: st.agg });
       holder.replaceChildren(h("table", { class: "grid runs-grid", "data-testid": "runs-table" },
-        h("thead", null, groups,
+        h("thead", null, colGroups,
           h("tr", null, h("th", { scope: "col", class: "check" }, all), columns.map(header))),
         h("tbody", null, rows.length ? rows
           : h("tr", { class: "empty" }, h("td", { colspan: columns.length + 1 }, empty)))));
+    }
+
+    // --- groups (server-side over every matching run)
+
+    function groupFilter(value) {
+      const kind = st.group.slice(0, 1);
+      return value == null ? null : `${KIND_PREFIX[kind]}.${quoted(st.group.slice(2))} = ${sqlString(value)}`;
+    }
+
+    function renderGroups() {
+      groupsSlot.hidden = !groups;
+      if (!groups) return;
+      const mKeys = columnsShown().filter((c) => c.startsWith("m:")).map((c) => c.slice(2));
+      const label = st.group.slice(2);
+      const stat = (s) => {
+        if (!s || !s.count) return "—";
+        // The spread to two significant digits: it says how sure the mean is, not more.
+        const spread = s.std == null ? "" : ` ± ${S.fmtValue(Number(S.toNumber(s.std).toPrecision(2)))}`;
+        return h("span", { title: `${s.count} runs; min ${S.fmtValue(s.min)}, max ${S.fmtValue(s.max)}` },
+          S.fmtValue(s.mean), h("span", { class: "muted" }, spread));
+      };
+      const rows = groups.list.map((g) => {
+        const f = groupFilter(g.value);
+        return h("tr", { "data-group": g.value ?? "" },
+          h("th", { scope: "row" }, g.value == null ? h("span", { class: "muted" }, `no ${label}`)
+            : f ? h("button", {
+              type: "button", class: "link-button", title: `Filter the table to ${label} = ${g.value}`,
+              onclick: () => {
+                filterInput.value = st.filter ? `${st.filter} and ${f}` : f;
+                applyFilter();
+              },
+            }, g.value) : g.value),
+          h("td", { class: "num" }, fmtN(g.count)),
+          mKeys.map((k) => h("td", { class: "num", "data-key": k }, stat(g.metrics?.[k]))));
+      });
+      groupsSlot.replaceChildren(h("div", { class: "table-wrap" },
+        h("table", { class: "grid groups-grid", "data-testid": "groups-table" },
+          h("thead", null, h("tr", null, h("th", { scope: "col" }, label), h("th", { scope: "col", class: "num" }, "Runs"),
+            mKeys.map((k) => h("th", { scope: "col", class: "num", title: `${st.agg[k] || "latest"} value: mean ± standard deviation` },
+              `${k}${st.agg[k] ? ` (${st.agg[k]})` : ""}`)))),
+          h("tbody", null, rows.length ? rows : h("tr", { class: "empty" }, h("td", { colspan: mKeys.length + 2 }, "No runs."))))),
+      groups.truncated ? h("p", { class: "muted small" }, "Only the first 1,000 groups are shown.") : "");
+    }
+
+    function renderGroupSelect() {
+      const k = keys || keysOf(runs);
+      const opts = [h("option", { value: "" }, "No grouping"),
+        h("optgroup", { label: "Params" }, k.params.map((x) => h("option", { value: `p:${x}`, selected: st.group === `p:${x}` }, x))),
+        h("optgroup", { label: "Tags" }, k.tags.map((x) => h("option", { value: `t:${x}`, selected: st.group === `t:${x}` }, x)))];
+      groupSelect.replaceChildren(...opts);
+      groupSelect.value = st.group || "";
     }
 
     // --- columns menu
@@ -400,10 +637,11 @@
         const list = columnsShown().filter((c) => c !== id);
         if (on) list.push(id);
         // Params first, then metrics, each in key order.
-        const order = (c) => (c.startsWith("p:") ? 0 : 1);
+        const order = (c) => KIND_ORDER[c.slice(0, 1)];
         st.cols = list.sort((a, b) => order(a) - order(b) || S.collator.compare(a.slice(2), b.slice(2)));
         writeUrl();
-        renderTable();
+        if (st.group && id.startsWith("m:")) search(); // the groups' statistics follow the metric columns
+        else renderTable();
         columnsSummary.textContent = `Columns (${st.cols.length})`;
       };
       const group = (label, kind, list) => h("fieldset", { class: "columns-group" },
@@ -415,7 +653,7 @@
           return h("label", { class: "check-row", "data-key": key }, box, h("span", { class: "mono" }, key));
         }) : h("p", { class: "muted" }, "None."));
       const lists = h("div", { class: "columns-lists" },
-        group("Params", "p", k.params), group("Metrics", "m", k.metrics));
+        group("Params", "p", k.params), group("Tags", "t", k.tags), group("Metrics", "m", k.metrics));
       needle.addEventListener("input", () => {
         const n = needle.value.trim().toLowerCase();
         for (const row of lists.querySelectorAll(".check-row")) row.hidden = n !== "" && !row.dataset.key.toLowerCase().includes(n);
@@ -430,22 +668,15 @@
       }, "Default columns");
       columnsSummary.textContent = `Columns (${shown.size})`;
       columnsBody.replaceChildren(h("div", { class: "columns-head" }, needle, reset), lists);
+      renderGroupSelect();
       if (!keys) columnsBody.append(h("p", { class: "muted small" }, "Keys of this page's runs."));
     }
 
-    // Every param and metric key of the experiment, for the chooser (one SQL query on the views).
+    // Every param, user tag and metric key of the experiment, for the chooser.
     function loadKeys() {
       columnsMenu.dataset.loading = "1";
-      const inExp = `run_id IN (SELECT run_id FROM runs WHERE experiment_id = ${sqlString(expId)})`;
-      return S.postJson(page, "/sql", {
-        query: `SELECT 'p' AS kind, key FROM params WHERE ${inExp} GROUP BY key
-                UNION ALL SELECT 'm', key FROM latest_metrics WHERE ${inExp} GROUP BY key`,
-        max_rows: 20000,
-      }).then((r) => {
-        const p = [];
-        const m = [];
-        for (const [kind, key] of r.rows) (kind === "p" ? p : m).push(key);
-        keys = { params: p.sort(S.collator.compare), metrics: m.sort(S.collator.compare) };
+      return page.api(`/experiments/${enc(expId)}/keys`).then((r) => {
+        keys = { params: r.params, tags: r.tags, metrics: r.metrics };
       }, (err) => {
         if (err.name !== "AbortError") console.warn("steppe: could not list the experiment's keys", err);
       }).finally(() => {
@@ -460,9 +691,16 @@
       S.setTitle(experiment.name);
       title.textContent = experiment.name;
       crumbName.textContent = experiment.name;
-      const n = experiment.run_count;
-      count.textContent = `${n.toLocaleString("en-US")} run${n === 1 ? "" : "s"}`;
+      renderCount();
       renderPager();
+      if (S.experimentActions) { // manage.js: delete / restore through MLflow's REST API
+        const actions = S.experimentActions(page, experiment, (exp) => {
+          experiment = exp;
+          renderCount();
+        });
+        actionsSlot.replaceChildren(actions.el);
+        actionErrors.replaceChildren(actions.errors);
+      }
     }, (err) => {
       if (!page.alive || err.name === "AbortError") return;
       missing = true;
@@ -470,10 +708,17 @@
       filterForm.hidden = selBar.hidden = pager.hidden = columnsMenu.hidden = true;
       holder.replaceChildren(S.errorBox(err, "Experiment"));
     });
-    // The table waits for the key list only to pick default columns; with ?cols= it need not.
+    // The first page does not wait for the experiment's key list (a SQL query over every run):
+    // its default columns come from the page's runs, then from the list once it is there.
     const keysLoaded = loadKeys();
-    keysLoaded.then(() => page.alive && !missing && (keys || searched) && renderColumnsMenu());
-    (st.cols ? Promise.resolve() : keysLoaded).then(() => page.alive && !missing && search());
+    search();
+    keysLoaded.then(() => {
+      if (!page.alive || missing || !keys) return;
+      renderColumnsMenu();
+      if (!searched || st.cols) return;
+      if (st.group) search(); // the groups' statistics follow the metric columns
+      else renderTable();
+    });
   }
 
   S.runsView = runsView;
