@@ -277,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
         from steppe.importers import commands
 
         return commands.main(args)
+    if args.command == "export":
+        from steppe.importers import export
+
+        return export.main(args)
     _parser().print_help()
     return 0
 

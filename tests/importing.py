@@ -162,9 +162,9 @@ def dump_steppe(client: steppe.Client, run_ids: list[str], tmp: Path) -> dict[st
             .column("key")
             .to_pylist()
         )
-        hist = {
+        hist = {  # lists, as in DUMPER's JSON
             key: sorted(
-                (m.step, m.timestamp, repr(m.value)) for m in client.get_metric_history(run_id, key)
+                [m.step, m.timestamp, repr(m.value)] for m in client.get_metric_history(run_id, key)
             )
             for key in keys
         }

@@ -43,7 +43,13 @@ def add_parsers(sub: Any) -> None:
     tensorboard.add_argument(
         "--experiment", default=None, help="experiment name (default: the log dir's name)"
     )
-    for p in (mlflow, tensorboard):
+    exported = kinds.add_parser(
+        "steppe",
+        help="a folder written by `steppe export` (run ids kept)",
+        description="SOURCE: a folder written by `steppe export --output`.",
+    )
+    exported.add_argument("source", metavar="SOURCE")
+    for p in (mlflow, tensorboard, exported):
         p.add_argument("--tracking-uri", default=None, metavar="URI", help="the steppe server")
         p.add_argument(
             "--report",
@@ -54,6 +60,24 @@ def add_parsers(sub: Any) -> None:
         )
         p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
         p.add_argument("--no-artifacts", action="store_true", help="do not copy artifacts")
+
+    export = sub.add_parser(
+        "export",
+        help="export a run or an experiment as Parquet + JSON, or into an MLflow server",
+        description="Copy a run (--run) or every run of an experiment (--experiment, id or "
+        "name) out of the steppe server at --tracking-uri: into a folder (--output: "
+        "run.json, metrics.parquet with every point, artifacts; `steppe import steppe` "
+        "reads it back) or into an MLflow tracking server or store (--to-mlflow URI, with "
+        "mlflow's client; safe to repeat).",
+    )
+    which = export.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", default=None, metavar="RUN_ID")
+    which.add_argument("--experiment", default=None, metavar="ID_OR_NAME")
+    where = export.add_mutually_exclusive_group(required=True)
+    where.add_argument("--output", type=Path, default=None, metavar="DIR")
+    where.add_argument("--to-mlflow", default=None, metavar="URI")
+    export.add_argument("--tracking-uri", default=None, metavar="URI", help="the steppe server")
+    export.add_argument("--no-artifacts", action="store_true", help="do not copy artifacts")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ from steppe.importers.records import Source
 if TYPE_CHECKING:
     from steppe.tracking import Client
 
-KINDS = ("mlflow", "tensorboard")
+KINDS = ("mlflow", "tensorboard", "steppe")
 
 
 def open_source(kind: str, location: str) -> Source:
@@ -47,6 +47,10 @@ def open_source(kind: str, location: str) -> Source:
         if not root.exists():
             raise errors.InvalidParameterValue("LOGDIR", location, "does not exist")
         return TensorBoardSource(root)
+    if kind == "steppe":
+        from steppe.importers.export import ExportSource
+
+        return ExportSource(Path(location))
     raise errors.InvalidParameterValue("kind", kind, f"must be one of {', '.join(KINDS)}")
 
 
