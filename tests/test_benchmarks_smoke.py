@@ -88,3 +88,11 @@ def test_autolog_benchmark_smoke() -> None:
     assert row["plain_fit_ms"] > 0 and row["autolog_fit_ms"] > 0
     # Autolog does real work inside fit (metrics, plots, uploads): it cannot be free.
     assert row["autolog_fit_ms"] > row["plain_fit_ms"]
+
+
+def test_import_speed_benchmark_smoke() -> None:
+    rows = json_rows("import_speed.py", "--points", "20000", "--baseline-points", "5000")
+    assert [r["source"] for r in rows] == ["mlflow sqlite", "tensorboard"]
+    for row in rows:
+        assert row["stored"] == row["points"] == 20000 and row["ok"]
+        assert row["points_per_s"] > 0

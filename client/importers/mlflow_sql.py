@@ -8,6 +8,8 @@ through SQLAlchemy with a server-side cursor. Read-only: nothing is ever written
 from __future__ import annotations
 
 import math
+import queue
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,39 @@ _POINTS_SQL = (
     "SELECT run_uuid, key, step, timestamp, value, is_nan FROM metrics "
     "ORDER BY run_uuid, key, step, timestamp, value"
 )
+
+
+def _prefetched(chunks: Iterator[Sequence[tuple[Any, ...]]]) -> Iterator[Sequence[tuple[Any, ...]]]:
+    """``chunks`` read ahead on a thread of their own, two at most: sqlite releases the GIL
+    while it steps, so the database works while this thread turns rows into batches."""
+    ahead: queue.Queue[Sequence[tuple[Any, ...]] | BaseException | None] = queue.Queue(2)
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            for chunk in chunks:
+                while not stop.is_set():
+                    try:
+                        ahead.put(chunk, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ahead.put(None)
+        except BaseException as exc:  # handed to the consumer, raised there
+            ahead.put(exc)
+
+    thread = threading.Thread(target=read, name="steppe-import-reader", daemon=True)
+    thread.start()
+    try:
+        while (item := ahead.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def redact(uri: str) -> str:
@@ -86,19 +121,22 @@ class SqlSource:
     def _stream(self, sql: str) -> Iterator[Sequence[tuple[Any, ...]]]:
         """Rows in chunks, never the whole result in memory (a server-side cursor)."""
         if self.uri.startswith("sqlite:///"):
-            conn = self._connect()
-            try:
-                cur = conn.cursor()
-                cur.execute(sql)
-                while rows := cur.fetchmany(_CHUNK_ROWS):
-                    yield rows
-            finally:
-                conn.close()
+            yield from _prefetched(self._sqlite_chunks(sql))
             return
         self._connect()
         with self._engine.connect() as conn:
             result = conn.execution_options(stream_results=True).exec_driver_sql(sql)
             yield from result.partitions(_CHUNK_ROWS)
+
+    def _sqlite_chunks(self, sql: str) -> Iterator[Sequence[tuple[Any, ...]]]:
+        conn = self._connect()
+        try:
+            cur = conn.cursor()
+            cur.execute(sql)
+            while rows := cur.fetchmany(_CHUNK_ROWS):
+                yield rows
+        finally:
+            conn.close()
 
     def experiments(self) -> list[ExperimentRecord]:
         tags: dict[str, dict[str, str]] = {}

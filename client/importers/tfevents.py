@@ -110,3 +110,9 @@ def encode_scalar_event(wall_time: float, step: int, tag: str, value: float) -> 
     event.summary.value.add(tag=tag, simple_value=value)
     data: bytes = event.SerializeToString()
     return data
+
+
+def encode_file_version(wall_time: float) -> bytes:
+    """The first event of every event file: the format's version."""
+    data: bytes = pb.Event(wall_time=wall_time, file_version="brain.Event:2").SerializeToString()
+    return data
