@@ -43,13 +43,20 @@ def add_parsers(sub: Any) -> None:
     tensorboard.add_argument(
         "--experiment", default=None, help="experiment name (default: the log dir's name)"
     )
+    neptune = kinds.add_parser(
+        "neptune",
+        help="neptune-exporter's Parquet output (its --data-path folder)",
+        description="PATH: the folder neptune-exporter wrote (<project>/<run>_part_<n>.parquet):"
+        " float series as metrics, single values as params, sys/tags as tags.",
+    )
+    neptune.add_argument("source", metavar="PATH")
     exported = kinds.add_parser(
         "steppe",
         help="a folder written by `steppe export` (run ids kept)",
         description="SOURCE: a folder written by `steppe export --output`.",
     )
     exported.add_argument("source", metavar="SOURCE")
-    for p in (mlflow, tensorboard, exported):
+    for p in (mlflow, tensorboard, neptune, exported):
         p.add_argument("--tracking-uri", default=None, metavar="URI", help="the steppe server")
         p.add_argument(
             "--report",

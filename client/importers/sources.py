@@ -17,7 +17,7 @@ from steppe.importers.records import Source
 if TYPE_CHECKING:
     from steppe.tracking import Client
 
-KINDS = ("mlflow", "tensorboard", "steppe")
+KINDS = ("mlflow", "tensorboard", "neptune", "steppe")
 
 
 def open_source(kind: str, location: str) -> Source:
@@ -47,6 +47,13 @@ def open_source(kind: str, location: str) -> Source:
         if not root.exists():
             raise errors.InvalidParameterValue("LOGDIR", location, "does not exist")
         return TensorBoardSource(root)
+    if kind == "neptune":
+        from steppe.importers.neptune import NeptuneSource
+
+        root = Path(location)
+        if not root.is_dir():
+            raise errors.InvalidParameterValue("PATH", location, "is not a folder")
+        return NeptuneSource(root)
     if kind == "steppe":
         from steppe.importers.export import ExportSource
 
