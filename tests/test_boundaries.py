@@ -25,6 +25,8 @@ def test_generated_proto_code_is_fresh(tmp_path: Path) -> None:
         "steppe_pb2_grpc.py",
         "tensorboard_pb2.py",
         "tensorboard_pb2.pyi",
+        "wandb_records_pb2.py",
+        "wandb_records_pb2.pyi",
     ]
     for name in names:
         committed = ROOT / "proto" / "steppe" / "v1" / name
@@ -107,9 +109,10 @@ def test_only_wire_modules_touch_generated_code() -> None:
         for p in (ROOT / folder).rglob("*.py")
         if re.search(r"^\s*(from|import) steppe\.v1", p.read_text(), re.MULTILINE)
     }
-    # client/importers/tfevents.py is the door to TensorBoard's event records (a format we
-    # read, not steppe's wire): the only importer module that touches tensorboard_pb2.
-    assert users <= {"client/wire.py", "ingest/wire.py", "client/importers/tfevents.py"}
+    # client/importers/tfevents.py and wandb_wire.py are the doors to TensorBoard's event
+    # records and W&B's run records (formats we read, not steppe's wire).
+    doors = {"client/importers/tfevents.py", "client/importers/wandb_wire.py"}
+    assert users <= {"client/wire.py", "ingest/wire.py", *doors}
 
 
 def test_public_api_is_stable() -> None:

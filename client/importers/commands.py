@@ -43,6 +43,14 @@ def add_parsers(sub: Any) -> None:
     tensorboard.add_argument(
         "--experiment", default=None, help="experiment name (default: the log dir's name)"
     )
+    wandb = kinds.add_parser(
+        "wandb",
+        help="W&B run folders (run-*.wandb transaction logs) and exported history files",
+        description="PATH: a folder searched for W&B run folders (offline-run-*/run-*.wandb:"
+        " config as params, every numeric history value as a point) and history files "
+        "exported from W&B (.jsonl rows or .csv with _step/_timestamp columns), or one file.",
+    )
+    wandb.add_argument("source", metavar="PATH")
     neptune = kinds.add_parser(
         "neptune",
         help="neptune-exporter's Parquet output (its --data-path folder)",
@@ -56,7 +64,7 @@ def add_parsers(sub: Any) -> None:
         description="SOURCE: a folder written by `steppe export --output`.",
     )
     exported.add_argument("source", metavar="SOURCE")
-    for p in (mlflow, tensorboard, neptune, exported):
+    for p in (mlflow, tensorboard, wandb, neptune, exported):
         p.add_argument("--tracking-uri", default=None, metavar="URI", help="the steppe server")
         p.add_argument(
             "--report",

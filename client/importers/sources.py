@@ -17,7 +17,7 @@ from steppe.importers.records import Source
 if TYPE_CHECKING:
     from steppe.tracking import Client
 
-KINDS = ("mlflow", "tensorboard", "neptune", "steppe")
+KINDS = ("mlflow", "tensorboard", "wandb", "neptune", "steppe")
 
 
 def open_source(kind: str, location: str) -> Source:
@@ -47,6 +47,13 @@ def open_source(kind: str, location: str) -> Source:
         if not root.exists():
             raise errors.InvalidParameterValue("LOGDIR", location, "does not exist")
         return TensorBoardSource(root)
+    if kind == "wandb":
+        from steppe.importers.wandb_runs import WandbSource
+
+        root = Path(location)
+        if not root.exists():
+            raise errors.InvalidParameterValue("PATH", location, "does not exist")
+        return WandbSource(root)
     if kind == "neptune":
         from steppe.importers.neptune import NeptuneSource
 

@@ -439,13 +439,20 @@ class Importer:
                 )
                 continue
             tags = {**record.tags, SOURCE_TAG: self._source_tag, VERSION_TAG: str(record.version)}
-            created = client.create_model_version(
-                model.name,
-                source,
-                run_id=record.run_id or None,
-                tags=tags,
-                description=record.description or None,
-            )
+            try:
+                created = client.create_model_version(
+                    model.name,
+                    source,
+                    run_id=record.run_id or None,
+                    tags=tags,
+                    description=record.description or None,
+                )
+            except errors.SteppeError as exc:  # e.g. a LoggedModel steppe does not have
+                out.differences.append(
+                    f"model {model.name!r} version {record.version} (source {source!r}) "
+                    f"not imported: {exc}"
+                )
+                continue
             mapping[record.version] = int(created.version)
             if record.stage and record.stage != "None":
                 client.transition_model_version_stage(model.name, created.version, record.stage)
