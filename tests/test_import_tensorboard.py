@@ -164,6 +164,10 @@ def test_framing_matches_the_crc32c_reference() -> None:
     assert tfrecord._crc32c_python(blob) == tfrecord.crc32c(blob)
     framed = tfrecord.frame(b"payload")
     assert list(tfrecord.records(io.BytesIO(framed))) == [b"payload"]
+    many = [bytes([i]) * (i * 7) for i in range(40)]
+    blob = b"".join(tfrecord.frame(m) for m in many)
+    for size in (1, 5, 12, 13, 100, 1 << 20):  # records cut by the read buffer anywhere
+        assert list(tfrecord.records(io.BytesIO(blob), buffer_bytes=size)) == many, size
     bad = bytearray(framed)
     bad[3] ^= 1  # the length itself
     (only,) = tfrecord.records(io.BytesIO(bytes(bad)))

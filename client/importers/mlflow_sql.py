@@ -1,13 +1,15 @@
 """Reads an MLflow tracking database (its SQLAlchemy store: ``sqlite:///mlflow.db``,
 ``postgresql://...``) in bulk: one query per table, metric points streamed in chunks in a
 fixed order (run, key, step, timestamp, value: the order is what makes a resumed import's
-batches line up). sqlite goes through the standard library's driver, anything else
-through SQLAlchemy with a server-side cursor. Read-only: nothing is ever written.
+batches line up; SQL sorts by the index's run, key, step, and ties are ordered here).
+sqlite goes through the standard library's driver, anything else through SQLAlchemy with a
+server-side cursor. Read-only: nothing is ever written.
 """
 
 from __future__ import annotations
 
 import math
+import operator
 import queue
 import threading
 from collections.abc import Iterator, Sequence
@@ -25,8 +27,7 @@ from steppe.importers.records import (
 
 _CHUNK_ROWS = 65536
 _POINTS_SQL = (
-    "SELECT run_uuid, key, step, timestamp, value, is_nan FROM metrics "
-    "ORDER BY run_uuid, key, step, timestamp, value"
+    "SELECT run_uuid, key, step, timestamp, value, is_nan FROM metrics ORDER BY run_uuid, key, step"
 )
 
 
@@ -36,20 +37,28 @@ def _prefetched(chunks: Iterator[Sequence[tuple[Any, ...]]]) -> Iterator[Sequenc
     ahead: queue.Queue[Sequence[tuple[Any, ...]] | BaseException | None] = queue.Queue(2)
     stop = threading.Event()
 
+    def offer(item: Sequence[tuple[Any, ...]] | BaseException | None) -> bool:
+        while not stop.is_set():  # the consumer may have left: never block for good
+            try:
+                ahead.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def read() -> None:
         try:
             for chunk in chunks:
-                while not stop.is_set():
-                    try:
-                        ahead.put(chunk, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer(chunk):
                     return
-            ahead.put(None)
+            offer(None)
         except BaseException as exc:  # handed to the consumer, raised there
-            ahead.put(exc)
+            offer(exc)
+        finally:
+            # Close the cursor on this thread: sqlite objects may not cross threads.
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
 
     thread = threading.Thread(target=read, name="steppe-import-reader", daemon=True)
     thread.start()
@@ -61,6 +70,56 @@ def _prefetched(chunks: Iterator[Sequence[tuple[Any, ...]]]) -> Iterator[Sequenc
     finally:
         stop.set()
         thread.join(timeout=5)
+
+
+def _whole_ties(chunks: Iterator[Sequence[tuple[Any, ...]]]) -> Iterator[list[tuple[Any, ...]]]:
+    """Chunks cut so that rows of one (run, key, step) never straddle two of them (the
+    last group of a chunk waits for the next), so ``_piece`` can order ties itself."""
+    carry: list[tuple[Any, ...]] = []
+    for chunk in chunks:
+        rows = carry + list(chunk) if carry else list(chunk)
+        last = rows[-1][:3]
+        cut = len(rows) - 1
+        while cut > 0 and rows[cut - 1][:3] == last:
+            cut -= 1
+        if cut == 0:  # one group fills the chunk: keep collecting
+            carry = rows
+            continue
+        carry = rows[cut:]
+        yield rows[:cut]
+    if carry:
+        yield carry
+
+
+def _piece(
+    run_id: str,
+    keys: Sequence[str],
+    steps: Sequence[int],
+    stamps: Sequence[int],
+    values: Sequence[float],
+    nans: Sequence[Any],
+) -> Piece:
+    """One run's rows as a Piece, in the full order (key, step, timestamp, value, is_nan).
+
+    SQL sorts by (run, key, step) only, which its index gives for free (the full ORDER BY
+    costs a second sort, twice the read time); points sharing a key and step, rare, are
+    ordered here, so a re-read gives the same sequence even if the rows moved on disk.
+    """
+    keys, steps, stamps = list(keys), list(steps), list(stamps)
+    vals, flags = list(values), list(nans)
+    count = len(keys)
+    if any(map(operator.eq, steps[1:], steps[:-1])):
+        order = sorted(
+            range(count), key=lambda i: (keys[i], steps[i], stamps[i], vals[i], bool(flags[i]))
+        )
+        keys = [keys[i] for i in order]
+        steps = [steps[i] for i in order]
+        stamps = [stamps[i] for i in order]
+        vals = [vals[i] for i in order]
+        flags = [flags[i] for i in order]
+    if any(flags):
+        vals = [math.nan if n else v for v, n in zip(vals, flags, strict=True)]
+    return Piece(run_id, keys, steps, stamps, vals)
 
 
 def redact(uri: str) -> str:
@@ -192,8 +251,7 @@ class SqlSource:
         }
 
     def points(self, run_ids: set[str]) -> Iterator[Piece]:
-        nan = math.nan
-        for rows in self._stream(_POINTS_SQL):
+        for rows in _whole_ties(self._stream(_POINTS_SQL)):
             runs, keys, steps, stamps, values, nans = zip(*rows, strict=True)
             start = 0
             count = len(runs)
@@ -207,15 +265,13 @@ class SqlSource:
                     while runs[end] == run_id:
                         end += 1
                 if run_id in run_ids:
-                    vals = list(values[start:end])
-                    if any(nans[start:end]):
-                        vals = [nan if n else v for v, n in zip(vals, nans[start:end], strict=True)]
-                    yield Piece(
+                    yield _piece(
                         run_id,
-                        list(keys[start:end]),
-                        list(steps[start:end]),
-                        list(stamps[start:end]),
-                        vals,
+                        keys[start:end],
+                        steps[start:end],
+                        stamps[start:end],
+                        values[start:end],
+                        nans[start:end],
                     )
                 start = end
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import sys
 from array import array
 from collections import deque
@@ -51,6 +52,7 @@ _PARAMS_PER_CALL = 100
 #: On an imported model version: the source's version number (with SOURCE_TAG).
 VERSION_TAG = "steppe.import.source_version"
 _LITTLE = sys.byteorder == "little"
+_BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
 
 
 def stream_id_for(kind: str, run_id: str, batch_points: int = BATCH_POINTS) -> str:
@@ -305,16 +307,28 @@ class Importer:
         self._log_fields(run.run_id, run.params, run.tags)
         self._logged[run.run_id] = (dict(run.params), dict(run.tags))
 
+    def _name(self, run_id: str, what: str, key: str) -> str:
+        """``key`` if steppe's key rule takes it, else with the offending characters
+        replaced (listed in the report)."""
+        try:
+            return validation.check_name(what, key, f"{what} key")
+        except errors.InvalidParameterValue:
+            fixed = _BAD_KEY_CHARS.sub("_", key).strip("/").replace("..", "__")[:250] or "_"
+            self.outcome.differences.append(
+                f"run {run_id}: {what} {key!r} stored as {fixed!r} (steppe's key rule)"
+            )
+            return fixed
+
     def _log_fields(self, run_id: str, params: dict[str, str], tags: dict[str, str]) -> None:
         unary = self._conn.unary
         checked_params = [
-            (validation.check_name("params", k, "param key"), validation.check_param_value("p", v))
+            (self._name(run_id, "param", k), validation.check_param_value("p", v))
             for k, v in sorted(params.items())
         ]
         for start in range(0, len(checked_params), _PARAMS_PER_CALL):
             unary.log_params(run_id, checked_params[start : start + _PARAMS_PER_CALL])
         checked_tags = [
-            (validation.check_name("tags", k, "tag key"), validation.check_tag_value("t", v))
+            (self._name(run_id, "tag", k), validation.check_tag_value("t", v))
             for k, v in sorted(tags.items())
         ]
         for start in range(0, len(checked_tags), _PARAMS_PER_CALL):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +39,11 @@ def event_files(folder: Path) -> list[Path]:
 def run_id_for(root: Path, relative: str) -> str:
     """A stable id per event folder of this log dir (the same on every import of it)."""
     return hashlib.sha256(f"tensorboard\0{root}\0{relative}".encode()).hexdigest()[:32]
+
+
+def _count(counts: dict[tuple[str, str], int], run_id: str, keys: list[str]) -> None:
+    for key, n in Counter(keys).items():
+        counts[(run_id, key)] = counts.get((run_id, key), 0) + n
 
 
 class TensorBoardSource:
@@ -125,6 +131,7 @@ class TensorBoardSource:
         skipped = 0
         last_ms = run.start_time
         counts = self._observed
+        renamed = self._renamed
         for path in event_files(self._folders[run_id]):
             with path.open("rb") as f:
                 for record in tfrecord.records(f):
@@ -143,23 +150,23 @@ class TensorBoardSource:
                         run.params.update(event.hparams)
                     if not event.scalars:
                         continue
-                    ms = (
-                        max(0, round(event.wall_time * 1000))
-                        if math.isfinite(event.wall_time)
-                        else 0
-                    )
-                    last_ms = max(last_ms, ms)
+                    wall = event.wall_time
+                    ms = round(wall * 1000) if wall > 0 and math.isfinite(wall) else 0
+                    if ms > last_ms:
+                        last_ms = ms
+                    step = event.step
                     for tag, value in event.scalars:
-                        key = self._key(tag)
+                        key = renamed.get(tag) or self._key(tag)
                         keys.append(key)
-                        steps.append(event.step)
+                        steps.append(step)
                         stamps.append(ms)
                         values.append(value)
-                        counts[(run_id, key)] = counts.get((run_id, key), 0) + 1
                     if len(keys) >= _PIECE_POINTS:
+                        _count(counts, run_id, keys)
                         yield Piece(run_id, keys, steps, stamps, values)
                         keys, steps, stamps, values = [], [], [], []
         if keys:
+            _count(counts, run_id, keys)
             yield Piece(run_id, keys, steps, stamps, values)
         run.end_time = last_ms
         if skipped:

@@ -36,7 +36,13 @@ class Decoder:
         out = Decoded(event.wall_time, event.step, [])
         if event.WhichOneof("what") != "summary":
             return out
-        for value in event.summary.value:
+        values = event.summary.value
+        if len(values) == 1:  # the common event: one simple_value, no metadata
+            value = values[0]
+            if value.WhichOneof("value") == "simple_value" and not value.HasField("metadata"):
+                out.scalars.append((value.tag or value.node_name, value.simple_value))
+                return out
+        for value in values:
             tag = value.tag or value.node_name
             if value.HasField("metadata") and value.metadata.plugin_data.plugin_name:
                 self.plugins[tag] = value.metadata.plugin_data.plugin_name

@@ -78,30 +78,58 @@ class Corrupt:
     reason: str
 
 
-def records(f: BinaryIO, check: bool = True) -> Iterator[bytes | Corrupt]:
+def records(
+    f: BinaryIO, check: bool = True, buffer_bytes: int = 8 << 20
+) -> Iterator[bytes | Corrupt]:
     """The records of a file in order. A bad data CRC yields a Corrupt and reading goes on
     with the next record (the framing is intact); a bad length CRC or a cut-off record
-    yields a Corrupt and ends the file: nothing after it can be located safely."""
-    offset = 0
-    read = f.read
+    yields a Corrupt and ends the file: nothing after it can be located safely.
+
+    The file is read ``buffer_bytes`` at a time and framed in memory (a record larger than
+    that is read whole)."""
+    crc = crc32c
+    unpack_header = _HEADER.unpack_from
+    unpack_footer = _FOOTER.unpack_from
+    buffer = b""
+    at = 0  # position in buffer
+    base = 0  # file offset of buffer[0]
+    eof = False
     while True:
-        header = read(12)
-        if not header:
+        while len(buffer) - at < 12 and not eof:
+            more = f.read(buffer_bytes)
+            eof = not more
+            buffer, base, at = buffer[at:] + more, base + at, 0
+        if len(buffer) - at == 0:
             return
-        if len(header) < 12:
-            yield Corrupt(offset, f"file ends inside a record header ({len(header)} of 12 bytes)")
+        if len(buffer) - at < 12:
+            yield Corrupt(
+                base + at, f"file ends inside a record header ({len(buffer) - at} of 12 bytes)"
+            )
             return
-        length, length_crc = _HEADER.unpack(header)
-        if check and masked_crc(header[:8]) != length_crc:
-            yield Corrupt(offset, "length CRC mismatch; the rest of the file is skipped")
+        length, length_crc = unpack_header(buffer, at)
+        if check:
+            masked = crc(buffer[at : at + 8])
+            masked = (((masked >> 15) | (masked << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+            if masked != length_crc:
+                yield Corrupt(base + at, "length CRC mismatch; the rest of the file is skipped")
+                return
+        end = at + 12 + length + 4
+        while len(buffer) < end and not eof:
+            more = f.read(max(buffer_bytes, end - len(buffer)))
+            eof = not more
+            buffer, base, end, at = buffer[at:] + more, base + at, end - at, 0
+        if len(buffer) < end:
+            yield Corrupt(
+                base + at,
+                f"file ends inside a record ({len(buffer) - at - 12} of {length + 4} bytes)",
+            )
             return
-        body = read(length + 4)
-        if len(body) < length + 4:
-            yield Corrupt(offset, f"file ends inside a record ({len(body)} of {length + 4} bytes)")
-            return
-        data = body[:length]
-        if check and masked_crc(data) != _FOOTER.unpack_from(body, length)[0]:
-            yield Corrupt(offset, "data CRC mismatch; record skipped")
+        data = buffer[at + 12 : end - 4]
+        if check:
+            masked = crc(data)
+            masked = (((masked >> 15) | (masked << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+        if check and masked != unpack_footer(buffer, end - 4)[0]:
+            yield Corrupt(base + at, "data CRC mismatch; record skipped")
         else:
             yield data
-        offset += 12 + length + 4
+        at = end
