@@ -6,8 +6,9 @@ resumes without a duplicate."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -114,11 +115,13 @@ class _Interrupted(Exception):
 
 
 class _StopsAfter:
-    """A source that breaks off after ``pieces`` pieces (a crash mid-import)."""
+    """A source that breaks off after ``pieces`` pieces (a crash mid-import), once the
+    server has stored some of them (``stored`` polled, with a deadline)."""
 
-    def __init__(self, inner: SqlSource, pieces: int) -> None:
+    def __init__(self, inner: SqlSource, pieces: int, stored: Callable[[], int]) -> None:
         self._inner = inner
         self._left = pieces
+        self._stored = stored
         self.kind, self.location = inner.kind, inner.location
 
     def __getattr__(self, name: str) -> object:
@@ -127,6 +130,9 @@ class _StopsAfter:
     def points(self, run_ids: set[str]) -> Iterator[Piece]:
         for piece in self._inner.points(run_ids):
             if self._left == 0:
+                deadline = time.monotonic() + 60
+                while self._stored() == 0 and time.monotonic() < deadline:
+                    time.sleep(0.05)  # polling the server for the first acked batch
                 raise _Interrupted
             self._left -= 1
             yield piece
@@ -146,10 +152,16 @@ def test_interrupted_import_resumes_exactly_once(
     prefix = f"cut-{uuid.uuid4().hex[:8]}"
     ids = write_history(uri, prefix, tmp_path)
     client = steppe.Client(steppe_server.http_url)
+
+    def stored() -> int:
+        got = client.sql(f"SELECT count(*) AS n FROM metrics WHERE run_id = '{ids[0]}'")
+        n: int = got.column("n")[0].as_py()
+        return n
+
+    cut = _StopsAfter(SqlSource(uri), 7, stored)
     with pytest.raises(_Interrupted):
-        Importer(client, _StopsAfter(SqlSource(uri), 7), progress=False, batch_points=64).run()
-    first = client.sql(f"SELECT count(*) AS n FROM metrics WHERE run_id = '{ids[0]}'")
-    assert 0 < first.column("n")[0].as_py() < 605  # part of the first run got in
+        Importer(client, cut, progress=False, batch_points=64).run()
+    assert 0 < stored() < 605  # part of the first run got in
     tags = client.get_run(ids[0]).data.tags
     assert DONE_TAG not in tags  # not marked complete
 

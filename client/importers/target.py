@@ -148,8 +148,8 @@ class RunStream:
 
     def _emit(self, count: int) -> None:
         keys = self._keys[:count]
-        names: dict[str, int] = {}
-        index = array("I", [names.setdefault(k, len(names)) for k in keys])
+        names = {k: i for i, k in enumerate(dict.fromkeys(keys))}  # in first-seen order
+        index = array("I", map(names.__getitem__, keys))
         zeros = bytes(4 * count)
         self.sender.enqueue_batch(
             [self.run_id],
