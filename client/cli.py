@@ -204,8 +204,10 @@ def _parser() -> argparse.ArgumentParser:
     project.add_argument("--experiment-id", default=None)
     project.add_argument("--run-name", default=None)
     from steppe import sql
+    from steppe.importers import commands
 
     sql.add_parser(sub)
+    commands.add_parsers(sub)
     return parser
 
 
@@ -271,6 +273,14 @@ def main(argv: list[str] | None = None) -> int:
         from steppe import sql
 
         return sql.main(args)
+    if args.command == "import":
+        from steppe.importers import commands
+
+        return commands.main(args)
+    if args.command == "export":
+        from steppe.importers import export
+
+        return export.main(args)
     _parser().print_help()
     return 0
 

@@ -71,9 +71,13 @@ class Sender:
         max_inflight_bytes: int = 64 << 20,
         window: int = 32,
         describe_server: Callable[[], str] = lambda: "the steppe server",
+        stream_id: str | None = None,
     ) -> None:
         self.buffer = PointBuffer()
-        self.stream_id = stream_ids.new_stream_id()
+        # A caller-chosen stream id (an import's: deterministic, so a re-run's batches are
+        # the server's duplicates) is kept for good; our own ids rotate when idle.
+        self._fixed_stream = stream_id is not None
+        self.stream_id = stream_id if stream_id is not None else stream_ids.new_stream_id()
         self._last_batch_at = time.monotonic()  # or the stream id's creation
         # The gRPC stub, or steppe.transport.MemoryTransport in tests; called with True
         # after a failure: it may point elsewhere now.
@@ -181,13 +185,48 @@ class Sender:
                     self._add(batch)
         self._wake.set()
 
+    def enqueue_batch(
+        self,
+        run_ids: list[str],
+        keys: list[str],
+        run_index: bytes,
+        key_index: bytes,
+        step: bytes,
+        timestamp_ms: bytes,
+        value: bytes,
+    ) -> int:
+        """Queue one batch exactly as given (little-endian uint32/uint32/int64/int64/float64
+        column bytes) as the next seq, which is returned. The caller sizes it (at most the
+        server's batch limit); buffered points are encoded first, so seq order is log order.
+        """
+        with self.buffer.drain_lock:
+            self.encode_pending_locked()
+            with self._state:
+                self._rotate_if_idle()
+                self._seq += 1
+                batch = wire.encode_batch(
+                    self.stream_id,
+                    self._seq,
+                    run_ids,
+                    keys,
+                    run_index,
+                    key_index,
+                    step,
+                    timestamp_ms,
+                    value,
+                )
+                self._add(batch)
+                seq = self._seq
+        self._wake.set()
+        return seq
+
     def _rotate_if_idle(self) -> None:
         """Before a new batch (hold ``_state``): take a fresh stream id if nothing is unacked
         and the stream was idle for STREAM_IDLE_S (the worker then opens a new call)."""
         now = time.monotonic()
         idle = now - self._last_batch_at >= STREAM_IDLE_S
         self._last_batch_at = now
-        if not idle or self._outbox or self._ops or self._holding:
+        if not idle or self._fixed_stream or self._outbox or self._ops or self._holding:
             return
         self.stream_id = stream_ids.new_stream_id()
         self._seq = self._acked_seq = 0
@@ -466,6 +505,23 @@ class Sender:
     def unacked_points(self) -> int:
         """Points logged but not yet acked by the server (the client's lag)."""
         return len(self.buffer) + self._unacked_points
+
+    def wait_below(self, points: int, timeout_s: float) -> None:
+        """Block until at most ``points`` are unacked (a producer's backpressure when there
+        is no spool to spill to); FlushTimeout after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        self.start()
+        self._wake.set()
+        with self._state:
+            while self._unacked_points > points:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise errors.FlushTimeout(
+                        f"{self._unacked_points} points were not acked by "
+                        f"{self._describe_server()} within {timeout_s:g} s "
+                        f"(last error: {self._last_error or 'none'})"
+                    )
+                self._state.wait(remaining)
 
     def flush(self, timeout_s: float) -> None:
         """Send everything logged so far and wait until the server acked it."""

@@ -121,3 +121,11 @@ def test_ui_benchmark_smoke() -> None:
     assert len(timed) == 8
     assert all(r["ui_ms"] > 0 and r["http_floor_ms"] > 0 for r in timed), timed
     assert 0 < rows[-1]["uplots_live"] <= 300 and rows[-1]["heap_mib"] > 0
+
+
+def test_import_speed_benchmark_smoke() -> None:
+    rows = json_rows("import_speed.py", "--points", "20000", "--baseline-points", "5000")
+    assert [r["source"] for r in rows] == ["mlflow sqlite", "tensorboard"]
+    for row in rows:
+        assert row["stored"] == row["points"] == 20000 and row["ok"]
+        assert row["points_per_s"] > 0
