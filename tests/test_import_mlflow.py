@@ -84,16 +84,19 @@ def _import_and_compare(
     return ids
 
 
+@pytest.mark.timeout(300)  # several mlflow processes: slow on a loaded machine
 def test_file_store_round_trip(steppe_server: ServerProcess, tmp_path: Path) -> None:
     store = tmp_path / "mlruns"
     _import_and_compare(store.as_uri(), f"fs-{uuid.uuid4().hex[:8]}", steppe_server, tmp_path)
 
 
+@pytest.mark.timeout(300)  # several mlflow processes: slow on a loaded machine
 def test_sqlite_store_round_trip(steppe_server: ServerProcess, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     _import_and_compare(uri, f"db-{uuid.uuid4().hex[:8]}", steppe_server, tmp_path)
 
 
+@pytest.mark.timeout(300)  # several mlflow processes: slow on a loaded machine
 def test_postgresql_store_round_trip(steppe_server: ServerProcess, tmp_path: Path) -> None:
     pg = start_postgres()
     if pg is None:
@@ -104,6 +107,7 @@ def test_postgresql_store_round_trip(steppe_server: ServerProcess, tmp_path: Pat
         pg.stop()
 
 
+@pytest.mark.timeout(300)  # several mlflow processes: slow on a loaded machine
 def test_mlflow_server_round_trip(
     steppe_server: ServerProcess, mlflow_server: MlflowServer, tmp_path: Path
 ) -> None:
