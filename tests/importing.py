@@ -292,6 +292,7 @@ def start_mlflow_server(root: Path) -> MlflowServer:
 class Postgres:
     data: Path
     port: int
+    pg_ctl: str = "pg_ctl"
 
     @property
     def uri(self) -> str:
@@ -299,7 +300,7 @@ class Postgres:
 
     def stop(self) -> None:
         subprocess.run(
-            _as_postgres(["pg_ctl", "-D", str(self.data), "-m", "immediate", "stop"]),
+            _as_postgres([self.pg_ctl, "-D", str(self.data), "-m", "immediate", "stop"]),
             capture_output=True,
             timeout=60,
         )
@@ -315,7 +316,10 @@ def start_postgres() -> Postgres | None:
     """A throwaway PostgreSQL (initdb + pg_ctl) on a free loopback port, or None when the
     binaries (or psycopg) are not installed. Its folder is directly in the temp dir: the
     postgres user cannot traverse pytest's (0700) temp folders."""
-    if shutil.which("initdb") is None or shutil.which("pg_ctl") is None:
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)  # Debian's layout
+    search = os.pathsep.join([os.environ.get("PATH", ""), *map(str, bins)])
+    initdb, pg_ctl = shutil.which("initdb", path=search), shutil.which("pg_ctl", path=search)
+    if initdb is None or pg_ctl is None:
         return None
     try:
         import psycopg  # noqa: F401
@@ -329,7 +333,7 @@ def start_postgres() -> Postgres | None:
         shutil.chown(root, "postgres")
     data = root / "data"
     subprocess.run(
-        _as_postgres(["initdb", "-D", str(data), "-A", "trust", "-U", "postgres"]),
+        _as_postgres([initdb, "-D", str(data), "-A", "trust", "-U", "postgres"]),
         check=True,
         capture_output=True,
         timeout=120,
@@ -338,13 +342,13 @@ def start_postgres() -> Postgres | None:
     options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
     subprocess.run(
         _as_postgres(
-            ["pg_ctl", "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start"]
+            [pg_ctl, "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start"]
         ),
         check=True,
         capture_output=True,
         timeout=120,
     )
-    return Postgres(data, port)
+    return Postgres(data, port, pg_ctl)
 
 
 def finite(value: float) -> bool:
