@@ -4,7 +4,7 @@ One table (``LAUNCHERS``) names, per launcher, the variables for rank, local ran
 node rank and restart count, and ``job_key`` the variables that name the job. Pure functions
 of an environment mapping: no network, no torch import.
 
-    identity = detect(os.environ)      # WriterIdentity(rank=3, world_size=8, launcher="torchrun", ...)
+    identity = detect(os.environ)   # WriterIdentity(rank=3, world_size=8, launcher="torchrun")
     job_key(os.environ)                # "torchelastic:9f1c..." or None
 """
 
@@ -22,9 +22,12 @@ __all__ = [
     "LAUNCHERS",
     "Launcher",
     "WriterIdentity",
+    "current",
     "detect",
     "job_key",
+    "job_run_id",
     "nodes",
+    "writer_info",
     "writer_key",
 ]
 
@@ -213,13 +216,13 @@ def job_key(environ: Mapping[str, str] | None = None) -> str | None:
 RUN_ID_NAMESPACE = uuid.UUID("6c1f0d2e-53a4-4c8e-9b0e-7a5d2f6e1c30")
 
 
-def job_run_id(experiment_id: str, key: str, ordinal: int) -> str:
+def job_run_id(experiment: str, key: str, ordinal: int) -> str:
     """The run the ``ordinal``-th start_run (1, 2, ...) of each process of job ``key`` joins,
-    in this experiment: 32 hex digits, like MLflow's run ids."""
-    return uuid.uuid5(RUN_ID_NAMESPACE, f"{experiment_id}\n{key}\n{ordinal}").hex
+    in this experiment ("name:<name>" or "id:<id>"): 32 hex digits, like MLflow's run ids."""
+    return uuid.uuid5(RUN_ID_NAMESPACE, f"{experiment}\n{key}\n{ordinal}").hex
 
 
-_key_lock = threading.Lock()
+_key_lock = threading.RLock()
 _key: tuple[int, str] | None = None
 
 
@@ -230,3 +233,32 @@ def writer_key() -> str:
         if _key is None or _key[0] != os.getpid():
             _key = (os.getpid(), uuid.uuid4().hex)
         return _key[1]
+
+
+_current: WriterIdentity | None = None
+
+
+def current(refresh: bool = False) -> WriterIdentity:
+    """This process's identity, detected on first use (again with ``refresh``: launchers such
+    as Lightning set RANK only once training starts) and in a forked child."""
+    global _current
+    with _key_lock:
+        if refresh or _current is None or _current.pid != os.getpid():
+            _current = detect()
+        return _current
+
+
+def writer_info(identity: WriterIdentity | None = None) -> dict[str, Any]:
+    """The Writer message's fields for this process (JSON-able: journaled calls carry it)."""
+    ident = identity if identity is not None else current()
+    return {
+        "writer_key": writer_key(),
+        "host": ident.host,
+        "pid": ident.pid,
+        "rank": ident.rank,
+        "local_rank": ident.local_rank,
+        "world_size": ident.world_size,
+        "node_rank": ident.node_rank,
+        "attempt": ident.attempt,
+        "launcher": ident.launcher,
+    }
