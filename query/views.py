@@ -21,6 +21,7 @@ from steppe.ingest.catalog import Catalog, ExperimentRecord, RunRecord
 from steppe.ingest.layout import Snapshot
 from steppe.ingest.models_catalog import ModelRepository
 from steppe.ingest.sqlite_catalog import SqliteCatalog
+from steppe.query import ranks
 from steppe.query.reader import Reader
 from steppe.query.search import RunSearch, compile_search
 
@@ -193,6 +194,15 @@ class CatalogView:
             records={},
         )
 
+    def rank_index(self) -> ranks.RankIndex:
+        """Which runs several ranks wrote (steppe.query.ranks), from this view's tables."""
+        members = zip(
+            self.run_writers.column("run_id").to_pylist(),
+            self.run_writers.column("writer_id").to_pylist(),
+            strict=True,
+        )
+        return ranks.index_of(self.version, self.writers, list(members))
+
     def tables(self) -> dict[str, pa.Table]:
         return {
             "experiments": self.experiments,
@@ -360,7 +370,10 @@ def _search(
             "runs": view.runs,
             "params": view.params,
             "tags": view.tags,
-            "latest_metrics": snapshot.latest,
+            # Runs several ranks wrote filter and sort on what MLflow reads of them.
+            "latest_metrics": ranks.with_ranked_latest(
+                reader, snapshot, view.rank_index(), snapshot.latest
+            ),
         },
         time_limit_s=time_limit_s,
     )

@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -381,3 +383,60 @@ def test_real_torchrun_with_gloo(server: ServerProcess, broadcast: bool) -> None
         f"SELECT rank, count(*) AS n FROM metrics WHERE run_id = '{run_id}' GROUP BY 1 ORDER BY 1",
     )
     assert counts == [{"rank": 0, "n": 20}, {"rank": 1, "n": 20}]
+
+
+def test_mlflow_reads_a_multi_rank_run_as_the_mean_plus_per_rank_keys(
+    server: ServerProcess,
+) -> None:
+    """The real mlflow client: the bare key is the cross-rank mean per step, each rank's
+    series is ``<key>/rank_<n>``; a single-process run reads as logged."""
+    from mlflow import MlflowClient
+
+    job_id = uuid.uuid4().hex
+    args = ("--steps", "10", "--experiment", f"mlflow-reads-{job_id}")
+    ranks = [launch(torchrun_env(server, job_id, r, 3), *args) for r in range(3)]
+    (run_id,) = {e["run_id"] for rank in ranks for e in rank.finish() if e["event"] == "started"}
+    single = launch(clean_env(STEPPE_TRACKING_URI=server.http_url), *args).finish()
+    single_id = single[0]["run_id"]
+    mlflow_client = MlflowClient(server.http_url)
+    metrics = mlflow_client.get_run(run_id).data.metrics
+    # loss = step + rank, ranks 0..2, steps 0..9: the mean at step 9 is 10.
+    assert metrics == {
+        "loss": 10.0,
+        "loss/rank_0": 9.0,
+        "loss/rank_1": 10.0,
+        "loss/rank_2": 11.0,
+        "acc": 1.0,
+        "acc/rank_0": 0.0,
+        "acc/rank_1": 1.0,
+        "acc/rank_2": 2.0,
+    }
+    history = mlflow_client.get_metric_history(run_id, "loss")
+    assert sorted((m.step, m.value) for m in history) == [(s, s + 1.0) for s in range(10)]
+    rank2 = mlflow_client.get_metric_history(run_id, "loss/rank_2")
+    assert sorted((m.step, m.value) for m in rank2) == [(s, s + 2.0) for s in range(10)]
+    assert mlflow_client.get_run(single_id).data.metrics == {"loss": 9.0, "acc": 0.0}
+    experiment_id = mlflow_client.get_run(run_id).info.experiment_id
+    found = {r.info.run_id for r in mlflow_client.search_runs([experiment_id], "metrics.loss = 10")}
+    assert run_id in found and single_id not in found
+    found_rank = mlflow_client.search_runs([experiment_id], "metrics.`loss/rank_2` > 10.5")
+    assert [r.info.run_id for r in found_rank] == [run_id]
+    sampled = http_get(
+        server.http_url,
+        "/ajax-api/2.0/mlflow/metrics/get-history-bulk-interval",
+        run_ids=[run_id, single_id],
+        metric_key="loss",
+        max_results=5,
+    )
+    by_run: dict[str, list[tuple[int, float]]] = {}
+    for m in sampled["metrics"]:
+        by_run.setdefault(m["run_id"], []).append((m["step"], m["value"]))
+    assert all(value == step + 1.0 for step, value in by_run[run_id])
+    assert all(value == float(step) for step, value in by_run[single_id])
+    assert by_run[run_id][-1] == (9, 10.0) and len(by_run[run_id]) == 5
+
+
+def http_get(base: str, path: str, **query: Any) -> Any:
+    url = f"{base}{path}?{urllib.parse.urlencode(query, doseq=True)}"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
