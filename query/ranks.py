@@ -16,8 +16,8 @@ from __future__ import annotations
 import functools
 import re
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -29,12 +29,14 @@ from steppe.query.reader import TAIL, MetricSummary, Reader
 
 __all__ = [
     "RANK_KEY_RE",
+    "WRITERS_TABLE",
     "RankIndex",
     "history_source",
     "index_of",
     "latest_metrics",
     "latest_table",
     "rank_index",
+    "ranked_source",
     "split_key",
     "with_ranked_latest",
 ]
@@ -42,6 +44,8 @@ __all__ = [
 #: ``<key>/rank_<n>``: rank n's own series of a key in a multi-rank run.
 RANK_KEY_RE = re.compile(r"(?P<key>.+)/rank_(?P<rank>\d{1,9})")
 _WRITERS = "rank_writers"
+#: The name ranked sources read writers (writer_id, rank, attempt) under.
+WRITERS_TABLE = _WRITERS
 _WRITERS_SCHEMA = pa.schema(
     [("writer_id", pa.int32()), ("rank", pa.int32()), ("attempt", pa.int32())]
 )
@@ -54,6 +58,8 @@ class RankIndex:
     version: int
     multi: frozenset[str]
     writers: pa.Table
+    #: run_id -> the ranks of its writers, sorted (runs with ranked writers only)
+    ranks: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 _cache_lock = threading.Lock()
@@ -98,7 +104,8 @@ def index_of(version: int, writers: pa.Table, members: Sequence[tuple[str, int]]
         if rank is not None:
             by_run.setdefault(run_id, set()).add(rank)
     multi = frozenset(run_id for run_id, found in by_run.items() if len(found) > 1)
-    return RankIndex(version, multi, writers.select(_WRITERS_SCHEMA.names).cast(_WRITERS_SCHEMA))
+    table = writers.select(_WRITERS_SCHEMA.names).cast(_WRITERS_SCHEMA)
+    return RankIndex(version, multi, table, {r: tuple(sorted(f)) for r, f in by_run.items()})
 
 
 def split_key(key: str) -> tuple[str, int | None]:
@@ -169,6 +176,34 @@ def _run_list(run_ids: Sequence[str], params: dict[str, object]) -> str:
     return ", ".join(marks)
 
 
+#: How the ``rank`` of a ranked source combines ranks at a step (each rank's point there).
+ACROSS = {"mean": "avg(pt.value)", "min": "min(pt.value)", "max": "max(pt.value)"}
+
+
+def ranked_source(
+    snapshot: Snapshot, run_ids: Sequence[str], key: str, rank: int | str, prefix: str = "h"
+) -> tuple[str, dict[str, object]]:
+    """A SELECT of (run_id, step, timestamp, value) of ``key`` in these runs: one rank's
+    points (``rank`` an int; newest attempt per step), or across ranks per step ("mean",
+    "min", "max" of each rank's point there). Parameters are named with ``prefix``; register
+    ``writers_table`` under WRITERS_TABLE (Reader.query)."""
+    params: dict[str, object] = {f"{prefix}key": key}
+    marks = []
+    for i, run_id in enumerate(run_ids):
+        params[f"{prefix}r{i}"] = run_id
+        marks.append(f"${prefix}r{i}")
+    where = f"key = ${prefix}key AND run_id IN ({', '.join(marks)})"
+    if isinstance(rank, int):
+        params[f"{prefix}rank"] = rank
+        select = f'SELECT run_id, step, "timestamp", value FROM kept WHERE rank = ${prefix}rank'
+    else:
+        select = (
+            f'SELECT run_id, step, max(pt."timestamp") AS "timestamp", {ACROSS[rank]} AS value '
+            "FROM per_rank GROUP BY run_id, step"
+        )
+    return f"SELECT * FROM (WITH {_kept(snapshot, where)} {select})", params
+
+
 def history_source(
     snapshot: Snapshot, index: RankIndex, run_ids: Sequence[str], key: str
 ) -> tuple[str, dict[str, object], dict[str, pa.Table]]:
@@ -176,14 +211,7 @@ def history_source(
     MLflow reads them (the mean for a bare key, one rank's points for ``<key>/rank_<n>``),
     its parameters and the tables to register (Reader.query)."""
     base, rank = split_key(key)
-    params: dict[str, object] = {"hkey": base}
-    where = f"key = $hkey AND run_id IN ({_run_list(run_ids, params)})"
-    if rank is None:
-        select = 'SELECT run_id, step, "timestamp", value FROM mean'
-    else:
-        params["hrank"] = rank
-        select = 'SELECT run_id, step, "timestamp", value FROM kept WHERE rank = $hrank'
-    sql = f"SELECT * FROM (WITH {_kept(snapshot, where)} {select})"
+    sql, params = ranked_source(snapshot, run_ids, base, "mean" if rank is None else rank)
     return sql, params, {_WRITERS: index.writers}
 
 

@@ -440,3 +440,44 @@ def http_get(base: str, path: str, **query: Any) -> Any:
     url = f"{base}{path}?{urllib.parse.urlencode(query, doseq=True)}"
     with urllib.request.urlopen(url, timeout=30) as response:
         return json.loads(response.read())
+
+
+def http_post(base: str, path: str, body: Any) -> Any:
+    request = urllib.request.Request(
+        base + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_the_series_api_reads_one_rank_every_rank_or_across_ranks(server: ServerProcess) -> None:
+    job_id = uuid.uuid4().hex
+    ranks = [launch(torchrun_env(server, job_id, r, 2), "--steps", "30") for r in range(2)]
+    (run_id,) = {e["run_id"] for rank in ranks for e in rank.finish() if e["event"] == "started"}
+    path = "/api/steppe/v1/series"
+
+    def post(*ranked: object, buckets: int = 1000) -> list[dict[str, Any]]:
+        series = [{"run_id": run_id, "key": "loss", "rank": r} for r in ranked]
+        entries: list[dict[str, Any]] = http_post(
+            server.http_url, path, {"series": series, "buckets": buckets}
+        )["series"]
+        return entries
+
+    steps = list(range(30))
+    one, mean, low, high = post(1, "mean", "min", "max")
+    assert (one["rank"], one["bucketed"], one["x"]) == (1, False, steps)
+    assert one["value"] == [s + 1.0 for s in steps]
+    assert mean["rank"] == "mean" and mean["value"] == [s + 0.5 for s in steps]
+    assert low["value"] == [float(s) for s in steps]
+    assert high["value"] == [s + 1.0 for s in steps]
+    every = post("all")
+    assert [(e["rank"], e["value"][:2]) for e in every] == [(0, [0.0, 1.0]), (1, [1.0, 2.0])]
+    (bucketed,) = post("mean", buckets=5)  # 30 points > 2 x 5: bucketed like any series
+    assert bucketed["bucketed"] is True and len(bucketed["x"]) == 5
+    assert bucketed["min"][0] == 0.5 and bucketed["max"][-1] == 29.5
+    (plain,) = http_post(server.http_url, path, {"series": [{"run_id": run_id, "key": "loss"}]})[
+        "series"
+    ]
+    assert "rank" not in plain and len(plain["x"]) == 60  # every point, as logged
+    got = http_get(server.http_url, path, run_id=run_id, key="loss", rank="mean")
+    assert got["value"] == [s + 0.5 for s in steps]
