@@ -88,3 +88,12 @@ def test_autolog_benchmark_smoke() -> None:
     assert row["plain_fit_ms"] > 0 and row["autolog_fit_ms"] > 0
     # Autolog does real work inside fit (metrics, plots, uploads): it cannot be free.
     assert row["autolog_fit_ms"] > row["plain_fit_ms"]
+
+
+def test_ranks_benchmark_smoke() -> None:
+    rows = json_rows("ranks.py", "--smoke")
+    assert [(r["ranks"], r["runs"]) for r in rows] == [(2, 1), (2, 2), (3, 1), (3, 3)]
+    for row in rows:
+        assert row["stored"] == row["points"] > 0 and row["points_per_s"] > 0
+    shared = [r for r in rows if r["runs"] == 1]
+    assert all(r["status"] == "FINISHED" and r["vs_baseline"] > 0 for r in shared)
