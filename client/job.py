@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from steppe import errors, launcher
+from steppe import config, errors, launcher
 
 __all__ = ["JobRun", "resolve", "torch_group"]
 
@@ -83,6 +83,7 @@ def resolve(
     identity: launcher.WriterIdentity,
     tracking_uri: str | None,
     environ: Mapping[str, str] | None = None,
+    explicit_key: str | None = None,
 ) -> JobRun:
     """How this ``start_run`` (without a run id) finds its run; ``experiment`` names the
     experiment as the program did ("name:<name>" or "id:<id>"). Raises SteppeError for a
@@ -93,12 +94,14 @@ def resolve(
         raise errors.SteppeError(
             _MISSING_SERVER.format(nodes=launcher.nodes(identity), where=where)
         )
-    key = launcher.job_key(env)
-    explicit = bool(env.get("STEPPE_JOB_KEY", "").strip())
+    explicit = explicit_key if explicit_key is not None else config.job_key()
+    key = launcher.job_key(env, explicit)
     # A single process joins by key only when asked to, or under torchrun (whose run id is
     # new per launch, so a restart continues the run and a new launch makes a new one);
     # Slurm's job id alone would merge two scripts run one after the other in one job.
-    if key is not None and (identity.distributed or explicit or identity.launcher == "torchrun"):
+    if key is not None and (
+        identity.distributed or bool(explicit) or identity.launcher == "torchrun"
+    ):
         ordinal = _next_ordinal(key)
         return JobRun(launcher.job_run_id(experiment, key, ordinal), f"job key {key}")
     if torch_group() is not None:

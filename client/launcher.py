@@ -190,12 +190,12 @@ def nodes(identity: WriterIdentity) -> int:
     return 1
 
 
-def job_key(environ: Mapping[str, str] | None = None) -> str | None:
-    """What every process of one job shares and two jobs never do, or None: STEPPE_JOB_KEY,
-    else TORCHELASTIC_RUN_ID (unless empty, or torchrun's ``none`` for a multi-node launch
-    without --rdzv-id), else Slurm's job id (array job and task, step)."""
+def job_key(environ: Mapping[str, str] | None = None, explicit: str | None = None) -> str | None:
+    """What every process of one job shares and two jobs never do, or None: ``explicit``
+    (STEPPE_JOB_KEY, read by steppe.config), else TORCHELASTIC_RUN_ID (unless empty, or
+    torchrun's ``none`` for a multi-node launch without --rdzv-id), else Slurm's job id
+    (array job and task, step)."""
     env = os.environ if environ is None else environ
-    explicit = env.get("STEPPE_JOB_KEY", "").strip()
     if explicit:
         return f"key:{explicit}"
     elastic = env.get("TORCHELASTIC_RUN_ID", "").strip()

@@ -107,8 +107,9 @@ def test_unreadable_values_count_as_unset() -> None:
 
 
 def test_explicit_job_key_wins() -> None:
-    env = {"STEPPE_JOB_KEY": "sweep-7", "TORCHELASTIC_RUN_ID": "abc", "SLURM_JOB_ID": "1"}
-    assert launcher.job_key(env) == "key:sweep-7"
+    env = {"TORCHELASTIC_RUN_ID": "abc", "SLURM_JOB_ID": "1"}
+    assert launcher.job_key(env, explicit="sweep-7") == "key:sweep-7"
+    assert launcher.job_key(env) == "torchelastic:abc"
 
 
 def test_job_run_ids_are_deterministic_per_experiment_and_ordinal() -> None:

@@ -481,3 +481,14 @@ def test_the_series_api_reads_one_rank_every_rank_or_across_ranks(server: Server
     assert "rank" not in plain and len(plain["x"]) == 60  # every point, as logged
     got = http_get(server.http_url, path, run_id=run_id, key="loss", rank="mean")
     assert got["value"] == [s + 0.5 for s in steps]
+
+
+def test_steppe_job_key_joins_processes_no_launcher_started(server: ServerProcess) -> None:
+    key = uuid.uuid4().hex
+    env = clean_env(STEPPE_TRACKING_URI=server.http_url, STEPPE_JOB_KEY=key)
+    procs = [launch(env, "--steps", "3") for _ in range(2)]
+    run_ids = {e["run_id"] for p in procs for e in p.finish() if e["event"] == "started"}
+    assert len(run_ids) == 1
+    (run_id,) = run_ids
+    writers = sql(server, f"SELECT rank, status FROM writers WHERE run_id = '{run_id}'")
+    assert writers == [{"rank": None, "status": "FINISHED"}] * 2
