@@ -261,11 +261,8 @@ def start_run(
             if run_name:
                 validation.check_tag_value("run_name", run_name)
             exp_id = experiment_id if experiment_id is not None else _resolve_experiment_id(client)
-            shared = (
-                job.resolve(_experiment_ref_for(experiment_id), identity, client.tracking_uri)
-                if not nested and parent_run_id is None
-                else job.JobRun(None, "")
-            )
+            # Nested runs too: the n-th start_run of every rank meets the n-th of the others.
+            shared = job.resolve(_experiment_ref_for(experiment_id), identity, client.tracking_uri)
             new_id = shared.run_id or uuid.uuid4().hex
             if shared.broadcast and job.torch_group().get_rank() != 0:  # type: ignore[union-attr]
                 new_id = job.broadcast_run_id(None)  # rank 0 creates first: its name and tags

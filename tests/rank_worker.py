@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--status", default="FINISHED")
     parser.add_argument("--experiment", default="ranks")
     parser.add_argument("--torch", action="store_true", help="init torch.distributed (gloo)")
+    parser.add_argument("--nested", action="store_true", help="a nested run first")
     args = parser.parse_args()
     if args.torch:
         import torch.distributed as dist
@@ -48,6 +49,10 @@ def main() -> None:
         say(event="error", error=str(exc))
         raise SystemExit(3) from None
     say(event="started", run_id=run.info.run_id, rank=rank)
+    if args.nested:
+        with steppe.start_run(nested=True) as child:
+            steppe.log_metric("eval", float(rank), step=0)
+        say(event="nested", run_id=child.info.run_id)
     for item in args.param:
         key, _, value = item.partition("=")
         try:

@@ -492,3 +492,17 @@ def test_steppe_job_key_joins_processes_no_launcher_started(server: ServerProces
     (run_id,) = run_ids
     writers = sql(server, f"SELECT rank, status FROM writers WHERE run_id = '{run_id}'")
     assert writers == [{"rank": None, "status": "FINISHED"}] * 2
+
+
+def test_nested_runs_of_a_job_meet_too(server: ServerProcess) -> None:
+    job_id = uuid.uuid4().hex
+    ranks = [
+        launch(torchrun_env(server, job_id, r, 2), "--steps", "2", "--nested") for r in range(2)
+    ]
+    events = [e for rank in ranks for e in rank.finish()]
+    (parent,) = {e["run_id"] for e in events if e["event"] == "started"}
+    (nested,) = {e["run_id"] for e in events if e["event"] == "nested"}
+    assert nested != parent
+    child = client(server).get_run(nested)
+    assert child.data.tags["mlflow.parentRunId"] == parent and child.info.status == "FINISHED"
+    assert run_status(server, parent) == "FINISHED"
