@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -35,6 +36,19 @@ class Tiny(L.LightningModule):
         self.log("train_loss", loss, on_step=True, on_epoch=False)
         self.log(f"rank_{self.global_rank}_step", float(self.global_step), on_step=True)
         return loss
+
+    def on_train_end(self) -> None:
+        # The DDP test checks the host's system metrics: wait (with a deadline) until its
+        # sampler has logged once, so a fit shorter than the sampling interval on a loaded
+        # machine still leaves a sample. Only local rank 0 samples; the others return at once.
+        from steppe import system_metrics
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            samplers = [sampler for sampler, _ in system_metrics._running.values()]
+            if all(sampler.step > 0 for sampler in samplers):
+                return
+            time.sleep(0.02)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
