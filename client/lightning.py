@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from lightning.pytorch.loggers.logger import Logger
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only
 
 from steppe.integration import TrainingRun, flatten
 from steppe.tracking import Client
@@ -115,7 +115,7 @@ class SteppeLogger(Logger):  # type: ignore[misc,unused-ignore]  # Logger is Any
     ) -> None:
         """Log hyperparameters once, from rank 0 (the other ranks only join the run)."""
         self._run.join()
-        if rank_zero_only.rank != 0:
+        if getattr(rank_zero_only, "rank", 0) != 0:  # set by Lightning on every rank
             return
         raw = vars(params) if isinstance(params, Namespace) else dict(params)
         self._run.log_params(flatten(raw))
