@@ -83,6 +83,7 @@ class Sender:
         # first batch (so a resend or a spool replay carries it again) and as the metadata
         # of every call (the server counts an open call as the writer's heartbeat).
         self._writer = writer
+        self._writer_pb: wire.Writer | None = None
         self._held: set[str] = set()  # runs this process joined: keep a call open meanwhile
         self._last_batch_at = time.monotonic()  # or the stream id's creation
         # The gRPC stub, or steppe.transport.MemoryTransport in tests; called with True
@@ -233,7 +234,8 @@ class Sender:
         """The writer for the batch being numbered (hold ``_state``): on seq 1 only."""
         if self._seq != 1 or self._writer is None:
             return None
-        return wire.writer_to_pb(self._writer())
+        self._writer_pb = wire.writer_to_pb(self._writer())
+        return self._writer_pb
 
     def _call_metadata(self) -> tuple[tuple[str, str], ...]:
         if self._writer is None:

@@ -348,20 +348,6 @@ def test_offline_ranks_keep_their_identity_through_steppe_sync(
     assert run_status(server, run_id) == "FINISHED"
 
 
-def json_objects(text: str) -> list[dict[str, Any]]:
-    """Every JSON object in ``text``, even two processes' lines written into one another."""
-    decoder, found, at = json.JSONDecoder(), [], text.find("{")
-    while at >= 0:
-        try:
-            obj, end = decoder.raw_decode(text, at)
-        except json.JSONDecodeError:
-            at = text.find("{", at + 1)
-            continue
-        found.append(obj)
-        at = text.find("{", end)
-    return found
-
-
 def _torchrun() -> Sequence[str] | None:
     try:
         import torch.distributed.run  # noqa: F401
@@ -387,7 +373,7 @@ def test_real_torchrun_with_gloo(server: ServerProcess, broadcast: bool) -> None
         timeout=240,
     )
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
-    events = json_objects(done.stdout)  # both workers print to torchrun's one stdout
+    events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     (run_id,) = {e["run_id"] for e in events if e["event"] == "started"}
     assert run_status(server, run_id) == "FINISHED"
     writers = sql(server, f"SELECT rank, launcher FROM writers WHERE run_id = '{run_id}'")
