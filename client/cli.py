@@ -120,13 +120,6 @@ def _parser() -> argparse.ArgumentParser:
         "answered within min(20 s, this), freeing its stream (default 60)",
     )
     server.add_argument(
-        "--writer-timeout-s",
-        type=_positive_float,
-        default=120.0,
-        help="a writer (one rank of a job) without a live stream for this long is lost and "
-        "its run FAILED, unless another writer of its newest attempt still runs (default 120)",
-    )
-    server.add_argument(
         "--http-max-connections",
         type=_positive_int,
         default=256,
@@ -379,7 +372,6 @@ def _server_options(data_dir: Path, args: argparse.Namespace) -> ServerOptions:
         http_idle_timeout_s=args.http_idle_timeout_s,
         stream_retention_s=args.stream_retention_s,
         grpc_keepalive_s=args.grpc_keepalive_s,
-        writer_timeout_s=args.writer_timeout_s,
         http_max_connections=args.http_max_connections,
     )
 

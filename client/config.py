@@ -67,11 +67,6 @@ def take_run_id() -> str | None:
     return None
 
 
-def job_key() -> str | None:
-    """STEPPE_JOB_KEY: names a distributed job, so its processes join one run (steppe.job)."""
-    return (os.environ.get("STEPPE_JOB_KEY") or "").strip() or None
-
-
 def experiment_name() -> str | None:
     return os.environ.get("STEPPE_EXPERIMENT_NAME") or os.environ.get("MLFLOW_EXPERIMENT_NAME")
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from steppe import config, errors, http, launcher, wire
+from steppe import config, errors, http, wire
 from steppe.channel import open_channel
 from steppe.discovery import Endpoint, local_data_dir, resolve
 from steppe.journal import ResilientUnary, SpooledFiles, run_op
@@ -60,7 +60,6 @@ class Connection:
             max_inflight_bytes=config.max_inflight_bytes(),
             window=config.send_window_batches(),
             describe_server=lambda: f"the steppe server at {self.endpoint.http_url or spool_uri}",
-            writer=launcher.writer_info,
         )
         self.unary = ResilientUnary(
             self._direct, self.sender.journal, self.sender.ops_pending, offline

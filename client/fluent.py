@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
-from steppe import config, errors, job, launcher, system_metrics, validation
+from steppe import config, errors, system_metrics, validation
 from steppe.arrays import is_array
 from steppe.buffer import FIELDS
 from steppe.buffer import append_point as _append_point
@@ -29,10 +29,6 @@ _time_ns = time.time_ns
 
 _tracking_uri: str | None = None
 _experiment_id: str | None = None
-#: How the active experiment was named ("name:<name>" or "id:<id>"): a job's run id is
-#: derived from it, so a rank that set the experiment by name offline (its id unknown until
-#: `steppe sync`) derives the same run as a rank that was online.
-_experiment_ref: str | None = None
 _stack: list[ActiveRun] = []
 _last_run_id: str | None = None
 _state_lock = threading.RLock()
@@ -57,7 +53,7 @@ def set_experiment(
     experiment_name: str | None = None, experiment_id: str | None = None
 ) -> Experiment:
     """Make an experiment active for new runs, creating it by name if needed."""
-    global _experiment_id, _experiment_ref
+    global _experiment_id
     client = Client()
     if (experiment_name is None) == (experiment_id is None):
         raise errors.InvalidParameterValue(
@@ -73,9 +69,6 @@ def set_experiment(
             "experiment", exp.name, "cannot set a deleted experiment as the active experiment"
         )
     _experiment_id = exp.experiment_id
-    _experiment_ref = (
-        f"name:{experiment_name}" if experiment_name is not None else f"id:{exp.experiment_id}"
-    )
     return exp
 
 
@@ -95,19 +88,6 @@ def get_experiment_by_name(name: str) -> Experiment | None:
 
 def search_experiments() -> list[Experiment]:
     return Client().search_experiments()
-
-
-def _experiment_ref_for(experiment_id: str | None) -> str:
-    """What a job's run id is derived from: the experiment as the program named it."""
-    if experiment_id is not None:
-        return f"id:{experiment_id}"
-    if _experiment_ref is not None:
-        return _experiment_ref
-    if config.experiment_id():
-        return f"id:{config.experiment_id()}"
-    if config.experiment_name():
-        return f"name:{config.experiment_name()}"
-    return "id:0"
 
 
 def _resolve_experiment_id(client: Client) -> str:
@@ -216,10 +196,6 @@ def start_run(
     ``log_system_metrics=True`` (or MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING, or
     ``enable_system_metrics_logging()``) samples ``system/*`` metrics until ``end_run``.
 
-    In a distributed job every rank calls it and all join one run (steppe.job: the job key
-    of torchrun or Slurm, or torch.distributed); each rank is a writer of that run, and the
-    run ends when every writer has ended (README "Distributed training").
-
     Example::
 
         with steppe.start_run(run_name="baseline"):
@@ -236,13 +212,11 @@ def start_run(
             )
         client = Client()
         conn = connect(client.tracking_uri)
-        identity = launcher.current(refresh=True)
-        writer = launcher.writer_info(identity)
         if run_id is None:
             run_id = config.take_run_id()  # set by `mlflow run` or a launcher
         if run_id is not None:
             validation.check_run_id("run_id", run_id)
-            resumed = conn.unary.update_run(run_id, "RUNNING", None, run_name, writer)
+            resumed = conn.unary.update_run(run_id, "RUNNING", None, run_name)
             run = resumed or Run(
                 RunInfo(run_id, "", run_name or "", "RUNNING", now_ms(), None), RunData()
             )
@@ -256,21 +230,12 @@ def start_run(
             if run_name:
                 validation.check_tag_value("run_name", run_name)
             exp_id = experiment_id if experiment_id is not None else _resolve_experiment_id(client)
-            # Nested runs too: the n-th start_run of every rank meets the n-th of the others.
-            shared = job.resolve(_experiment_ref_for(experiment_id), identity, client.tracking_uri)
-            new_id = shared.run_id or uuid.uuid4().hex
-            if shared.broadcast and job.torch_group().get_rank() != 0:  # type: ignore[union-attr]
-                new_id = job.broadcast_run_id(None)  # rank 0 creates first: its name and tags
             run = client.create_run(
                 experiment_id=str(exp_id),
                 tags=all_tags,
                 run_name=run_name,
-                run_id=new_id,
-                writer=writer,
+                run_id=uuid.uuid4().hex,
             )
-            if shared.broadcast and job.torch_group().get_rank() == 0:  # type: ignore[union-attr]
-                job.broadcast_run_id(run.info.run_id)
-        conn.sender.hold(run.info.run_id)
         active = ActiveRun(run, client.tracking_uri)
         _stack.append(active)
         _last_run_id = run.info.run_id
@@ -305,11 +270,7 @@ def end_run(status: str = "FINISHED") -> None:
             return
         run = _stack.pop()
         system_metrics.stop(run.info.run_id)
-        client = Client(run._tracking_uri)
-        try:
-            client.set_terminated(run.info.run_id, status)
-        finally:
-            client._conn.sender.release(run.info.run_id)
+        Client(run._tracking_uri).set_terminated(run.info.run_id, status)
     _say_where(run)
 
 

@@ -35,7 +35,6 @@ class _CreateRunArgs(TypedDict):
     start_time: int
     tags: dict[str, str]
     user_id: str
-    writer: dict[str, Any] | None
 
 
 class _UpdateRunArgs(TypedDict):
@@ -43,7 +42,6 @@ class _UpdateRunArgs(TypedDict):
     status: str | None
     end_time: int | None
     run_name: str | None
-    writer: dict[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -171,9 +169,7 @@ class ResilientUnary:
         start_time: int,
         tags: Mapping[str, str] | None,
         user_id: str,
-        writer: dict[str, Any] | None = None,
     ) -> Run:
-        """Create (or get: idempotent on run_id) the run; ``writer`` joins it."""
         args: _CreateRunArgs = {
             "run_id": run_id,
             "experiment_id": experiment_id,
@@ -181,7 +177,6 @@ class ResilientUnary:
             "start_time": start_time,
             "tags": dict(tags or {}),
             "user_id": user_id,
-            "writer": writer,
         }
         if self._offline or self._pending():
             self._journal({"op": "create_run", "args": args})
@@ -201,20 +196,13 @@ class ResilientUnary:
         return Run(info, RunData(tags={"mlflow.runName": run_name, **(tags or {})}))
 
     def update_run(
-        self,
-        run_id: str,
-        status: str | None,
-        end_time: int | None,
-        run_name: str | None,
-        writer: dict[str, Any] | None = None,
+        self, run_id: str, status: str | None, end_time: int | None, run_name: str | None
     ) -> Run | None:
-        """``writer``: this process joins (RUNNING) or leaves (a final status) the run."""
         args: _UpdateRunArgs = {
             "run_id": run_id,
             "status": status,
             "end_time": end_time,
             "run_name": run_name,
-            "writer": writer,
         }
         if self._offline or self._pending():
             self._journal({"op": "update_run", "args": args})

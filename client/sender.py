@@ -72,19 +72,12 @@ class Sender:
         window: int = 32,
         describe_server: Callable[[], str] = lambda: "the steppe server",
         stream_id: str | None = None,
-        writer: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.buffer = PointBuffer()
         # A caller-chosen stream id (an import's: deterministic, so a re-run's batches are
         # the server's duplicates) is kept for good; our own ids rotate when idle.
         self._fixed_stream = stream_id is not None
         self.stream_id = stream_id if stream_id is not None else stream_ids.new_stream_id()
-        # Who this process is (steppe.launcher.writer_info): sent once per stream, on its
-        # first batch (so a resend or a spool replay carries it again) and as the metadata
-        # of every call (the server counts an open call as the writer's heartbeat).
-        self._writer = writer
-        self._writer_pb: wire.Writer | None = None
-        self._held: set[str] = set()  # runs this process joined: keep a call open meanwhile
         self._last_batch_at = time.monotonic()  # or the stream id's creation
         # The gRPC stub, or steppe.transport.MemoryTransport in tests; called with True
         # after a failure: it may point elsewhere now.
@@ -158,7 +151,6 @@ class Sender:
                     cols.step,
                     cols.timestamp_ms,
                     cols.value,
-                    self._first_batch_writer(),
                 )
                 self._add(batch)
 
@@ -189,7 +181,6 @@ class Sender:
                         step[8 * start : 8 * end],
                         timestamp_ms[8 * start : 8 * end],
                         value[8 * start : 8 * end],
-                        self._first_batch_writer(),
                     )
                     self._add(batch)
         self._wake.set()
@@ -223,36 +214,11 @@ class Sender:
                     step,
                     timestamp_ms,
                     value,
-                    self._first_batch_writer(),
                 )
                 self._add(batch)
                 seq = self._seq
         self._wake.set()
         return seq
-
-    def _first_batch_writer(self) -> wire.Writer | None:
-        """The writer for the batch being numbered (hold ``_state``): on seq 1 only."""
-        if self._seq != 1 or self._writer is None:
-            return None
-        self._writer_pb = wire.writer_to_pb(self._writer())
-        return self._writer_pb
-
-    def _call_metadata(self) -> tuple[tuple[str, str], ...]:
-        if self._writer is None:
-            return ()
-        return ((wire.WRITER_METADATA_KEY, str(self._writer()["writer_key"])),)
-
-    def hold(self, run_id: str) -> None:
-        """This process joined ``run_id``: keep a stream call open (the run's heartbeat) until
-        ``release``, even while nothing is logged."""
-        with self._state:
-            self._held.add(run_id)
-        self.start()
-        self._wake.set()
-
-    def release(self, run_id: str) -> None:
-        with self._state:
-            self._held.discard(run_id)
 
     def _rotate_if_idle(self) -> None:
         """Before a new batch (hold ``_state``): take a fresh stream id if nothing is unacked
@@ -425,7 +391,7 @@ class Sender:
                 break
             if self._offline:
                 continue  # everything stays in the spool for `steppe sync`
-            idle = not self._outbox and not self._ops and not self._held
+            idle = not self._outbox and not self._ops
             if stream is None and not idle and time.monotonic() >= retry_at:
                 stream = self._connect()
                 if stream is None:
@@ -458,12 +424,7 @@ class Sender:
             if self._ops and not self._replay_ops():
                 self._failures += 1
                 return None
-            metadata = self._call_metadata()
-            responses = (
-                stub.StreamMetrics(gen(), metadata=metadata)
-                if metadata
-                else stub.StreamMetrics(gen())
-            )
+            responses = stub.StreamMetrics(gen())
         except (grpc.RpcError, errors.ServerUnavailable) as exc:  # retried with backoff
             self._note_error(str(exc))
             self._failures += 1

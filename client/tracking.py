@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from steppe import config, launcher, validation
+from steppe import config, validation
 from steppe.buffer import FIELDS, append_point
 from steppe.connection import Connection, connect
 from steppe.entities import Experiment, FileInfo, Metric, Param, Run, RunTag, number
@@ -103,11 +103,7 @@ class Client(RegistryMixin, ManageMixin):
         tags: Mapping[str, Any] | None = None,
         run_name: str | None = None,
         run_id: str | None = None,
-        writer: dict[str, Any] | None = None,
     ) -> Run:
-        """Create a run; with a ``run_id`` that exists (in this experiment) get it as it is
-        (every rank of a job may create the job's run: the first creator's name and tags
-        stay). ``writer`` (steppe.launcher.writer_info) makes this process one of its writers."""
         clean_tags = _tags(tags)
         return self._conn.unary.create_run(
             run_id or uuid.uuid4().hex,
@@ -116,7 +112,6 @@ class Client(RegistryMixin, ManageMixin):
             start_time or now_ms(),
             dict(clean_tags),
             _user(),
-            writer,
         )
 
     def get_run(self, run_id: str) -> Run:
@@ -178,19 +173,10 @@ class Client(RegistryMixin, ManageMixin):
         after them: `steppe sync` (or the next run on this machine) delivers both."""
         conn = self._conn
         end = end_time or now_ms()
-        # As this process's writer: if it joined the run (start_run), only its part ends and
-        # the run ends with its last writer; otherwise the run ends as asked.
-        writer = launcher.writer_info()
         if conn.sender.wait_or_leave(config.flush_timeout_s()):
-            conn.unary.update_run(run_id, status, end, None, writer)
+            conn.unary.update_run(run_id, status, end, None)
             return
-        args = {
-            "run_id": run_id,
-            "status": status,
-            "end_time": end,
-            "run_name": None,
-            "writer": writer,
-        }
+        args = {"run_id": run_id, "status": status, "end_time": end, "run_name": None}
         conn.sender.journal({"op": "update_run", "args": args})
 
     # --- logging -----------------------------------------------------------------------

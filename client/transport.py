@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import struct
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,11 +31,7 @@ class Transport(Protocol):
     """A server's metric stream: serialized ``MetricBatch`` es in, cumulative acks out
     (``steppe.v1.Ingest/StreamMetrics``)."""
 
-    def StreamMetrics(
-        self,
-        request_iterator: Iterator[bytes],
-        metadata: Sequence[tuple[str, str]] | None = None,
-    ) -> Iterator[wire.StreamAck]: ...
+    def StreamMetrics(self, request_iterator: Iterator[bytes]) -> Iterator[wire.StreamAck]: ...
 
 
 class StreamBroken(grpc.RpcError):  # type: ignore[misc]  # grpc ships no types
@@ -70,9 +66,7 @@ class MemoryTransport:
     def __init__(self) -> None:
         self.points: list[StoredPoint] = []
         self.watermarks: dict[str, int] = {}
-        self.writers: dict[str, wire.Writer] = {}  # per stream id, from its first batch
         self.calls = 0
-        self.metadata: list[tuple[str, str]] = []  # of the latest call
         self.resent_batches = 0
         self._lock = threading.Lock()
         self._fault: _Fault | None = None
@@ -88,16 +82,11 @@ class MemoryTransport:
         with self._lock:
             self._down = down
 
-    def StreamMetrics(
-        self,
-        request_iterator: Iterator[bytes],
-        metadata: Sequence[tuple[str, str]] | None = None,
-    ) -> Iterator[wire.StreamAck]:
+    def StreamMetrics(self, request_iterator: Iterator[bytes]) -> Iterator[wire.StreamAck]:
         with self._lock:
             if self._down:
                 raise StreamBroken()
             self.calls += 1
-            self.metadata = list(metadata or ())
         return self._serve(request_iterator)
 
     def _serve(self, requests: Iterator[bytes]) -> Iterator[wire.StreamAck]:
@@ -111,8 +100,6 @@ class MemoryTransport:
                 if batch.seq <= mark:
                     self.resent_batches += 1
                 elif batch.seq == mark + 1:
-                    if batch.HasField("writer"):
-                        self.writers[batch.stream_id] = batch.writer
                     self.points.extend(_decode(batch))
                     self.watermarks[batch.stream_id] = mark = batch.seq
                 else:

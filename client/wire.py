@@ -8,7 +8,6 @@ from __future__ import annotations
 import sys
 from array import array
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import grpc
 
@@ -20,9 +19,6 @@ from steppe.v1 import steppe_pb2_grpc as pb_grpc
 IngestStub = pb_grpc.IngestStub
 MetricBatch = pb.MetricBatch
 StreamAck = pb.StreamAck
-Writer = pb.Writer
-#: Invocation metadata naming a metric stream's writer (its heartbeat on the server).
-WRITER_METADATA_KEY = "steppe-writer"
 
 _LITTLE = sys.byteorder == "little"
 
@@ -45,12 +41,6 @@ def _le(column: array | bytes) -> bytes:  # type: ignore[type-arg]
     return column.tobytes()
 
 
-def writer_to_pb(writer: Mapping[str, object]) -> pb.Writer:
-    """A Writer message from steppe.launcher.writer_info's fields (None: absent)."""
-    fields: dict[str, Any] = {k: v for k, v in writer.items() if v is not None}
-    return pb.Writer(**fields)
-
-
 def encode_batch(
     stream_id: str,
     seq: int,
@@ -61,10 +51,8 @@ def encode_batch(
     step: array | bytes,  # type: ignore[type-arg]
     timestamp_ms: array | bytes,  # type: ignore[type-arg]
     value: array | bytes,  # type: ignore[type-arg]
-    writer: pb.Writer | None = None,
 ) -> pb.MetricBatch:
-    """Columns are array('I'/'I'/'q'/'q'/'d') of one length; sent as little-endian bytes.
-    ``writer`` goes on a stream's first batch."""
+    """Columns are array('I'/'I'/'q'/'q'/'d') of one length; sent as little-endian bytes."""
     return pb.MetricBatch(
         stream_id=stream_id,
         seq=seq,
@@ -76,7 +64,6 @@ def encode_batch(
         step=_le(step),
         timestamp_ms=_le(timestamp_ms),
         value=_le(value),
-        writer=writer,
     )
 
 
@@ -180,7 +167,6 @@ class Unary:
         start_time: int,
         tags: Mapping[str, str] | None,
         user_id: str,
-        writer: Mapping[str, object] | None = None,
     ) -> Run:
         msg = self._call(
             "CreateRun",
@@ -191,7 +177,6 @@ class Unary:
                 start_time=start_time,
                 tags=_tags(tags),
                 user_id=user_id,
-                writer=writer_to_pb(writer) if writer else None,
             ),
         )
         return run_from_pb(msg)  # type: ignore[arg-type]
@@ -200,12 +185,7 @@ class Unary:
         return run_from_pb(self._call("GetRun", pb.GetRunRequest(run_id=run_id)))  # type: ignore[arg-type]
 
     def update_run(
-        self,
-        run_id: str,
-        status: str | None,
-        end_time: int | None,
-        run_name: str | None,
-        writer: Mapping[str, object] | None = None,
+        self, run_id: str, status: str | None, end_time: int | None, run_name: str | None
     ) -> Run:
         msg = self._call(
             "UpdateRun",
@@ -214,7 +194,6 @@ class Unary:
                 status=status_to_pb(status) if status else pb.RUN_STATUS_UNSPECIFIED,
                 end_time=end_time or 0,
                 run_name=run_name or "",
-                writer=writer_to_pb(writer) if writer else None,
             ),
         )
         return run_from_pb(msg)  # type: ignore[arg-type]

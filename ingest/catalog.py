@@ -1,14 +1,13 @@
-"""The catalog: experiments, runs, params, tags, writers and per-stream watermarks.
+"""The catalog: experiments, runs, params, tags and per-stream watermarks.
 
 ``Catalog`` is the seam (embedded SQLite today, PostgreSQL later), made of one small protocol
-per entity (ExperimentRepository, RunRepository, DatasetInputs, StreamWatermarks,
-WriterRepository); records are
+per entity (ExperimentRepository, RunRepository, DatasetInputs, StreamWatermarks); records are
 plain frozen dataclasses. It knows nothing of metrics points, gRPC or HTTP.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -55,47 +54,6 @@ class DatasetInputRecord:
     schema: str = ""
     profile: str = ""
     tags: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class WriterInfo:
-    """A writer's identity as a client sends it (steppe.launcher.WriterIdentity)."""
-
-    writer_key: str
-    host: str = ""
-    pid: int = 0
-    rank: int | None = None
-    local_rank: int | None = None
-    world_size: int | None = None
-    node_rank: int | None = None
-    attempt: int = 0
-    launcher: str = ""
-
-
-@dataclass(frozen=True)
-class WriterRecord(WriterInfo):
-    """A registered writer: ``writer_id`` is the small int stored beside its points."""
-
-    writer_id: int = 0
-    opened_ms: int = 0
-
-
-@dataclass(frozen=True)
-class RunWriterRecord:
-    """A writer's part in a run: RUNNING from its join, then FINISHED/FAILED/KILLED as it
-    ended, or LOST when it stopped heartbeating (see steppe.ingest.writers)."""
-
-    run_id: str
-    writer_id: int
-    status: str
-    opened_ms: int
-    ended_ms: int | None
-    last_seen_ms: int
-
-
-#: The rule turning a run's writers ((attempt, status) pairs) into the run's status; owned by
-#: steppe.ingest.writers and handed to the catalog, which applies it inside its transaction.
-RunStatusRule = Callable[[Sequence[tuple[int, str]]], str]
 
 
 class ExperimentRepository(Protocol):
@@ -212,60 +170,7 @@ class StreamWatermarks(Protocol):
         ...
 
 
-class WriterRepository(Protocol):
-    """Writers (one per client process), the streams they send, and their part in runs."""
-
-    def register_writer(self, info: WriterInfo) -> int:
-        """The writer id of ``info.writer_key``, registered on first sight; later sightings
-        only fill in what was unknown (a rank set after the first call)."""
-        ...
-
-    def map_stream(self, stream_id: str, writer_id: int) -> None:
-        """Points of ``stream_id`` belong to ``writer_id`` (the first mapping stays)."""
-        ...
-
-    def stream_writers(self) -> dict[str, int]: ...
-
-    def list_writers(self) -> list[WriterRecord]: ...
-
-    def list_run_writers(self) -> list[RunWriterRecord]: ...
-
-    def join_run(
-        self, run_id: str, writer_id: int, now_ms: int, rule: RunStatusRule, resume: bool = False
-    ) -> RunRecord:
-        """The writer takes part in the run (again); the run's status follows ``rule``. A
-        ``resume`` of an ended run starts its next generation: the writers of its earlier
-        life no longer count. A join without it (a job's ranks meeting) counts with them."""
-        ...
-
-    def end_run_writer(
-        self, run_id: str, writer_id: int, status: str, end_ms: int, rule: RunStatusRule
-    ) -> RunRecord | None:
-        """The writer ended with ``status``; the run's status follows ``rule``. None when the
-        writer never joined the run (the caller sets the run's status itself)."""
-        ...
-
-    def end_run_writers(self, run_id: str, status: str, end_ms: int) -> None:
-        """The run was ended as a whole: its running (or lost) writers end with it."""
-        ...
-
-    def reap_writers(
-        self, live: Collection[int], now_ms: int, lost_before_ms: int, rule: RunStatusRule
-    ) -> list[str]:
-        """Heartbeat pass: writers in ``live`` are seen now (a lost one runs again); a running
-        writer not live and last seen before ``lost_before_ms`` is LOST. Returns the runs
-        whose status changed."""
-        ...
-
-
-class Catalog(
-    ExperimentRepository,
-    RunRepository,
-    DatasetInputs,
-    StreamWatermarks,
-    WriterRepository,
-    Protocol,
-):
+class Catalog(ExperimentRepository, RunRepository, DatasetInputs, StreamWatermarks, Protocol):
     """Durable metadata store: the repositories above in one transactional store. Every write
     is committed before the method returns.
 

@@ -237,7 +237,7 @@ def summarize_points(points: pa.Table, *, series_sorted: bool = False) -> pa.Tab
 
 def points_as_latest(points: pa.Table) -> pa.Table:
     """Each point as a one-point summary (min/max null for NaN), in arrival order."""
-    points = points.select(METRICS_SCHEMA.names).cast(METRICS_SCHEMA)
+    points = points.cast(METRICS_SCHEMA)
     value = points["value"]
     not_nan = pc.if_else(pc.is_nan(value), pa.scalar(None, pa.float64()), value)
     ones = pa.repeat(pa.scalar(1, pa.int64()), points.num_rows)

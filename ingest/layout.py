@@ -27,14 +27,6 @@ METRICS_SCHEMA = pa.schema(
     ]
 )
 
-#: The writer (steppe.ingest.writers: one client process, its rank, host and attempt) that
-#: sent each point: a small int, NULL for points of no known writer (MLflow's REST API, data
-#: written before steppe knew writers). Stored after METRICS_SCHEMA's columns.
-WRITER_FIELD = pa.field("writer", pa.int32(), nullable=True)
-#: Columns of every metrics Parquet file and of the in-memory tail: a point and its writer.
-#: Files written before writers existed lack ``writer``; readers take it as NULL.
-STORED_METRICS_SCHEMA = METRICS_SCHEMA.append(WRITER_FIELD)
-
 #: Per (run_id, key) summary kept up to date as data arrives (MLflow's "latest":
 #: highest step, then newest timestamp; min/max ignore NaN; count counts every point).
 LATEST_SCHEMA = pa.schema(
@@ -134,7 +126,7 @@ class Snapshot:
     """A consistent view of all acked metrics at one instant.
 
     ``files`` are committed, immutable metrics files; ``tail`` holds the acked points not
-    yet in any of them (STORED_METRICS_SCHEMA); ``latest`` summarises files + tail per
+    yet in any of them (METRICS_SCHEMA); ``latest`` summarises files + tail per
     (run_id, key) (LATEST_SCHEMA). A point is in exactly one of files or tail.
     """
 

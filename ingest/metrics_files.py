@@ -22,8 +22,6 @@ from steppe.ingest import wire
 from steppe.ingest.layout import (
     METRICS_FILE_RE,
     METRICS_SCHEMA,
-    STORED_METRICS_SCHEMA,
-    WRITER_FIELD,
 )
 from steppe.ingest.wal import (
     fsync_dir,
@@ -39,9 +37,8 @@ ROW_GROUP_ROWS = 256 * 1024
 #: compressible sign/exponent bytes, so noisy float curves cost ~7.06 bytes/value instead
 #: of ~6.92 at 128k rows (measured on benchmarks/throughput.py's curves).
 PAGE_ROWS = 128 * 1024
-#: In-memory schema of tail chunks and of sorted flush output (see wire.DICT_METRICS_SCHEMA):
-#: a decoded batch plus its writer column.
-TAIL_SCHEMA = wire.DICT_METRICS_SCHEMA.append(WRITER_FIELD)
+#: In-memory schema of tail chunks and of sorted flush output (see wire.DICT_METRICS_SCHEMA).
+TAIL_SCHEMA = wire.DICT_METRICS_SCHEMA
 #: A row group's dictionary page holds the whole Arrow dictionary it is given; above this
 #: many entries the writer gets only the entries that row group uses.
 _COMPACT_DICTIONARY_ABOVE = 1024
@@ -50,7 +47,7 @@ _DENSE_SERIES_LIMIT = 4096
 _PARQUET_OPTIONS: dict[str, object] = {
     "compression": "zstd",
     "compression_level": 3,
-    "use_dictionary": ["run_id", "key", "writer"],
+    "use_dictionary": ["run_id", "key"],
     "column_encoding": {
         "step": "DELTA_BINARY_PACKED",
         "timestamp": "DELTA_BINARY_PACKED",
@@ -116,28 +113,10 @@ def commit_file(write: Callable[[Path], None], final: Path) -> None:
     fsync_dir(final.parent)
 
 
-def with_writer(table: pa.Table, writer_id: int | None) -> pa.Table:
-    """``table`` (a decoded batch: METRICS_SCHEMA columns, plain or dictionary-encoded) with
-    every point belonging to ``writer_id`` (None: no known writer). Costs one memset-like
-    buffer per batch, nothing per point."""
-    n = table.num_rows
-    if writer_id is None:
-        column = pa.nulls(n, pa.int32())
-    else:
-        data = pa.py_buffer(writer_id.to_bytes(4, "little", signed=True) * n)
-        column = pa.Array.from_buffers(pa.int32(), n, [None, data])
-    if WRITER_FIELD.name in table.column_names:
-        table = table.drop_columns([WRITER_FIELD.name])
-    return table.append_column(WRITER_FIELD, column)
-
-
 def as_dictionary_table(table: pa.Table) -> pa.Table:
-    """``table`` (METRICS_SCHEMA, STORED_METRICS_SCHEMA or TAIL_SCHEMA columns) with run_id and
-    key dictionary-encoded; a table without ``writer`` gets it as NULL."""
+    """``table`` (METRICS_SCHEMA or TAIL_SCHEMA columns) with run_id and key dictionary-encoded."""
     if table.schema.equals(TAIL_SCHEMA):
         return table
-    if WRITER_FIELD.name not in table.column_names:
-        table = with_writer(table, None)
     columns = []
     for target in TAIL_SCHEMA:
         column = table.column(target.name)
@@ -231,11 +210,10 @@ def sort_metrics(table: pa.Table) -> pa.Table:
     step = pa.chunked_array([b.column(2) for b in batches], pa.int64())
     timestamp = pa.chunked_array([b.column(3) for b in batches], pa.int64())
     value = pa.chunked_array([b.column(4) for b in batches], pa.float64())
-    writer = pa.chunked_array([b.column(5) for b in batches], pa.int32())
     if not _is_sorted(rank):
         perm = pc.sort_indices(rank)  # stable
         rank, step, timestamp = rank.take(perm), step.take(perm), timestamp.take(perm)
-        value, writer = value.take(perm), writer.take(perm)
+        value = value.take(perm)
     n = len(rank)
     same = pc.equal(rank.slice(1), rank.slice(0, n - 1)) if n > 1 else None
     if not in_step_order(step, timestamp, same):
@@ -244,7 +222,7 @@ def sort_metrics(table: pa.Table) -> pa.Table:
             sort_keys=[("rank", "ascending"), ("step", "ascending"), ("timestamp", "ascending")],
         )
         rank, step, timestamp = rank.take(perm), step.take(perm), timestamp.take(perm)
-        value, writer = value.take(perm), writer.take(perm)
+        value = value.take(perm)
     # One sorted dictionary per column; each rank points at its run's and key's entry.
     ranked = [names[series_id] for series_id in order]
     runs = sorted({r for r, _ in ranked})
@@ -260,7 +238,6 @@ def sort_metrics(table: pa.Table) -> pa.Table:
             step,
             timestamp,
             value,
-            writer,
         ],
         schema=TAIL_SCHEMA,
     )
@@ -306,14 +283,10 @@ def write_metrics_file(table: pa.Table, path: Path) -> None:
 
 
 def read_metrics_file(path: Path) -> pa.Table:
-    """A metrics file's points (METRICS_SCHEMA: without their writers)."""
-    return pq.read_table(path, columns=METRICS_SCHEMA.names).cast(METRICS_SCHEMA)
+    return pq.read_table(path, schema=METRICS_SCHEMA)
 
 
 def read_metrics_file_encoded(path: Path) -> pa.Table:
-    """A metrics file as TAIL_SCHEMA columns (the file's own dictionaries, no strings per row;
-    ``writer`` NULL in a file written before writers existed)."""
-    names = pq.read_schema(path).names
-    columns = [name for name in STORED_METRICS_SCHEMA.names if name in names]
-    table = pq.read_table(path, columns=columns, read_dictionary=["run_id", "key"])
+    """A metrics file as TAIL_SCHEMA columns (the file's own dictionaries, no strings per row)."""
+    table = pq.read_table(path, columns=METRICS_SCHEMA.names, read_dictionary=["run_id", "key"])
     return as_dictionary_table(table)

@@ -8,7 +8,6 @@ acked: undecodable or out-of-range records are logged and skipped.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from steppe.ingest.latest import (
     write_latest_file,
 )
 from steppe.ingest.layout import (
-    STORED_METRICS_SCHEMA,
+    METRICS_SCHEMA,
     DataDir,
 )
 from steppe.ingest.metrics_files import (
@@ -33,7 +32,6 @@ from steppe.ingest.metrics_files import (
     as_dictionary_table,
     read_metrics_file_encoded,
     temp_path,
-    with_writer,
 )
 from steppe.ingest.wal import (
     fsync_dir,
@@ -62,7 +60,7 @@ class Chunk:
     table: pa.Table
     watermarks: dict[str, int]
     summary: pa.Table
-    #: STORED_METRICS_SCHEMA copy made by the first snapshot that needs it (queries see strings).
+    #: METRICS_SCHEMA copy made by the first snapshot that needs it (queries see strings).
     expanded: pa.Table | None = None
     #: Memory held: the table, plus the expanded copy once made.
     nbytes: int = 0
@@ -72,7 +70,7 @@ class Chunk:
 
     def as_metrics(self) -> pa.Table:
         if self.expanded is None:
-            self.expanded = self.table.cast(STORED_METRICS_SCHEMA)
+            self.expanded = self.table.cast(METRICS_SCHEMA)
             self.nbytes += self.expanded.nbytes
         return self.expanded
 
@@ -155,12 +153,8 @@ def _storable_seq(stream_id: str, seq: object, where: str, warned: set[str]) -> 
     return False
 
 
-def recover(
-    data_dir: DataDir, catalog: StreamWatermarks, stream_writers: Mapping[str, int] | None = None
-) -> Recovered:
-    """Blocking recovery of the on-disk state (see MetricStore for the protocol).
-    ``stream_writers`` gives replayed points their writer (saved before their WAL append)."""
-    writers = stream_writers or {}
+def recover(data_dir: DataDir, catalog: StreamWatermarks) -> Recovered:
+    """Blocking recovery of the on-disk state (see MetricStore for the protocol)."""
     data_dir.metrics_dir.mkdir(parents=True, exist_ok=True)
     data_dir.wal_dir.mkdir(parents=True, exist_ok=True)
     temp_path(data_dir.latest_file).unlink(missing_ok=True)
@@ -215,8 +209,7 @@ def recover(
                 continue
             if _storable_seq(batch.stream_id, batch.seq, path.name, warned):
                 watermarks[batch.stream_id] = held[batch.stream_id] = batch.seq
-            table = with_writer(decoded.table, writers.get(batch.stream_id))
-            tables.append(as_dictionary_table(table))
+            tables.append(as_dictionary_table(decoded.table))
         if tables:
             table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
             recovered.chunks.append(Chunk(number, table, held, summarize_points(table)))

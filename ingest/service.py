@@ -27,7 +27,6 @@ from steppe.ingest.catalog import Catalog
 from steppe.ingest.compactor import Compactor
 from steppe.ingest.layout import DataDir
 from steppe.ingest.metrics import MetricRules
-from steppe.ingest.metrics_files import with_writer
 from steppe.ingest.sqlite_catalog import SqliteCatalog
 from steppe.ingest.store import (
     DEFAULT_STREAM_RETENTION_S,
@@ -38,14 +37,11 @@ from steppe.ingest.store import (
 )
 from steppe.ingest.tracking import ExperimentService, RunService
 from steppe.ingest.wal import WalFailed
-from steppe.ingest.writers import DEFAULT_WRITER_TIMEOUT_S, Liveness, WriterService
 
 __all__ = [
     "DEFAULT_KEEPALIVE_S",
-    "DEFAULT_WRITER_TIMEOUT_S",
     "HTTP_STREAM_ID",
     "MAX_INFLIGHT_BATCHES",
-    "WRITER_METADATA_KEY",
     "IngestServicer",
     "Ingestor",
 ]
@@ -59,9 +55,6 @@ _MAX_CACHED_KEYS = 100_000
 #: Its seq continues from the stored watermark after a restart, so no batch is ever dropped
 #: as a duplicate of an older one.
 HTTP_STREAM_ID = "steppe-server-http"
-#: Invocation metadata of a StreamMetrics call naming its writer's key: the call being open is
-#: the writer's heartbeat (see steppe.ingest.writers.Liveness).
-WRITER_METADATA_KEY = "steppe-writer"
 #: How often the server pings a connection it heard nothing from (see _keepalive_options).
 DEFAULT_KEEPALIVE_S = 60.0
 #: The client pings every 30 s (steppe.channel); pings closer together than this are
@@ -179,12 +172,6 @@ class _Session:
             # Already held (or in flight): ack it once everything before now is durable.
             return _Entry(seq, store.barrier())
         try:
-            writer = wire.batch_writer(batch)
-            if writer is not None and stream_id not in ingestor.stream_writers:
-                # Saved before the batch's WAL append, so a replay finds it (recovery).
-                ingestor.stream_writers[stream_id] = await asyncio.to_thread(
-                    ingestor.writers.register_stream, stream_id, writer
-                )
             decoded = wire.decode_metric_batch(batch)
             await ingestor.metrics.check(
                 run_ids=decoded.run_ids, keys=decoded.keys, table=decoded.table
@@ -194,9 +181,8 @@ class _Session:
         await store.wait_for_room()
         if seq <= store.watermark(stream_id):  # a resend on another call won the race
             return _Entry(seq, store.barrier())
-        table = with_writer(decoded.table, ingestor.stream_writers.get(stream_id))
         # The WAL record is the batch's bytes as received: parsed once, never re-serialized.
-        return _Entry(seq, store.append(stream_id, seq, table, received.raw))
+        return _Entry(seq, store.append(stream_id, seq, decoded.table, received.raw))
 
     def _check_protocol(self, stream_id: str, seq: int) -> None:
         """Refuse (end the call, ack nothing of the batch) what no ack could honestly cover:
@@ -308,7 +294,7 @@ class IngestServicer(wire.IngestServicerBase):
     def __init__(self, ingestor: Ingestor) -> None:
         self._ingestor = ingestor
         self._experiments = ExperimentService(ingestor.catalog)
-        self._runs = RunService(ingestor.catalog, ingestor.writers)
+        self._runs = RunService(ingestor.catalog)
 
     async def StreamMetrics(
         self, request_iterator: AsyncIterable[wire.ReceivedBatch], context: Any
@@ -319,18 +305,10 @@ class IngestServicer(wire.IngestServicerBase):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "steppe server is shutting down")
         session = _Session(ingestor, request_iterator)
         ingestor.sessions.add(session)
-        writer_key = next(
-            (v for k, v in (context.invocation_metadata() or ()) if k == WRITER_METADATA_KEY),
-            None,
-        )
-        if isinstance(writer_key, str):
-            ingestor.liveness.opened(writer_key)
         try:
             async for ack in session.run(context):
                 yield ack
         finally:
-            if isinstance(writer_key, str):
-                ingestor.liveness.closed(writer_key)
             ingestor.sessions.discard(session)
             ingestor.touch()
 
@@ -391,7 +369,6 @@ class IngestServicer(wire.IngestServicerBase):
             start_time=request.start_time,
             tags=[(tag.key, tag.value) for tag in request.tags],
             user_id=request.user_id,
-            writer=wire.request_writer(request),
         )
         return wire.run_to_pb(record)
 
@@ -410,7 +387,6 @@ class IngestServicer(wire.IngestServicerBase):
             status=wire.status_from_pb("status", request.status),
             end_time=request.end_time or None,
             run_name=request.run_name or None,
-            writer=wire.request_writer(request),
         )
         return wire.run_to_pb(record)
 
@@ -520,25 +496,17 @@ class Ingestor:
         compaction_min_files: int = 8,
         stream_retention_s: float = DEFAULT_STREAM_RETENTION_S,
         keepalive_s: float = DEFAULT_KEEPALIVE_S,
-        writer_timeout_s: float = DEFAULT_WRITER_TIMEOUT_S,
     ) -> None:
         self.data_dir = data_dir
         self._keepalive_ms = max(1, int(keepalive_s * 1000))
         data_dir.root.mkdir(parents=True, exist_ok=True)
         self.catalog: Catalog = SqliteCatalog(data_dir.catalog_file)
-        self.writers = WriterService(self.catalog)
-        #: stream id -> writer id, for every stream whose first batch named its writer.
-        self.stream_writers: dict[str, int] = {}
-        self.liveness = Liveness()
-        self.writer_timeout_s = writer_timeout_s
-        self._reaper: asyncio.Task[None] | None = None
         self.store = MetricStore(
             data_dir,
             self.catalog,
             flush_rows=flush_rows,
             flush_interval_s=flush_interval_s,
             stream_retention_s=stream_retention_s,
-            stream_writers=self.stream_writers,
         )
         self.compactor = Compactor(
             self.store,
@@ -579,7 +547,6 @@ class Ingestor:
         """
         if self._server is not None or self.closing:
             raise RuntimeError("Ingestor.start() may be called once")
-        self.stream_writers.update(await asyncio.to_thread(self.writers.load))
         await self.store.open()
         self.compactor.start()
         server = grpc.aio.server(
@@ -611,9 +578,6 @@ class Ingestor:
         self._expirer = asyncio.get_running_loop().create_task(
             self._expire_streams(), name="steppe-stream-expiry"
         )
-        self._reaper = asyncio.get_running_loop().create_task(
-            self._reap_writers(), name="steppe-writer-heartbeats"
-        )
         logger.info("ingest listening on %s:%d", host, bound)
         return bound
 
@@ -627,22 +591,6 @@ class Ingestor:
             except Exception:  # kept, retried next round: expiry is only housekeeping
                 logger.exception("expiring idle stream watermarks failed")
 
-    async def _reap_writers(self) -> None:
-        """Heartbeats: note the writers with a live stream, mark the silent ones lost (their
-        runs FAILED unless another writer of the newest attempt runs). After a start every
-        writer first gets one timeout to reconnect."""
-        timeout_s = self.writer_timeout_s
-        interval_s = max(0.1, min(timeout_s / 4, 15.0))
-        grace_until_ms = int(time.time() * 1000 + timeout_s * 1000)
-        while not self.closing:
-            await asyncio.sleep(interval_s)
-            try:
-                await asyncio.to_thread(
-                    self.writers.reap, self.liveness.live(), timeout_s, grace_until_ms
-                )
-            except Exception:  # kept, retried next round: a missed beat only delays a status
-                logger.exception("checking writer heartbeats failed")
-
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop accepting calls, ack in-flight batches and end streams with UNAVAILABLE,
         flush the tail to Parquet, close WAL and catalog. Idempotent."""
@@ -654,10 +602,9 @@ class Ingestor:
 
     async def _stop(self, grace_s: float) -> None:
         self.closing = True
-        for task in (self._expirer, self._reaper):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        if self._expirer is not None:
+            self._expirer.cancel()
+            await asyncio.gather(self._expirer, return_exceptions=True)
         for session in list(self.sessions):
             session.stop_reading()
         if self._server is not None:
@@ -705,7 +652,7 @@ class Ingestor:
         # dictionary-encodes it in first-appearance order, as the batch's dictionaries are).
         payload = wire.encode_metric_batch(HTTP_STREAM_ID, seq, table).SerializeToString()
         try:
-            durable = store.append(HTTP_STREAM_ID, seq, with_writer(table, None), payload)
+            durable = store.append(HTTP_STREAM_ID, seq, table, payload)
         except (WalFailed, StoreClosed) as exc:
             raise ServerUnavailable(f"cannot log points now: {exc}") from exc
         self._http_seq = seq

@@ -12,7 +12,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import cast
@@ -25,10 +25,6 @@ from steppe.ingest.catalog import (
     DatasetInputRecord,
     ExperimentRecord,
     RunRecord,
-    RunStatusRule,
-    RunWriterRecord,
-    WriterInfo,
-    WriterRecord,
 )
 from steppe.ingest.models_catalog import MODELS_SCHEMA, SqliteModelRepository
 
@@ -82,33 +78,6 @@ CREATE TABLE IF NOT EXISTS run_inputs (
     tags        TEXT NOT NULL,
     seq         INTEGER NOT NULL,
     PRIMARY KEY (run_id, name, digest)
-);
-CREATE TABLE IF NOT EXISTS writers (
-    writer_id  INTEGER PRIMARY KEY,
-    writer_key TEXT NOT NULL UNIQUE,
-    host       TEXT NOT NULL,
-    pid        INTEGER NOT NULL,
-    rank       INTEGER,
-    local_rank INTEGER,
-    world_size INTEGER,
-    node_rank  INTEGER,
-    attempt    INTEGER NOT NULL,
-    launcher   TEXT NOT NULL,
-    opened_ms  INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS writer_streams (
-    stream_id TEXT PRIMARY KEY,
-    writer_id INTEGER NOT NULL REFERENCES writers(writer_id)
-);
-CREATE TABLE IF NOT EXISTS run_writers (
-    run_id       TEXT NOT NULL REFERENCES runs(run_id),
-    writer_id    INTEGER NOT NULL REFERENCES writers(writer_id),
-    status       TEXT NOT NULL,
-    opened_ms    INTEGER NOT NULL,
-    ended_ms     INTEGER,
-    last_seen_ms INTEGER NOT NULL,
-    generation   INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (run_id, writer_id)
 );
 CREATE TABLE IF NOT EXISTS stream_watermarks (
     stream_id TEXT PRIMARY KEY,
@@ -676,176 +645,3 @@ class SqliteCatalog:
             db.executemany(
                 "DELETE FROM stream_watermarks WHERE stream_id = ?", [(s,) for s in stream_ids]
             )
-
-    # writers -----------------------------------------------------------------------
-
-    def register_writer(self, info: WriterInfo) -> int:
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO writers (writer_key, host, pid, rank, local_rank, world_size, "
-                "node_rank, attempt, launcher, opened_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(writer_key) DO UPDATE SET rank = COALESCE(rank, excluded.rank), "
-                "local_rank = COALESCE(local_rank, excluded.local_rank), "
-                "world_size = COALESCE(world_size, excluded.world_size), "
-                "node_rank = COALESCE(node_rank, excluded.node_rank)",
-                (
-                    info.writer_key,
-                    info.host,
-                    info.pid,
-                    info.rank,
-                    info.local_rank,
-                    info.world_size,
-                    info.node_rank,
-                    info.attempt,
-                    info.launcher,
-                    _now_ms(),
-                ),
-            )
-            row = db.execute(
-                "SELECT writer_id FROM writers WHERE writer_key = ?", (info.writer_key,)
-            ).fetchone()
-        return int(row[0])
-
-    def map_stream(self, stream_id: str, writer_id: int) -> None:
-        with self._tx() as db:
-            db.execute("INSERT OR IGNORE INTO writer_streams VALUES (?, ?)", (stream_id, writer_id))
-
-    def stream_writers(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._db.execute("SELECT stream_id, writer_id FROM writer_streams"))
-
-    def list_writers(self) -> list[WriterRecord]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT writer_key, host, pid, rank, local_rank, world_size, node_rank, "
-                "attempt, launcher, writer_id, opened_ms FROM writers ORDER BY writer_id"
-            ).fetchall()
-        return [WriterRecord(*row) for row in rows]
-
-    def list_run_writers(self) -> list[RunWriterRecord]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT run_id, writer_id, status, opened_ms, ended_ms, last_seen_ms "
-                "FROM run_writers ORDER BY run_id, writer_id"
-            ).fetchall()
-        return [RunWriterRecord(*row) for row in rows]
-
-    def _require_run(self, db: sqlite3.Connection, run_id: str) -> None:
-        if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
-            raise ResourceDoesNotExist(f"Run with id={run_id!r} not found")
-
-    def _settle_run(self, db: sqlite3.Connection, run_id: str, rule: RunStatusRule) -> bool:
-        """Apply ``rule`` to the run's writers; True if the run's status changed."""
-        # Only the newest generation counts: a writer joining an ended run (a resume) starts
-        # one, so the writers of the earlier life of the run no longer decide its status.
-        members = db.execute(
-            "SELECT w.attempt, rw.status, rw.ended_ms FROM run_writers rw "
-            "JOIN writers w USING (writer_id) WHERE rw.run_id = ? AND rw.generation = "
-            "(SELECT max(generation) FROM run_writers WHERE run_id = ?)",
-            (run_id, run_id),
-        ).fetchall()
-        if not members:
-            return False
-        status = rule([(int(attempt), str(state)) for attempt, state, _ in members])
-        current = db.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        if current is None or current[0] == status:
-            return False
-        if status == "RUNNING":
-            db.execute(
-                "UPDATE runs SET status = 'RUNNING', end_time = NULL WHERE run_id = ?", (run_id,)
-            )
-        else:
-            newest = max(int(attempt) for attempt, _, _ in members)
-            end = max(
-                (int(e) for a, _, e in members if int(a) == newest and e is not None),
-                default=_now_ms(),
-            )
-            db.execute(
-                "UPDATE runs SET status = ?, end_time = ? WHERE run_id = ?", (status, end, run_id)
-            )
-        return True
-
-    def join_run(
-        self, run_id: str, writer_id: int, now_ms: int, rule: RunStatusRule, resume: bool = False
-    ) -> RunRecord:
-        with self._tx() as db:
-            self._require_run(db, run_id)
-            row = db.execute(
-                "SELECT r.status, max(rw.generation) FROM runs r "
-                "LEFT JOIN run_writers rw USING (run_id) WHERE r.run_id = ?",
-                (run_id,),
-            ).fetchone()
-            generation = 0 if row[1] is None else int(row[1])
-            if resume and row[1] is not None and row[0] != "RUNNING":
-                generation += 1  # a resume of an ended run opens its next life
-            db.execute(
-                "INSERT INTO run_writers VALUES (?, ?, 'RUNNING', ?, NULL, ?, ?) "
-                "ON CONFLICT(run_id, writer_id) DO UPDATE SET status = 'RUNNING', "
-                "ended_ms = NULL, last_seen_ms = excluded.last_seen_ms, "
-                "generation = excluded.generation",
-                (run_id, writer_id, now_ms, now_ms, generation),
-            )
-            self._settle_run(db, run_id, rule)
-        return self.get_run(run_id)
-
-    def end_run_writer(
-        self, run_id: str, writer_id: int, status: str, end_ms: int, rule: RunStatusRule
-    ) -> RunRecord | None:
-        with self._tx() as db:
-            self._require_run(db, run_id)
-            cur = db.execute(
-                "UPDATE run_writers SET status = ?, ended_ms = ?, last_seen_ms = ? "
-                "WHERE run_id = ? AND writer_id = ?",
-                (status, end_ms, end_ms, run_id, writer_id),
-            )
-            if cur.rowcount == 0:
-                return None
-            self._settle_run(db, run_id, rule)
-        return self.get_run(run_id)
-
-    def end_run_writers(self, run_id: str, status: str, end_ms: int) -> None:
-        with self._tx() as db:
-            db.execute(
-                "UPDATE run_writers SET status = ?, ended_ms = ? "
-                "WHERE run_id = ? AND status IN ('RUNNING', 'LOST')",
-                (status, end_ms, run_id),
-            )
-
-    def reap_writers(
-        self, live: Collection[int], now_ms: int, lost_before_ms: int, rule: RunStatusRule
-    ) -> list[str]:
-        live_ids = sorted(set(live))
-        marks = ",".join("?" * len(live_ids))
-        not_live = f" AND writer_id NOT IN ({marks})" if live_ids else ""
-        with self._tx() as db:
-            touched: set[str] = set()
-            if live_ids:
-                revived = db.execute(
-                    "SELECT run_id FROM run_writers WHERE status = 'LOST' "
-                    f"AND writer_id IN ({marks})",
-                    live_ids,
-                ).fetchall()
-                db.execute(
-                    "UPDATE run_writers SET status = 'RUNNING', ended_ms = NULL "
-                    f"WHERE status = 'LOST' AND writer_id IN ({marks})",
-                    live_ids,
-                )
-                db.execute(
-                    "UPDATE run_writers SET last_seen_ms = ? "
-                    f"WHERE status = 'RUNNING' AND writer_id IN ({marks})",
-                    [now_ms, *live_ids],
-                )
-                touched.update(row[0] for row in revived)
-            lost = db.execute(
-                "SELECT run_id FROM run_writers WHERE status = 'RUNNING' "
-                f"AND last_seen_ms < ?{not_live}",
-                [lost_before_ms, *live_ids],
-            ).fetchall()
-            db.execute(
-                "UPDATE run_writers SET status = 'LOST', ended_ms = last_seen_ms "
-                f"WHERE status = 'RUNNING' AND last_seen_ms < ?{not_live}",
-                [lost_before_ms, *live_ids],
-            )
-            touched.update(row[0] for row in lost)
-            changed = [run_id for run_id in sorted(touched) if self._settle_run(db, run_id, rule)]
-        return changed

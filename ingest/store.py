@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -34,7 +34,7 @@ from steppe.ingest.latest import (
     write_latest_file,
 )
 from steppe.ingest.layout import (
-    STORED_METRICS_SCHEMA,
+    METRICS_SCHEMA,
     DataDir,
     Snapshot,
     metrics_file_name,
@@ -152,12 +152,8 @@ class MetricStore:
         max_tail_rows: int | None = None,
         max_tail_bytes: int = MAX_TAIL_BYTES,
         stream_retention_s: float = DEFAULT_STREAM_RETENTION_S,
-        stream_writers: Mapping[str, int] | None = None,
     ) -> None:
         self._dir = data_dir
-        #: stream id -> writer id (the catalog's, kept by the servicer): what WAL replay
-        #: gives each recovered batch's points.
-        self._stream_writers = stream_writers if stream_writers is not None else {}
         self._retention_ms = int(stream_retention_s * 1000)
         self._catalog = catalog
         self._flush_rows = flush_rows
@@ -204,7 +200,7 @@ class MetricStore:
         """Recover files, latest, watermarks and the WAL tail; start the periodic flusher."""
         if self._state != "new":
             raise StoreClosed(f"store is {self._state}")
-        recovered = await asyncio.to_thread(recover, self._dir, self._catalog, self._stream_writers)
+        recovered = await asyncio.to_thread(recover, self._dir, self._catalog)
         self._parts = recovered.parts
         self._latest_flushed = recovered.latest_flushed
         self._latest_segment = recovered.latest_segment
@@ -437,7 +433,7 @@ class MetricStore:
                 expanded.append(chunk.as_metrics())
                 self._tail_bytes += chunk.nbytes - before
             self._tail_cache = (
-                pa.concat_tables(expanded) if expanded else STORED_METRICS_SCHEMA.empty_table()
+                pa.concat_tables(expanded) if expanded else METRICS_SCHEMA.empty_table()
             )
             if self._flush_due():
                 self._flush_wanted.set()

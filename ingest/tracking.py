@@ -42,9 +42,7 @@ from steppe.ingest.catalog import (
     Catalog,
     ExperimentRecord,
     RunRecord,
-    WriterInfo,
 )
-from steppe.ingest.writers import TERMINAL, WriterService
 from steppe.validation import (
     MAX_EXPERIMENT_TAG_VAL_LENGTH,
     check_experiment_id,
@@ -182,10 +180,6 @@ class RunService:
     """Runs and their params and tags. Every write but create and restore needs an active
     run (MLflow's _check_run_is_active): a deleted run answers INVALID_PARAMETER_VALUE.
 
-    A run may have writers (the processes of a distributed job, steppe.ingest.writers): a
-    create or resume with a writer joins it, an end with a writer that joined ends only
-    that writer (the run ends when all have), an end without one ends the run and them.
-
     Example::
 
         runs = RunService(catalog)
@@ -193,9 +187,8 @@ class RunService:
         runs.log_params(run.run_id, [("lr", "0.1")])
     """
 
-    def __init__(self, catalog: Catalog, writers: WriterService | None = None) -> None:
+    def __init__(self, catalog: Catalog) -> None:
         self._catalog = catalog
-        self.writers = writers if writers is not None else WriterService(catalog)
 
     def active(self, run_id: object) -> RunRecord:
         """The run, which must exist (404) and be active (400), as MLflow checks before writes."""
@@ -217,10 +210,7 @@ class RunService:
         tags: Sequence[tuple[object, str]],
         user_id: str,
         run_id: str = "",
-        writer: WriterInfo | None = None,
     ) -> RunRecord:
-        """Get or create (idempotent on run_id: an existing run of the experiment is returned
-        as it is, its creator's name and tags kept); ``writer`` joins it."""
         run_id = check_run_id("run_id", run_id or uuid.uuid4().hex)
         experiment_id = check_experiment_id("experiment_id", experiment_id or DEFAULT_EXPERIMENT_ID)
         start = check_timestamp("start_time", start_time if start_time else _now_ms())
@@ -233,38 +223,19 @@ class RunService:
                 f"both run_name and the {RUN_NAME_TAG} tag are given, with different values "
                 f"(tag: {tag_name!r})",
             )
-        record = self._catalog.create_run(
+        return self._catalog.create_run(
             run_id, experiment_id, run_name or tag_name or "", start, checked, user_id
         )
-        if writer is not None and record.lifecycle_stage == "active":
-            record = self.writers.join(record.run_id, writer)
-        return record
 
     def get(self, run_id: object) -> RunRecord:
         return self._catalog.get_run(check_run_id("run_id", run_id))
 
     def update(
-        self,
-        run_id: object,
-        *,
-        status: str | None,
-        end_time: int | None,
-        run_name: str | None,
-        writer: WriterInfo | None = None,
+        self, run_id: object, *, status: str | None, end_time: int | None, run_name: str | None
     ) -> RunRecord:
         run = self.active(run_id)
         end = check_timestamp("end_time", end_time) if end_time is not None else None
-        if run_name:
-            run = self._catalog.update_run(run.run_id, run_name=run_name)
-        if writer is not None and status == "RUNNING":
-            return self.writers.join(run.run_id, writer, resume=True)
-        if writer is not None and status in TERMINAL:
-            ended = self.writers.end(run.run_id, writer, status, end or _now_ms())
-            if ended is not None:
-                return ended
-        if status in TERMINAL:
-            self.writers.end_all(run.run_id, status, end or _now_ms())
-        return self._catalog.update_run(run.run_id, status=status, end_time=end)
+        return self._catalog.update_run(run.run_id, status=status, end_time=end, run_name=run_name)
 
     def delete(self, run_id: object) -> None:
         self._catalog.delete_run(check_run_id("run_id", run_id))

@@ -21,7 +21,7 @@ from steppe.errors import (
     SteppeError,
     grpc_status_name,
 )
-from steppe.ingest.catalog import RUN_STATUSES, ExperimentRecord, RunRecord, WriterInfo
+from steppe.ingest.catalog import RUN_STATUSES, ExperimentRecord, RunRecord
 from steppe.ingest.layout import METRICS_SCHEMA
 from steppe.v1 import steppe_pb2 as pb
 from steppe.v1 import steppe_pb2_grpc as pb_grpc
@@ -53,19 +53,16 @@ __all__ = [
     "UpdateRunRequest",
     "add_servicer",
     "batch_position",
-    "batch_writer",
     "decode_metric_batch",
     "encode_metric_batch",
     "experiment_to_pb",
     "grpc_error",
     "parse_metric_batch",
     "rejection",
-    "request_writer",
     "run_to_pb",
     "status_from_pb",
     "status_to_pb",
     "stream_ack",
-    "writer_from_pb",
 ]
 
 #: Trailing-metadata key carrying MLflow's ``error_code`` string on a failed unary call.
@@ -298,7 +295,7 @@ def _le_bytes(column: pa.Array | pa.ChunkedArray, arrow_type: pa.DataType) -> by
 def encode_metric_batch(stream_id: str, seq: int, table: pa.Table) -> pb.MetricBatch:
     """The inverse of decode_metric_batch for a METRICS_SCHEMA (or DICT_METRICS_SCHEMA)
     table (tests, tools)."""
-    table = table.select(METRICS_SCHEMA.names).cast(METRICS_SCHEMA).combine_chunks()
+    table = table.cast(METRICS_SCHEMA).combine_chunks()
     runs = pc.dictionary_encode(table["run_id"]).combine_chunks()
     keys = pc.dictionary_encode(table["key"]).combine_chunks()
     return pb.MetricBatch(
@@ -313,31 +310,6 @@ def encode_metric_batch(stream_id: str, seq: int, table: pa.Table) -> pb.MetricB
         timestamp_ms=_le_bytes(table["timestamp"], pa.int64()),
         value=_le_bytes(table["value"], pa.float64()),
     )
-
-
-def writer_from_pb(msg: pb.Writer) -> WriterInfo:
-    """The identity a Writer message carries (absent optional fields are None)."""
-    return WriterInfo(
-        writer_key=msg.writer_key,
-        host=msg.host,
-        pid=msg.pid,
-        rank=msg.rank if msg.HasField("rank") else None,
-        local_rank=msg.local_rank if msg.HasField("local_rank") else None,
-        world_size=msg.world_size if msg.HasField("world_size") else None,
-        node_rank=msg.node_rank if msg.HasField("node_rank") else None,
-        attempt=msg.attempt,
-        launcher=msg.launcher,
-    )
-
-
-def batch_writer(batch: pb.MetricBatch) -> WriterInfo | None:
-    """The writer a batch names (a stream's first batch does), or None."""
-    return writer_from_pb(batch.writer) if batch.HasField("writer") else None
-
-
-def request_writer(request: pb.CreateRunRequest | pb.UpdateRunRequest) -> WriterInfo | None:
-    """The writer joining or ending a run, or None (a call not made by a writer)."""
-    return writer_from_pb(request.writer) if request.HasField("writer") else None
 
 
 def batch_position(payload: bytes) -> tuple[str, int]:

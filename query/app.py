@@ -27,7 +27,6 @@ from steppe.errors import (
 )
 from steppe.ingest.catalog import Catalog, RunRecord
 from steppe.ingest.layout import Snapshot, SnapshotSource
-from steppe.query import ranks
 from steppe.query.artifacts import ArtifactStore, add_artifact_routes
 from steppe.query.context import (
     API_PREFIX,
@@ -379,11 +378,8 @@ async def _metric_history(request: web.Request) -> web.Response:
 async def _series(request: web.Request) -> web.Response:
     def document(snapshot: Snapshot, catalog: Catalog, reader: Reader, ask: SeriesRequest) -> bytes:
         _require_run(catalog, ask.run_id)
-        key = SeriesKey(ask.run_id, ask.key, ask.rank)
-        writers = ranks.rank_index(catalog).writers if ask.rank is not None else None
-        found = multi_series(
-            reader, snapshot, [key], ask.buckets, x_min=ask.x_min, x_max=ask.x_max, writers=writers
-        )
+        key = SeriesKey(ask.run_id, ask.key)
+        found = multi_series(reader, snapshot, [key], ask.buckets, x_min=ask.x_min, x_max=ask.x_max)
         series = found.series[0]
         table = series.table
         out: dict[str, object] = {
@@ -411,33 +407,15 @@ async def _multi_series(request: web.Request) -> web.Response:
     ) -> bytes:
         for run_id in dict.fromkeys(s.run_id for s in ask.series):
             _require_run(catalog, run_id)
-        series = ask.series
-        writers = None
-        if any(s.rank is not None for s in series):
-            index = ranks.rank_index(catalog)
-            writers = index.writers
-            # "all": one series per rank of the run, in rank order (steppe.query.ranks).
-            series = [
-                expanded
-                for s in series
-                for expanded in (
-                    [SeriesKey(s.run_id, s.key, r) for r in index.ranks.get(s.run_id, ())]
-                    if s.rank == "all"
-                    else [s]
-                )
-            ]
-            if not series:
-                return dumps({"x": ask.x, "aggregate": None, "series": []})
         result: MultiSeries = multi_series(
             reader,
             snapshot,
-            series,
+            ask.series,
             ask.buckets,
             x=ask.x,
             x_min=ask.x_min,
             x_max=ask.x_max,
             aggregate=ask.aggregate,
-            writers=writers,
         )
         return dumps(
             {

@@ -89,8 +89,6 @@ def series_json(data: SeriesData) -> dict[str, object]:
         "bucketed": data.bucketed,
         "x": table.column("x").to_pylist(),
     }
-    if data.series is not None and data.series.rank is not None:
-        out["rank"] = data.series.rank
     names = ("min", "max", "first", "last", "mean") if data.bucketed else ("value",)
     for name in names:
         out[name] = float_list(table.column(name))

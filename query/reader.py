@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from steppe.ingest.layout import LATEST_SCHEMA, STORED_METRICS_SCHEMA, DataDir, Snapshot
+from steppe.ingest.layout import LATEST_SCHEMA, METRICS_SCHEMA, DataDir, Snapshot
 
 __all__ = [
     "NO_POINTS",
@@ -409,7 +409,7 @@ class DirectorySnapshot:
         files = tuple(self._dir.metrics_files())
         with self._lock:
             latest = self._latest(files)
-        return Snapshot(files=files, tail=STORED_METRICS_SCHEMA.empty_table(), latest=latest)
+        return Snapshot(files=files, tail=METRICS_SCHEMA.empty_table(), latest=latest)
 
     def _latest(self, files: tuple[Path, ...]) -> pa.Table:
         stamps = tuple((path.name, path.stat().st_mtime_ns) for path in files)

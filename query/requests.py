@@ -99,28 +99,6 @@ class SeriesRequest:
     buckets: int
     x_min: int | None
     x_max: int | None
-    rank: int | str | None = None
-
-
-#: What a series' ``rank`` may be: a rank (int >= 0), every rank as its own series ("all"),
-#: or across ranks per step ("mean", "min", "max"); absent or null: every point as logged.
-RANK_CHOICES = ("all", "mean", "min", "max")
-
-
-def rank_value(field: str, raw: object, *, allow_all: bool = True) -> int | str | None:
-    """A series' ``rank`` as sent (JSON, or a query parameter's text)."""
-    if raw is None:
-        return None
-    if isinstance(raw, str) and raw.isdigit():
-        raw = int(raw)
-    if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw < 2**31:
-        return raw
-    allowed = RANK_CHOICES if allow_all else RANK_CHOICES[1:]
-    if isinstance(raw, str) and raw in allowed:
-        return raw
-    raise InvalidParameterValue(
-        field, raw, f"must be a rank (an integer >= 0) or one of {', '.join(allowed)}"
-    )
 
 
 @dataclass(frozen=True)
@@ -170,8 +148,7 @@ def series_request(query: MultiMapping[str]) -> SeriesRequest:
     # Steps are int64: a fractional bound (a zoomed chart) rounds inwards.
     low = None if x_min is None else max(_INT64_MIN, min(_INT64_MAX, math.ceil(x_min)))
     high = None if x_max is None else max(_INT64_MIN, min(_INT64_MAX, math.floor(x_max)))
-    rank = rank_value("rank", param(query, "rank", required=False), allow_all=False)
-    return SeriesRequest(metric.run_id, metric.key, buckets, low, high, rank)
+    return SeriesRequest(metric.run_id, metric.key, buckets, low, high)
 
 
 def json_object(body: bytes, allowed: Sequence[str]) -> dict[str, Any]:
@@ -334,19 +311,12 @@ def multi_series_request(body: bytes) -> MultiSeriesRequest:
     seen: dict[SeriesKey, int] = {}
     for index, item in enumerate(raw):
         name = f"series[{index}]"
-        if not isinstance(item, dict) or not {"run_id", "key"} <= set(item) <= {
-            "run_id",
-            "key",
-            "rank",
-        }:
-            raise InvalidParameterValue(
-                name, item, 'must be an object {"run_id", "key"} (and optionally "rank")'
-            )
+        if not isinstance(item, dict) or set(item) != {"run_id", "key"}:
+            raise InvalidParameterValue(name, item, 'must be an object {"run_id", "key"}')
         for part in ("run_id", "key"):
             if not isinstance(item[part], str) or item[part] == "":
                 raise InvalidParameterValue(f"{name}.{part}", item[part], "must be a string")
-        rank = rank_value(f"{name}.rank", item.get("rank"))
-        key = SeriesKey(item["run_id"], item["key"], rank)
+        key = SeriesKey(item["run_id"], item["key"])
         if key in seen:
             raise InvalidParameterValue(name, item, f"repeats series[{seen[key]}]")
         seen[key] = index
@@ -360,8 +330,4 @@ def multi_series_request(body: bytes) -> MultiSeriesRequest:
     # x is int64 (steps or ms): a fractional bound (a zoomed chart) rounds inwards.
     low = None if x_min is None else max(_INT64_MIN, min(_INT64_MAX, math.ceil(x_min)))
     high = None if x_max is None else max(_INT64_MIN, min(_INT64_MAX, math.floor(x_max)))
-    if aggregate is not None and any(s.rank is not None for s in series):
-        raise InvalidParameterValue(
-            "aggregate", aggregate, 'aggregates plain series; for ranks use "rank": "mean"'
-        )
     return MultiSeriesRequest(series, buckets, x, low, high, aggregate)

@@ -15,7 +15,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from steppe.ingest.layout import Snapshot
-from steppe.query import ranks
 from steppe.query.reader import NO_POINTS, Bounds, Reader, Window, points_sql, window_sql
 
 __all__ = ["AGGREGATES", "X_AXES", "MultiSeries", "SeriesData", "SeriesKey", "multi_series"]
@@ -32,13 +31,8 @@ _BUCKET_COLUMNS = ["x", "min", "max", "first", "last", "mean", "count"]
 
 @dataclass(frozen=True)
 class SeriesKey:
-    """One series: every point of ``key`` in ``run_id`` (``rank`` None), one rank's points
-    (an int; the newest attempt at each step), or across the run's ranks per step ("mean",
-    "min", "max" of each rank's point there; steppe.query.ranks)."""
-
     run_id: str
     key: str
-    rank: int | str | None = None
 
 
 @dataclass(frozen=True)
@@ -122,7 +116,6 @@ def multi_series(
     x_min: int | None = None,
     x_max: int | None = None,
     aggregate: Aggregate | None = None,
-    writers: pa.Table | None = None,
 ) -> MultiSeries:
     """Points with ``x_min <= x <= x_max`` of each series, where x is the step, the
     timestamp (``wall``, ms) or ms since the run's first point of any key (``relative``).
@@ -136,9 +129,6 @@ def multi_series(
     The one implementation behind ``GET`` and ``POST /series``: per series, the count and
     ranges come first (the files' part cached by the Reader), so the grid is fixed in Python
     and one query then reads each series once, exact or grouped into buckets.
-
-    Series with a ``rank`` read the writers table (``writers``: writer_id, rank, attempt;
-    steppe.query.ranks.RankIndex.writers); their bounds are computed each time.
     """
     if buckets < 1:
         raise ValueError(f"buckets must be >= 1, got {buckets}")
@@ -156,17 +146,8 @@ def multi_series(
             hi = None if x_max is None else x_max + off
             windows[i] = (column, lo, hi)
     bounds = [NO_POINTS] * len(series)
-    tables: dict[str, pa.Table] = {}
-    ranked = {i for i, s in enumerate(series) if s.rank is not None}
-    if ranked:
-        if writers is None:
-            raise ValueError("series with a rank need the writers table")
-        tables[ranks.WRITERS_TABLE] = writers
-    for i in ranked:
-        if i in windows:
-            bounds[i] = _ranked_bounds(reader, snapshot, series[i], windows[i], tables)
     for window in dict.fromkeys(windows.values()):
-        chosen = [i for i, w in windows.items() if w == window and i not in ranked]
+        chosen = [i for i, w in windows.items() if w == window]
         found = reader.series_bounds(
             snapshot, [(series[i].run_id, series[i].key) for i in chosen], window
         )
@@ -189,50 +170,23 @@ def multi_series(
     for i in present:
         s, b = series[i], bounds[i]
         params.update({f"r{i}": s.run_id, f"k{i}": s.key})
-        window_filter = window_sql(windows[i], params, f"w{i}")
-        where = f"run_id = $r{i} AND key = $k{i}" + window_filter
-        where_w = "TRUE" + window_filter
+        where = f"run_id = $r{i} AND key = $k{i}" + window_sql(windows[i], params, f"w{i}")
         x_sql = f'"{column}"'
         if x == "relative":
             params[f"o{i}"] = offsets[s.run_id]
             x_sql += f" - $o{i}"
-        if s.rank is not None:
-            source, more = ranks.ranked_source(snapshot, [s.run_id], s.key, s.rank, f"s{i}")
-            params.update(more)
-            del params[f"r{i}"], params[f"k{i}"]
-            points = _POINTS.format(x=x_sql, points=f"SELECT * FROM ({source}) WHERE {where_w}")
-        else:
-            points = _POINTS.format(x=x_sql, points=points_sql(snapshot, where))
+        points = _POINTS.format(x=x_sql, points=points_sql(snapshot, where))
         if b.n <= 2 * buckets:
             parts.append(_EXACT.format(i=i, points=points))
         else:
             order = _order_sql(b, x, params, f"q{i}")
             parts.append(_BUCKETED.format(i=i, points=points, order=order, bucket=bucket))
     sql = "\nUNION ALL\n".join(parts) + "\nORDER BY sid, x, step, ts"
-    table = reader.query(snapshot, sql, params, tables)
+    table = reader.query(snapshot, sql, params)
     sids = table.column("sid")
     return MultiSeries(
         x, None, [_series_data(s, table.filter(pc.equal(sids, i))) for i, s in enumerate(series)]
     )
-
-
-def _ranked_bounds(
-    reader: Reader,
-    snapshot: Snapshot,
-    series: SeriesKey,
-    window: Window,
-    tables: dict[str, pa.Table],
-) -> Bounds:
-    assert series.rank is not None
-    source, params = ranks.ranked_source(snapshot, [series.run_id], series.key, series.rank)
-    sql = (
-        'SELECT count(*) AS n, min(step) AS s0, max(step) AS s1, min("timestamp") AS t0, '
-        f'max("timestamp") AS t1 FROM ({source}) WHERE TRUE{window_sql(window, params, "w")}'
-    )
-    row = reader.query(snapshot, sql, params, tables).to_pylist()[0]
-    if not row["n"]:
-        return NO_POINTS
-    return Bounds(row["n"], row["s0"], row["s1"], row["t0"], row["t1"])
 
 
 def _offsets(

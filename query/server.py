@@ -51,7 +51,6 @@ class ServerOptions:
     http_idle_timeout_s: float = 15.0  # close HTTP connections idle (or mid-headers) this long
     stream_retention_s: float = 7 * 86_400.0  # forget idle streams' watermarks after this
     grpc_keepalive_s: float = 60.0  # ping a silent gRPC connection; close it if unanswered
-    writer_timeout_s: float = 120.0  # a writer without a live stream this long is lost
     http_max_connections: int = 256  # more concurrent HTTP connections get a 503 and close
 
 
@@ -132,7 +131,6 @@ async def _serve_locked(
         DataDir.at(options.data_dir),
         stream_retention_s=options.stream_retention_s,
         keepalive_s=options.grpc_keepalive_s,
-        writer_timeout_s=options.writer_timeout_s,
     )
     grpc_port = await ingestor.start(options.host, options.grpc_port, token=options.token, tls=tls)
     last_http = time.monotonic()

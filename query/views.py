@@ -21,7 +21,6 @@ from steppe.ingest.catalog import Catalog, ExperimentRecord, RunRecord
 from steppe.ingest.layout import Snapshot
 from steppe.ingest.models_catalog import ModelRepository
 from steppe.ingest.sqlite_catalog import SqliteCatalog
-from steppe.query import ranks
 from steppe.query.reader import Reader
 from steppe.query.search import (
     RunGrouping,
@@ -56,8 +55,6 @@ PUBLIC_VIEWS = (
     "tags",
     "metrics",
     "latest_metrics",
-    "writers",
-    "metrics_by_step",
     "logged_models",
     "registered_models",
     "model_versions",
@@ -90,89 +87,13 @@ RUNS_SCHEMA = pa.schema(
 )
 PARAMS_SCHEMA = pa.schema([("run_id", pa.string()), ("key", pa.string()), ("value", pa.string())])
 TAGS_SCHEMA = PARAMS_SCHEMA
-#: Column order of the ``metrics`` view (the files' order is STORED_METRICS_SCHEMA's): a point,
-#: then its writer's rank (NULL for a single-process run), host and attempt.
-METRICS_COLUMNS = ("run_id", "key", "step", "value", "timestamp", "rank", "host", "attempt")
-#: The writers as the catalog keeps them (one row per client process), joined to the points
-#: by their ``writer`` column; internal (user SQL reads the ``writers`` view).
-WRITERS_SCHEMA = pa.schema(
-    [
-        ("writer_id", pa.int32()),
-        ("rank", pa.int32()),
-        ("local_rank", pa.int32()),
-        ("world_size", pa.int32()),
-        ("node_rank", pa.int32()),
-        ("host", pa.string()),
-        ("pid", pa.int64()),
-        ("attempt", pa.int32()),
-        ("launcher", pa.string()),
-        ("opened", pa.int64()),
-    ]
-)
-RUN_WRITERS_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("writer_id", pa.int32()),
-        ("status", pa.string()),
-        ("joined", pa.int64()),
-        ("ended", pa.int64()),
-        ("last_seen", pa.int64()),
-    ]
-)
+#: Column order of the ``metrics`` view (the files' order is METRICS_SCHEMA's).
+METRICS_COLUMNS = ("run_id", "key", "step", "value", "timestamp")
 LATEST_METRICS_COLUMNS = ("run_id", "key", "value", "step", "timestamp", "min", "max", "count")
 
 #: Internal names on a connection; user SQL cannot name them (steppe.query.sql checks).
 _TAIL = "__steppe_tail"
 _LATEST = "__steppe_latest"
-_POINTS = "__steppe_points"
-_WRITERS = "__steppe_writers"
-_RUN_WRITERS = "__steppe_run_writers"
-
-_METRICS_SQL = f"""
-CREATE VIEW metrics AS
-SELECT p.run_id, p.key, p.step, p.value, p."timestamp", w.rank, w.host, w.attempt
-FROM {_POINTS} p LEFT JOIN {_WRITERS} w ON p.writer = w.writer_id
-"""
-
-# One row per run and writer: the catalog's membership (joined by start_run, its status) and
-# what its points say (last step, newest point). Writers that logged to a run they never
-# joined (Client().log_metric) have a NULL status.
-_WRITERS_VIEW_SQL = f"""
-CREATE VIEW writers AS
-WITH logged AS (
-    SELECT run_id, writer AS writer_id, max(step) AS last_step,
-           max("timestamp") AS last_logged, count(*) AS points
-    FROM {_POINTS} WHERE writer IS NOT NULL GROUP BY run_id, writer
-)
-SELECT coalesce(m.run_id, l.run_id) AS run_id, w.writer_id AS writer, w.rank, w.local_rank,
-       w.world_size, w.node_rank, w.host, w.pid, w.attempt, w.launcher, m.status,
-       coalesce(m.joined, w.opened) AS opened,
-       greatest(m.last_seen, l.last_logged) AS last_seen, m.ended,
-       l.last_step, l.last_logged, coalesce(l.points, 0) AS points
-FROM {_RUN_WRITERS} m
-FULL OUTER JOIN logged l ON m.run_id = l.run_id AND m.writer_id = l.writer_id
-JOIN {_WRITERS} w ON w.writer_id = coalesce(m.writer_id, l.writer_id)
-"""
-
-# Per run, key and step, across its writers: each writer's point there (its latest, MLflow's
-# rule), of the newest attempt that logged the step (an elastic restart's re-logged steps
-# replace the earlier attempt's). Population std; NaN propagates to mean and std.
-_METRICS_BY_STEP_SQL = """
-CREATE VIEW metrics_by_step AS
-WITH per_writer AS (
-    SELECT run_id, key, step, any_value(rank) AS rank, coalesce(any_value(attempt), 0) AS attempt,
-           arg_max(value, {'t': "timestamp", 'v': value}) AS value, max("timestamp") AS "timestamp"
-    FROM metrics GROUP BY run_id, key, step, rank, host, attempt
-), ranked AS (
-    SELECT *, max(attempt) OVER (PARTITION BY run_id, key, step) AS newest FROM per_writer
-)
-SELECT run_id, key, step, count(*) AS n_ranks, avg(value) AS mean, min(value) AS "min",
-       max(value) AS "max", stddev_pop(value) AS std, arg_min(rank, value) AS rank_of_min,
-       arg_max(rank, value) AS rank_of_max,
-       max("timestamp") - min("timestamp") AS timestamp_skew_ms, max(attempt) AS attempt
-FROM ranked WHERE attempt = newest
-GROUP BY run_id, key, step
-"""
 
 
 @dataclass(frozen=True)
@@ -187,9 +108,6 @@ class CatalogView:
     records: Mapping[str, RunRecord]
     #: logged_models, registered_models, model_versions (steppe.ingest.models_catalog)
     models: Mapping[str, pa.Table] = field(default_factory=lambda: _model_tables(None))
-    #: writers (WRITERS_SCHEMA) and their part in runs (RUN_WRITERS_SCHEMA)
-    writers: pa.Table = field(default_factory=WRITERS_SCHEMA.empty_table)
-    run_writers: pa.Table = field(default_factory=RUN_WRITERS_SCHEMA.empty_table)
 
     @classmethod
     def empty(cls) -> CatalogView:
@@ -202,15 +120,6 @@ class CatalogView:
             tags=TAGS_SCHEMA.empty_table(),
             records={},
         )
-
-    def rank_index(self) -> ranks.RankIndex:
-        """Which runs several ranks wrote (steppe.query.ranks), from this view's tables."""
-        members = zip(
-            self.run_writers.column("run_id").to_pylist(),
-            self.run_writers.column("writer_id").to_pylist(),
-            strict=True,
-        )
-        return ranks.index_of(self.version, self.writers, list(members))
 
     def tables(self) -> dict[str, pa.Table]:
         return {
@@ -269,38 +178,6 @@ def _model_rows(repository: ModelRepository, experiment_ids: list[str]) -> dict[
         ),
         "model_versions": _rows(MODEL_SCHEMAS["model_versions"], repository.list_model_versions()),
     }
-
-
-def _writer_tables(catalog: Catalog) -> tuple[pa.Table, pa.Table]:
-    try:
-        writers = catalog.list_writers()
-        members = catalog.list_run_writers()
-    except sqlite3.OperationalError:  # a read-only catalog file older than the writers tables
-        return WRITERS_SCHEMA.empty_table(), RUN_WRITERS_SCHEMA.empty_table()
-    writer_rows = {
-        "writer_id": [w.writer_id for w in writers],
-        "rank": [w.rank for w in writers],
-        "local_rank": [w.local_rank for w in writers],
-        "world_size": [w.world_size for w in writers],
-        "node_rank": [w.node_rank for w in writers],
-        "host": [w.host for w in writers],
-        "pid": [w.pid for w in writers],
-        "attempt": [w.attempt for w in writers],
-        "launcher": [w.launcher for w in writers],
-        "opened": [w.opened_ms for w in writers],
-    }
-    member_rows = {
-        "run_id": [m.run_id for m in members],
-        "writer_id": [m.writer_id for m in members],
-        "status": [m.status for m in members],
-        "joined": [m.opened_ms for m in members],
-        "ended": [m.ended_ms for m in members],
-        "last_seen": [m.last_seen_ms for m in members],
-    }
-    return (
-        pa.table(writer_rows, schema=WRITERS_SCHEMA),
-        pa.table(member_rows, schema=RUN_WRITERS_SCHEMA),
-    )
 
 
 def _experiments_table(experiments: list[ExperimentRecord]) -> pa.Table:
@@ -456,10 +333,7 @@ def _search(
             "runs": view.runs,
             "params": view.params,
             "tags": view.tags,
-            # Runs several ranks wrote filter and sort on what MLflow reads of them.
-            "latest_metrics": ranks.with_ranked_latest(
-                reader, snapshot, view.rank_index(), snapshot.latest
-            ),
+            "latest_metrics": snapshot.latest,
         },
         time_limit_s=time_limit_s,
     )
@@ -488,7 +362,6 @@ class CatalogTables:
             if self._cached is None or self._cached.version != version:
                 runs = self._catalog.list_runs()
                 runs_table, params, tags = _runs_tables(runs)
-                writers, run_writers = _writer_tables(self._catalog)
                 self._cached = CatalogView(
                     version=version,
                     experiments=_experiments_table(self._catalog.list_experiments()),
@@ -497,8 +370,6 @@ class CatalogTables:
                     tags=tags,
                     records={run.run_id: run for run in runs},
                     models=_model_tables(self._catalog),
-                    writers=writers,
-                    run_writers=run_writers,
                 )
             return self._cached
 
@@ -513,24 +384,16 @@ def register_views(
         conn.register(name, table)
     conn.register(_TAIL, snapshot.tail)
     conn.register(_LATEST, snapshot.latest)
-    conn.register(_WRITERS, catalog.writers)
-    conn.register(_RUN_WRITERS, catalog.run_writers)
-    points = _with_writer(conn.table(_TAIL))
-    if snapshot.files:
-        files = conn.read_parquet([str(path) for path in snapshot.files], union_by_name=True)
-        points = _with_writer(files).union(points)
-    points.create_view(_POINTS)
-    conn.execute(_METRICS_SQL)
-    conn.execute(_WRITERS_VIEW_SQL)
-    conn.execute(_METRICS_BY_STEP_SQL)
+    columns = ", ".join(f'"{name}"' for name in METRICS_COLUMNS)
+    tail = conn.table(_TAIL)
+    points = (
+        conn.read_parquet([str(path) for path in snapshot.files]).union(tail)
+        if snapshot.files
+        else tail
+    )
+    points.select(columns).create_view("metrics")
     latest_columns = ", ".join(f'"{name}"' for name in LATEST_METRICS_COLUMNS)
     conn.table(_LATEST).select(latest_columns).create_view("latest_metrics")
-
-
-def _with_writer(points: duckdb.DuckDBPyRelation) -> duckdb.DuckDBPyRelation:
-    """The point columns and ``writer`` (NULL where the source predates writers)."""
-    writer = "writer" if "writer" in points.columns else "CAST(NULL AS INTEGER) AS writer"
-    return points.select(f'run_id, key, step, "timestamp", value, {writer}')
 
 
 def open_catalog_read_only(path: Path) -> Catalog:

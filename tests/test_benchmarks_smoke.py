@@ -129,12 +129,3 @@ def test_import_speed_benchmark_smoke() -> None:
     for row in rows:
         assert row["stored"] == row["points"] == 20000 and row["ok"]
         assert row["points_per_s"] > 0
-
-
-def test_ranks_benchmark_smoke() -> None:
-    rows = json_rows("ranks.py", "--smoke")
-    assert [(r["ranks"], r["runs"]) for r in rows] == [(2, 1), (2, 2), (3, 1), (3, 3)]
-    for row in rows:
-        assert row["stored"] == row["points"] > 0 and row["points_per_s"] > 0
-    shared = [r for r in rows if r["runs"] == 1]
-    assert all(r["status"] == "FINISHED" and r["vs_baseline"] > 0 for r in shared)

@@ -178,7 +178,7 @@ def rows(t: pa.Table) -> list[Row]:
 
 def snapshot_rows(snap: Snapshot) -> list[Row]:
     parts = [pq.read_table(f, schema=METRICS_SCHEMA) for f in snap.files]
-    return rows(pa.concat_tables([*parts, snap.tail.select(METRICS_SCHEMA.names)]))
+    return rows(pa.concat_tables([*parts, snap.tail]))
 
 
 async def stream(stub: pb_grpc.IngestStub, batches: Sequence[pb.MetricBatch]) -> int:
@@ -373,7 +373,7 @@ async def test_compaction_merges_files_and_restart_drops_replaced_ones(tmp_path:
         snap = ingestor.store.snapshot()
         assert snap.files[0].name == "part-000000000001-000000000004.parquet"
         merged = pq.read_table(snap.files[0])
-        assert merged.column_names == [*METRICS_SCHEMA.names, "writer"]
+        assert merged.column_names == METRICS_SCHEMA.names
         order = merged.select(["run_id", "key", "step", "timestamp"])
         assert order.sort_by([(c, "ascending") for c in order.column_names]).equals(order)
         expected = pa.concat_tables(tables)

@@ -48,7 +48,7 @@ def rows(table: pa.Table) -> list[Row]:
 
 def snapshot_rows(snap: Snapshot) -> list[Row]:
     parts = [pq.read_table(f, schema=METRICS_SCHEMA) for f in snap.files]
-    return rows(pa.concat_tables([*parts, snap.tail.select(METRICS_SCHEMA.names)]))
+    return rows(pa.concat_tables([*parts, snap.tail]))
 
 
 async def stream(stub: pb_grpc.IngestStub, batches: Sequence[pb.MetricBatch]) -> list[pb.StreamAck]:

@@ -23,7 +23,7 @@ from steppe.ingest import latest as latest_module
 from steppe.ingest import metrics_files, wire
 from steppe.ingest.compactor import Compactor
 from steppe.ingest.latest import fold_latest, summarize_points
-from steppe.ingest.layout import LATEST_SCHEMA, METRICS_SCHEMA, STORED_METRICS_SCHEMA, DataDir
+from steppe.ingest.layout import LATEST_SCHEMA, METRICS_SCHEMA, DataDir
 from steppe.ingest.metrics_files import (
     TAIL_SCHEMA,
     read_metrics_file,
@@ -131,7 +131,7 @@ def reference_sort(points: Sequence[Point]) -> list[tuple[Any, ...]]:
 
 
 def table_rows(table: pa.Table) -> list[tuple[Any, ...]]:
-    d = table.select(METRICS_SCHEMA.names).cast(METRICS_SCHEMA).to_pydict()
+    d = table.cast(METRICS_SCHEMA).to_pydict()
     return list(
         zip(d["run_id"], d["key"], d["step"], d["timestamp"], map(repr, d["value"]), strict=True)
     )
@@ -166,7 +166,7 @@ def wire_table(points: Sequence[Point], repeat_names: bool = False) -> pa.Table:
             value=batch.value,
         )
     table = wire.decode_metric_batch(batch).table
-    assert table.schema.equals(wire.DICT_METRICS_SCHEMA)
+    assert table.schema.equals(TAIL_SCHEMA)
     return table
 
 
@@ -349,12 +349,10 @@ async def test_store_latest_and_points_across_flushes_and_reopen(tmp_path: Path,
         for f in futures:
             await f
         snap = store.snapshot()
-        assert snap.tail.schema.equals(STORED_METRICS_SCHEMA)
+        assert snap.tail.schema.equals(METRICS_SCHEMA)
         assert latest_dict(snap.latest) == reference_latest(everything)
         files = [read_metrics_file(p) for p in snap.files]
-        stored = sorted(
-            table_rows(pa.concat_tables([*files, snap.tail.select(METRICS_SCHEMA.names)]))
-        )
+        stored = sorted(table_rows(pa.concat_tables([*files, snap.tail])))
         assert stored == sorted((*p[:4], repr(p[4])) for p in everything)
         await store.close()
 

@@ -88,16 +88,7 @@ def rows(sandbox: SqlSandbox, world: World, query: str, max_rows: int = 1000) ->
 def test_views_hold_the_catalog_and_every_point(sandbox: SqlSandbox, world: World) -> None:
     everything = FILE_POINTS + TAIL_POINTS
     metrics = rows(sandbox, world, "SELECT * FROM metrics ORDER BY run_id, key, step", 10_000)
-    assert list(metrics[0]) == [
-        "run_id",
-        "key",
-        "step",
-        "value",
-        "timestamp",
-        "rank",
-        "host",
-        "attempt",
-    ]
+    assert list(metrics[0]) == ["run_id", "key", "step", "value", "timestamp"]
     assert len(metrics) == len(everything)
     want = sorted(everything)
     for got, (run_id, key, step, ts, value) in zip(metrics, want, strict=True):
@@ -147,10 +138,7 @@ def test_the_issue_questions_are_answerable(sandbox: SqlSandbox, world: World) -
     )
     assert fastest == [{"run_name": "alpha", "first_step": 10}]
     described = rows(sandbox, world, "DESCRIBE metrics")
-    assert [r["column_name"] for r in described] == [
-        *("run_id", "key", "step", "value", "timestamp"),
-        *("rank", "host", "attempt"),
-    ]
+    assert [r["column_name"] for r in described] == ["run_id", "key", "step", "value", "timestamp"]
     assert rows(sandbox, world, "SELECT count(*) AS n FROM range(3)") == [{"n": 3}]
     assert rows(sandbox, world, "WITH t AS (SELECT 1 AS x) SELECT x FROM t") == [{"x": 1}]
 

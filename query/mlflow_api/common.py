@@ -29,7 +29,7 @@ from steppe.ingest.catalog import (
 from steppe.ingest.layout import Snapshot
 from steppe.ingest.metrics import check_timestamp
 from steppe.ingest.tracking import ExperimentService, RunService, run_params, run_tags
-from steppe.query import paging, ranks
+from steppe.query import paging
 from steppe.query.context import CATALOG
 from steppe.query.jsonenc import dumps, float_value, parse_body
 from steppe.query.reader import MetricSummary, Reader
@@ -494,8 +494,6 @@ def _runs_json(
 ) -> list[dict[str, object]]:
     run_ids = [run.run_id for run in runs]
     metrics = reader.latest_metrics(snapshot, run_ids)
-    # Runs several ranks wrote: the cross-rank mean under each bare key, plus <key>/rank_<n>.
-    metrics.update(ranks.latest_metrics(reader, snapshot, ranks.rank_index(catalog), run_ids))
     inputs = catalog.run_inputs(run_ids)
     from steppe.query.mlflow_models import run_outputs_json  # it uses this module's helpers
 

@@ -17,7 +17,6 @@ from steppe.ingest.catalog import (
     Catalog,
 )
 from steppe.ingest.layout import Snapshot
-from steppe.query import ranks
 from steppe.query.context import CATALOG, READER, with_snapshot
 from steppe.query.jsonenc import dumps, float_value
 from steppe.query.mlflow_api.common import (
@@ -43,29 +42,17 @@ _VALUE_ORDER = "CASE WHEN isnan(value) THEN 0 ELSE value END, isnan(value)"
 
 
 def _history_page(
-    snapshot: Snapshot,
-    reader: Reader,
-    run_id: str,
-    key: str,
-    limit: int,
-    offset: int,
-    index: ranks.RankIndex | None = None,
+    snapshot: Snapshot, reader: Reader, run_id: str, key: str, limit: int, offset: int
 ) -> pa.Table:
-    params: dict[str, object] = {"limit": limit, "offset": offset}
-    tables: dict[str, pa.Table] = {}
-    if index is not None and run_id in index.multi:
-        # Several ranks wrote the run: the mean per step, or <key>/rank_<n> (steppe.query.ranks).
-        points, more, tables = ranks.history_source(snapshot, index, [run_id], key)
-        params.update(more)
-    else:
-        params.update(run_id=run_id, key=key)
-        points = points_sql(snapshot, "run_id = $run_id AND key = $key", 'step, "timestamp", value')
+    points = points_sql(snapshot, "run_id = $run_id AND key = $key", 'step, "timestamp", value')
     # MLflow's order for a history: timestamp, then step, then value.
     sql = (
         f'SELECT step, "timestamp", value FROM ({points}) '
         f'ORDER BY "timestamp", step, {_VALUE_ORDER} LIMIT $limit OFFSET $offset'
     )
-    return reader.query(snapshot, sql, params, tables)
+    return reader.query(
+        snapshot, sql, {"run_id": run_id, "key": key, "limit": limit, "offset": offset}
+    )
 
 
 def _metric_rows(key: str, table: pa.Table, run_id: str | None = None) -> list[dict[str, object]]:
@@ -97,8 +84,7 @@ async def _get_metric_history(request: web.Request) -> web.Response:
         offset: int,
     ) -> bytes:
         catalog.get_run(run_id)  # 404 for an unknown run
-        index = ranks.rank_index(catalog)
-        table = _history_page(snapshot, reader, run_id, key, limit + 1, offset, index)
+        table = _history_page(snapshot, reader, run_id, key, limit + 1, offset)
         out: dict[str, object] = {"metrics": _metric_rows(key, table.slice(0, limit))}
         if table.num_rows > limit:
             out["next_page_token"] = _page_token(offset + limit)
@@ -123,48 +109,20 @@ def _sampled_history(
     key: str,
     max_results: int,
     steps: tuple[int, int] | None,
-    index: ranks.RankIndex | None = None,
 ) -> dict[str, pa.Table]:
     """Per run, up to ``max_results`` points evenly sampled over its ordered history (step,
     timestamp, value): the first of each of ``max_results`` equal buckets, and always the last
     point (replacing the final sample when the page is full), as MLflow's SQL store does."""
-    multi = [r for r in run_ids if index is not None and r in index.multi]
-    if multi and index is not None:
-        # Runs several ranks wrote read as MLflow reads them (steppe.query.ranks).
-        out = _sampled_history(
-            snapshot, reader, [r for r in run_ids if r not in multi], key, max_results, steps
-        )
-        source, params, tables = ranks.history_source(snapshot, index, multi, key)
-        params["n"] = max_results
-        window = ""
-        if steps is not None:
-            window = " WHERE step BETWEEN $lo AND $hi"
-            params["lo"], params["hi"] = steps
-        out.update(_sample(reader, snapshot, f"SELECT * FROM ({source}){window}", params, tables))
-        return out
-    if not run_ids:
-        return {}
-    params = {"key": key, "n": max_results}
+    params: dict[str, object] = {"key": key, "n": max_results}
     marks = []
-    for number, run_id in enumerate(run_ids):
-        params[f"r{number}"] = run_id
-        marks.append(f"$r{number}")
+    for index, run_id in enumerate(run_ids):
+        params[f"r{index}"] = run_id
+        marks.append(f"$r{index}")
     where = f"key = $key AND run_id IN ({', '.join(marks)})"
     if steps is not None:
         where += " AND step BETWEEN $lo AND $hi"
         params["lo"], params["hi"] = steps
     points = points_sql(snapshot, where, 'run_id, step, "timestamp", value')
-    return _sample(reader, snapshot, points, params, {})
-
-
-def _sample(
-    reader: Reader,
-    snapshot: Snapshot,
-    points: str,
-    params: dict[str, object],
-    tables: dict[str, pa.Table],
-) -> dict[str, pa.Table]:
-    max_results = int(params["n"])  # type: ignore[call-overload]
     order = f'step, "timestamp", {_VALUE_ORDER}'
     backwards = (
         'step DESC, "timestamp" DESC, CASE WHEN isnan(value) THEN 0 ELSE value END DESC, '
@@ -185,7 +143,7 @@ def _sample(
         FROM ranked WHERE rn = 1 OR from_end = 1
         ORDER BY run_id, {order}
     """
-    table = reader.query(snapshot, sql, params, tables)
+    table = reader.query(snapshot, sql, params)
     out: dict[str, pa.Table] = {}
     rows = table.to_pylist()
     by_run: dict[str, list[dict[str, Any]]] = {}
@@ -223,8 +181,7 @@ async def _get_metric_history_bulk_interval(request: web.Request) -> web.Respons
     ) -> bytes:
         for run_id in run_ids:
             catalog.get_run(run_id)  # 404 for an unknown run
-        index = ranks.rank_index(catalog)
-        sampled = _sampled_history(snapshot, reader, run_ids, key, max_results, steps, index)
+        sampled = _sampled_history(snapshot, reader, run_ids, key, max_results, steps)
         metrics: list[dict[str, object]] = []
         for run_id in dict.fromkeys(run_ids):
             if run_id in sampled:

@@ -24,57 +24,55 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16steppe/v1/steppe.proto\x12\tsteppe.v1\"\xd7\x01\n\x0bMetricBatch\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0f\n\x07run_ids\x18\x03 \x03(\t\x12\x0c\n\x04keys\x18\x04 \x03(\t\x12\r\n\x05\x63ount\x18\x05 \x01(\r\x12\x11\n\trun_index\x18\x06 \x01(\x0c\x12\x11\n\tkey_index\x18\x07 \x01(\x0c\x12\x0c\n\x04step\x18\x08 \x01(\x0c\x12\x14\n\x0ctimestamp_ms\x18\t \x01(\x0c\x12\r\n\x05value\x18\n \x01(\x0c\x12!\n\x06writer\x18\x0b \x01(\x0b\x32\x11.steppe.v1.Writer\"\xec\x01\n\x06Writer\x12\x12\n\nwriter_key\x18\x01 \x01(\t\x12\x11\n\x04rank\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x17\n\nlocal_rank\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x17\n\nworld_size\x18\x04 \x01(\x05H\x02\x88\x01\x01\x12\x16\n\tnode_rank\x18\x05 \x01(\x05H\x03\x88\x01\x01\x12\x0c\n\x04host\x18\x06 \x01(\t\x12\x0b\n\x03pid\x18\x07 \x01(\x03\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\x05\x12\x10\n\x08launcher\x18\t \x01(\tB\x07\n\x05_rankB\r\n\x0b_local_rankB\r\n\x0b_world_sizeB\x0c\n\n_node_rank\"K\n\tStreamAck\x12\x11\n\tacked_seq\x18\x01 \x01(\x04\x12+\n\x08rejected\x18\x02 \x03(\x0b\x32\x19.steppe.v1.BatchRejection\"=\n\x0e\x42\x61tchRejection\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"!\n\x03Tag\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"#\n\x05Param\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\xb4\x01\n\nExperiment\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x19\n\x11\x61rtifact_location\x18\x03 \x01(\t\x12\x17\n\x0flifecycle_stage\x18\x04 \x01(\t\x12\x15\n\rcreation_time\x18\x05 \x01(\x03\x12\x18\n\x10last_update_time\x18\x06 \x01(\x03\x12\x1c\n\x04tags\x18\x07 \x03(\x0b\x32\x0e.steppe.v1.Tag\"\xce\x01\n\x07RunInfo\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x15\n\rexperiment_id\x18\x02 \x01(\t\x12\x10\n\x08run_name\x18\x03 \x01(\t\x12$\n\x06status\x18\x04 \x01(\x0e\x32\x14.steppe.v1.RunStatus\x12\x12\n\nstart_time\x18\x05 \x01(\x03\x12\x10\n\x08\x65nd_time\x18\x06 \x01(\x03\x12\x17\n\x0flifecycle_stage\x18\x07 \x01(\t\x12\x14\n\x0c\x61rtifact_uri\x18\x08 \x01(\t\x12\x0f\n\x07user_id\x18\t \x01(\t\"g\n\x03Run\x12 \n\x04info\x18\x01 \x01(\x0b\x32\x12.steppe.v1.RunInfo\x12 \n\x06params\x18\x02 \x03(\x0b\x32\x10.steppe.v1.Param\x12\x1c\n\x04tags\x18\x03 \x03(\x0b\x32\x0e.steppe.v1.Tag\"`\n\x17\x43reateExperimentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x19\n\x11\x61rtifact_location\x18\x02 \x01(\t\x12\x1c\n\x04tags\x18\x03 \x03(\x0b\x32\x0e.steppe.v1.Tag\"$\n\x14SetExperimentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"-\n\x14GetExperimentRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\"\xb1\x01\n\x10\x43reateRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x15\n\rexperiment_id\x18\x02 \x01(\t\x12\x10\n\x08run_name\x18\x03 \x01(\t\x12\x12\n\nstart_time\x18\x04 \x01(\x03\x12\x1c\n\x04tags\x18\x05 \x03(\x0b\x32\x0e.steppe.v1.Tag\x12\x0f\n\x07user_id\x18\x06 \x01(\t\x12!\n\x06writer\x18\x07 \x01(\x0b\x32\x11.steppe.v1.Writer\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x8f\x01\n\x10UpdateRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12$\n\x06status\x18\x02 \x01(\x0e\x32\x14.steppe.v1.RunStatus\x12\x10\n\x08\x65nd_time\x18\x03 \x01(\x03\x12\x10\n\x08run_name\x18\x04 \x01(\t\x12!\n\x06writer\x18\x05 \x01(\x0b\x32\x11.steppe.v1.Writer\"D\n\x10LogParamsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12 \n\x06params\x18\x02 \x03(\x0b\x32\x10.steppe.v1.Param\"\x13\n\x11LogParamsResponse\">\n\x0eSetTagsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x1c\n\x04tags\x18\x02 \x03(\x0b\x32\x0e.steppe.v1.Tag\"\x11\n\x0fSetTagsResponse\"/\n\x10\x44\x65leteTagRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"\x13\n\x11\x44\x65leteTagResponse*\xa0\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x01\x12\x18\n\x14RUN_STATUS_SCHEDULED\x10\x02\x12\x17\n\x13RUN_STATUS_FINISHED\x10\x03\x12\x15\n\x11RUN_STATUS_FAILED\x10\x04\x12\x15\n\x11RUN_STATUS_KILLED\x10\x05\x32\xa6\x05\n\x06Ingest\x12\x41\n\rStreamMetrics\x12\x16.steppe.v1.MetricBatch\x1a\x14.steppe.v1.StreamAck(\x01\x30\x01\x12M\n\x10\x43reateExperiment\x12\".steppe.v1.CreateExperimentRequest\x1a\x15.steppe.v1.Experiment\x12G\n\rSetExperiment\x12\x1f.steppe.v1.SetExperimentRequest\x1a\x15.steppe.v1.Experiment\x12G\n\rGetExperiment\x12\x1f.steppe.v1.GetExperimentRequest\x1a\x15.steppe.v1.Experiment\x12\x38\n\tCreateRun\x12\x1b.steppe.v1.CreateRunRequest\x1a\x0e.steppe.v1.Run\x12\x32\n\x06GetRun\x12\x18.steppe.v1.GetRunRequest\x1a\x0e.steppe.v1.Run\x12\x38\n\tUpdateRun\x12\x1b.steppe.v1.UpdateRunRequest\x1a\x0e.steppe.v1.Run\x12\x46\n\tLogParams\x12\x1b.steppe.v1.LogParamsRequest\x1a\x1c.steppe.v1.LogParamsResponse\x12@\n\x07SetTags\x12\x19.steppe.v1.SetTagsRequest\x1a\x1a.steppe.v1.SetTagsResponse\x12\x46\n\tDeleteTag\x12\x1b.steppe.v1.DeleteTagRequest\x1a\x1c.steppe.v1.DeleteTagResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16steppe/v1/steppe.proto\x12\tsteppe.v1\"\xb4\x01\n\x0bMetricBatch\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0f\n\x07run_ids\x18\x03 \x03(\t\x12\x0c\n\x04keys\x18\x04 \x03(\t\x12\r\n\x05\x63ount\x18\x05 \x01(\r\x12\x11\n\trun_index\x18\x06 \x01(\x0c\x12\x11\n\tkey_index\x18\x07 \x01(\x0c\x12\x0c\n\x04step\x18\x08 \x01(\x0c\x12\x14\n\x0ctimestamp_ms\x18\t \x01(\x0c\x12\r\n\x05value\x18\n \x01(\x0c\"K\n\tStreamAck\x12\x11\n\tacked_seq\x18\x01 \x01(\x04\x12+\n\x08rejected\x18\x02 \x03(\x0b\x32\x19.steppe.v1.BatchRejection\"=\n\x0e\x42\x61tchRejection\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"!\n\x03Tag\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"#\n\x05Param\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\xb4\x01\n\nExperiment\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x19\n\x11\x61rtifact_location\x18\x03 \x01(\t\x12\x17\n\x0flifecycle_stage\x18\x04 \x01(\t\x12\x15\n\rcreation_time\x18\x05 \x01(\x03\x12\x18\n\x10last_update_time\x18\x06 \x01(\x03\x12\x1c\n\x04tags\x18\x07 \x03(\x0b\x32\x0e.steppe.v1.Tag\"\xce\x01\n\x07RunInfo\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x15\n\rexperiment_id\x18\x02 \x01(\t\x12\x10\n\x08run_name\x18\x03 \x01(\t\x12$\n\x06status\x18\x04 \x01(\x0e\x32\x14.steppe.v1.RunStatus\x12\x12\n\nstart_time\x18\x05 \x01(\x03\x12\x10\n\x08\x65nd_time\x18\x06 \x01(\x03\x12\x17\n\x0flifecycle_stage\x18\x07 \x01(\t\x12\x14\n\x0c\x61rtifact_uri\x18\x08 \x01(\t\x12\x0f\n\x07user_id\x18\t \x01(\t\"g\n\x03Run\x12 \n\x04info\x18\x01 \x01(\x0b\x32\x12.steppe.v1.RunInfo\x12 \n\x06params\x18\x02 \x03(\x0b\x32\x10.steppe.v1.Param\x12\x1c\n\x04tags\x18\x03 \x03(\x0b\x32\x0e.steppe.v1.Tag\"`\n\x17\x43reateExperimentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x19\n\x11\x61rtifact_location\x18\x02 \x01(\t\x12\x1c\n\x04tags\x18\x03 \x03(\x0b\x32\x0e.steppe.v1.Tag\"$\n\x14SetExperimentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"-\n\x14GetExperimentRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\"\x8e\x01\n\x10\x43reateRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x15\n\rexperiment_id\x18\x02 \x01(\t\x12\x10\n\x08run_name\x18\x03 \x01(\t\x12\x12\n\nstart_time\x18\x04 \x01(\x03\x12\x1c\n\x04tags\x18\x05 \x03(\x0b\x32\x0e.steppe.v1.Tag\x12\x0f\n\x07user_id\x18\x06 \x01(\t\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"l\n\x10UpdateRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12$\n\x06status\x18\x02 \x01(\x0e\x32\x14.steppe.v1.RunStatus\x12\x10\n\x08\x65nd_time\x18\x03 \x01(\x03\x12\x10\n\x08run_name\x18\x04 \x01(\t\"D\n\x10LogParamsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12 \n\x06params\x18\x02 \x03(\x0b\x32\x10.steppe.v1.Param\"\x13\n\x11LogParamsResponse\">\n\x0eSetTagsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x1c\n\x04tags\x18\x02 \x03(\x0b\x32\x0e.steppe.v1.Tag\"\x11\n\x0fSetTagsResponse\"/\n\x10\x44\x65leteTagRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"\x13\n\x11\x44\x65leteTagResponse*\xa0\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x01\x12\x18\n\x14RUN_STATUS_SCHEDULED\x10\x02\x12\x17\n\x13RUN_STATUS_FINISHED\x10\x03\x12\x15\n\x11RUN_STATUS_FAILED\x10\x04\x12\x15\n\x11RUN_STATUS_KILLED\x10\x05\x32\xa6\x05\n\x06Ingest\x12\x41\n\rStreamMetrics\x12\x16.steppe.v1.MetricBatch\x1a\x14.steppe.v1.StreamAck(\x01\x30\x01\x12M\n\x10\x43reateExperiment\x12\".steppe.v1.CreateExperimentRequest\x1a\x15.steppe.v1.Experiment\x12G\n\rSetExperiment\x12\x1f.steppe.v1.SetExperimentRequest\x1a\x15.steppe.v1.Experiment\x12G\n\rGetExperiment\x12\x1f.steppe.v1.GetExperimentRequest\x1a\x15.steppe.v1.Experiment\x12\x38\n\tCreateRun\x12\x1b.steppe.v1.CreateRunRequest\x1a\x0e.steppe.v1.Run\x12\x32\n\x06GetRun\x12\x18.steppe.v1.GetRunRequest\x1a\x0e.steppe.v1.Run\x12\x38\n\tUpdateRun\x12\x1b.steppe.v1.UpdateRunRequest\x1a\x0e.steppe.v1.Run\x12\x46\n\tLogParams\x12\x1b.steppe.v1.LogParamsRequest\x1a\x1c.steppe.v1.LogParamsResponse\x12@\n\x07SetTags\x12\x19.steppe.v1.SetTagsRequest\x1a\x1a.steppe.v1.SetTagsResponse\x12\x46\n\tDeleteTag\x12\x1b.steppe.v1.DeleteTagRequest\x1a\x1c.steppe.v1.DeleteTagResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'steppe.v1.steppe_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNSTATUS']._serialized_start=1990
-  _globals['_RUNSTATUS']._serialized_end=2150
+  _globals['_RUNSTATUS']._serialized_start=1645
+  _globals['_RUNSTATUS']._serialized_end=1805
   _globals['_METRICBATCH']._serialized_start=38
-  _globals['_METRICBATCH']._serialized_end=253
-  _globals['_WRITER']._serialized_start=256
-  _globals['_WRITER']._serialized_end=492
-  _globals['_STREAMACK']._serialized_start=494
-  _globals['_STREAMACK']._serialized_end=569
-  _globals['_BATCHREJECTION']._serialized_start=571
-  _globals['_BATCHREJECTION']._serialized_end=632
-  _globals['_TAG']._serialized_start=634
-  _globals['_TAG']._serialized_end=667
-  _globals['_PARAM']._serialized_start=669
-  _globals['_PARAM']._serialized_end=704
-  _globals['_EXPERIMENT']._serialized_start=707
-  _globals['_EXPERIMENT']._serialized_end=887
-  _globals['_RUNINFO']._serialized_start=890
-  _globals['_RUNINFO']._serialized_end=1096
-  _globals['_RUN']._serialized_start=1098
-  _globals['_RUN']._serialized_end=1201
-  _globals['_CREATEEXPERIMENTREQUEST']._serialized_start=1203
-  _globals['_CREATEEXPERIMENTREQUEST']._serialized_end=1299
-  _globals['_SETEXPERIMENTREQUEST']._serialized_start=1301
-  _globals['_SETEXPERIMENTREQUEST']._serialized_end=1337
-  _globals['_GETEXPERIMENTREQUEST']._serialized_start=1339
-  _globals['_GETEXPERIMENTREQUEST']._serialized_end=1384
-  _globals['_CREATERUNREQUEST']._serialized_start=1387
-  _globals['_CREATERUNREQUEST']._serialized_end=1564
-  _globals['_GETRUNREQUEST']._serialized_start=1566
-  _globals['_GETRUNREQUEST']._serialized_end=1597
-  _globals['_UPDATERUNREQUEST']._serialized_start=1600
-  _globals['_UPDATERUNREQUEST']._serialized_end=1743
-  _globals['_LOGPARAMSREQUEST']._serialized_start=1745
-  _globals['_LOGPARAMSREQUEST']._serialized_end=1813
-  _globals['_LOGPARAMSRESPONSE']._serialized_start=1815
-  _globals['_LOGPARAMSRESPONSE']._serialized_end=1834
-  _globals['_SETTAGSREQUEST']._serialized_start=1836
-  _globals['_SETTAGSREQUEST']._serialized_end=1898
-  _globals['_SETTAGSRESPONSE']._serialized_start=1900
-  _globals['_SETTAGSRESPONSE']._serialized_end=1917
-  _globals['_DELETETAGREQUEST']._serialized_start=1919
-  _globals['_DELETETAGREQUEST']._serialized_end=1966
-  _globals['_DELETETAGRESPONSE']._serialized_start=1968
-  _globals['_DELETETAGRESPONSE']._serialized_end=1987
-  _globals['_INGEST']._serialized_start=2153
-  _globals['_INGEST']._serialized_end=2831
+  _globals['_METRICBATCH']._serialized_end=218
+  _globals['_STREAMACK']._serialized_start=220
+  _globals['_STREAMACK']._serialized_end=295
+  _globals['_BATCHREJECTION']._serialized_start=297
+  _globals['_BATCHREJECTION']._serialized_end=358
+  _globals['_TAG']._serialized_start=360
+  _globals['_TAG']._serialized_end=393
+  _globals['_PARAM']._serialized_start=395
+  _globals['_PARAM']._serialized_end=430
+  _globals['_EXPERIMENT']._serialized_start=433
+  _globals['_EXPERIMENT']._serialized_end=613
+  _globals['_RUNINFO']._serialized_start=616
+  _globals['_RUNINFO']._serialized_end=822
+  _globals['_RUN']._serialized_start=824
+  _globals['_RUN']._serialized_end=927
+  _globals['_CREATEEXPERIMENTREQUEST']._serialized_start=929
+  _globals['_CREATEEXPERIMENTREQUEST']._serialized_end=1025
+  _globals['_SETEXPERIMENTREQUEST']._serialized_start=1027
+  _globals['_SETEXPERIMENTREQUEST']._serialized_end=1063
+  _globals['_GETEXPERIMENTREQUEST']._serialized_start=1065
+  _globals['_GETEXPERIMENTREQUEST']._serialized_end=1110
+  _globals['_CREATERUNREQUEST']._serialized_start=1113
+  _globals['_CREATERUNREQUEST']._serialized_end=1255
+  _globals['_GETRUNREQUEST']._serialized_start=1257
+  _globals['_GETRUNREQUEST']._serialized_end=1288
+  _globals['_UPDATERUNREQUEST']._serialized_start=1290
+  _globals['_UPDATERUNREQUEST']._serialized_end=1398
+  _globals['_LOGPARAMSREQUEST']._serialized_start=1400
+  _globals['_LOGPARAMSREQUEST']._serialized_end=1468
+  _globals['_LOGPARAMSRESPONSE']._serialized_start=1470
+  _globals['_LOGPARAMSRESPONSE']._serialized_end=1489
+  _globals['_SETTAGSREQUEST']._serialized_start=1491
+  _globals['_SETTAGSREQUEST']._serialized_end=1553
+  _globals['_SETTAGSRESPONSE']._serialized_start=1555
+  _globals['_SETTAGSRESPONSE']._serialized_end=1572
+  _globals['_DELETETAGREQUEST']._serialized_start=1574
+  _globals['_DELETETAGREQUEST']._serialized_end=1621
+  _globals['_DELETETAGRESPONSE']._serialized_start=1623
+  _globals['_DELETETAGRESPONSE']._serialized_end=1642
+  _globals['_INGEST']._serialized_start=1808
+  _globals['_INGEST']._serialized_end=2486
 # @@protoc_insertion_point(module_scope)

@@ -23,7 +23,7 @@ RUN_STATUS_FAILED: RunStatus
 RUN_STATUS_KILLED: RunStatus
 
 class MetricBatch(_message.Message):
-    __slots__ = ("stream_id", "seq", "run_ids", "keys", "count", "run_index", "key_index", "step", "timestamp_ms", "value", "writer")
+    __slots__ = ("stream_id", "seq", "run_ids", "keys", "count", "run_index", "key_index", "step", "timestamp_ms", "value")
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     RUN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -34,7 +34,6 @@ class MetricBatch(_message.Message):
     STEP_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
-    WRITER_FIELD_NUMBER: _ClassVar[int]
     stream_id: str
     seq: int
     run_ids: _containers.RepeatedScalarFieldContainer[str]
@@ -45,30 +44,7 @@ class MetricBatch(_message.Message):
     step: bytes
     timestamp_ms: bytes
     value: bytes
-    writer: Writer
-    def __init__(self, stream_id: _Optional[str] = ..., seq: _Optional[int] = ..., run_ids: _Optional[_Iterable[str]] = ..., keys: _Optional[_Iterable[str]] = ..., count: _Optional[int] = ..., run_index: _Optional[bytes] = ..., key_index: _Optional[bytes] = ..., step: _Optional[bytes] = ..., timestamp_ms: _Optional[bytes] = ..., value: _Optional[bytes] = ..., writer: _Optional[_Union[Writer, _Mapping]] = ...) -> None: ...
-
-class Writer(_message.Message):
-    __slots__ = ("writer_key", "rank", "local_rank", "world_size", "node_rank", "host", "pid", "attempt", "launcher")
-    WRITER_KEY_FIELD_NUMBER: _ClassVar[int]
-    RANK_FIELD_NUMBER: _ClassVar[int]
-    LOCAL_RANK_FIELD_NUMBER: _ClassVar[int]
-    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
-    NODE_RANK_FIELD_NUMBER: _ClassVar[int]
-    HOST_FIELD_NUMBER: _ClassVar[int]
-    PID_FIELD_NUMBER: _ClassVar[int]
-    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
-    LAUNCHER_FIELD_NUMBER: _ClassVar[int]
-    writer_key: str
-    rank: int
-    local_rank: int
-    world_size: int
-    node_rank: int
-    host: str
-    pid: int
-    attempt: int
-    launcher: str
-    def __init__(self, writer_key: _Optional[str] = ..., rank: _Optional[int] = ..., local_rank: _Optional[int] = ..., world_size: _Optional[int] = ..., node_rank: _Optional[int] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ..., attempt: _Optional[int] = ..., launcher: _Optional[str] = ...) -> None: ...
+    def __init__(self, stream_id: _Optional[str] = ..., seq: _Optional[int] = ..., run_ids: _Optional[_Iterable[str]] = ..., keys: _Optional[_Iterable[str]] = ..., count: _Optional[int] = ..., run_index: _Optional[bytes] = ..., key_index: _Optional[bytes] = ..., step: _Optional[bytes] = ..., timestamp_ms: _Optional[bytes] = ..., value: _Optional[bytes] = ...) -> None: ...
 
 class StreamAck(_message.Message):
     __slots__ = ("acked_seq", "rejected")
@@ -177,22 +153,20 @@ class GetExperimentRequest(_message.Message):
     def __init__(self, experiment_id: _Optional[str] = ...) -> None: ...
 
 class CreateRunRequest(_message.Message):
-    __slots__ = ("run_id", "experiment_id", "run_name", "start_time", "tags", "user_id", "writer")
+    __slots__ = ("run_id", "experiment_id", "run_name", "start_time", "tags", "user_id")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_NAME_FIELD_NUMBER: _ClassVar[int]
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
-    WRITER_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     experiment_id: str
     run_name: str
     start_time: int
     tags: _containers.RepeatedCompositeFieldContainer[Tag]
     user_id: str
-    writer: Writer
-    def __init__(self, run_id: _Optional[str] = ..., experiment_id: _Optional[str] = ..., run_name: _Optional[str] = ..., start_time: _Optional[int] = ..., tags: _Optional[_Iterable[_Union[Tag, _Mapping]]] = ..., user_id: _Optional[str] = ..., writer: _Optional[_Union[Writer, _Mapping]] = ...) -> None: ...
+    def __init__(self, run_id: _Optional[str] = ..., experiment_id: _Optional[str] = ..., run_name: _Optional[str] = ..., start_time: _Optional[int] = ..., tags: _Optional[_Iterable[_Union[Tag, _Mapping]]] = ..., user_id: _Optional[str] = ...) -> None: ...
 
 class GetRunRequest(_message.Message):
     __slots__ = ("run_id",)
@@ -201,18 +175,16 @@ class GetRunRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ...) -> None: ...
 
 class UpdateRunRequest(_message.Message):
-    __slots__ = ("run_id", "status", "end_time", "run_name", "writer")
+    __slots__ = ("run_id", "status", "end_time", "run_name")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     RUN_NAME_FIELD_NUMBER: _ClassVar[int]
-    WRITER_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     status: RunStatus
     end_time: int
     run_name: str
-    writer: Writer
-    def __init__(self, run_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., end_time: _Optional[int] = ..., run_name: _Optional[str] = ..., writer: _Optional[_Union[Writer, _Mapping]] = ...) -> None: ...
+    def __init__(self, run_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., end_time: _Optional[int] = ..., run_name: _Optional[str] = ...) -> None: ...
 
 class LogParamsRequest(_message.Message):
     __slots__ = ("run_id", "params")

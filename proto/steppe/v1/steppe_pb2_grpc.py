@@ -119,8 +119,7 @@ class IngestServicer:
 
     def CreateRun(self, request, context):
         """Idempotent on run_id: creating a run that exists with the same experiment
-        returns it unchanged (the creator's name and tags win), so a retried CreateRun never
-        makes two runs and every rank of a job may create the job's run.
+        returns it unchanged, so a retried CreateRun never makes two runs.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
