@@ -11,10 +11,11 @@ import logging
 import re
 import sys
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from steppe import errors, fluent, system_metrics, validation
+from steppe import config, errors, fluent, system_metrics, validation
 from steppe.entities import Param
 from steppe.tracking import Client
 
@@ -114,15 +115,37 @@ class TrainingRun:
         return self.run_id
 
     def _start_for_job(self) -> fluent.ActiveRun:
-        """Every rank calls start_run and all join the job's one run (steppe.job: the job key
-        of torchrun or Slurm, else rank 0 creates it and broadcasts its id over
-        torch.distributed); one process just starts a run."""
-        return fluent.start_run(
-            experiment_id=self._experiment_id(),
-            run_name=self.run_name,
-            tags=self.tags,
-            log_system_metrics=self.log_system_metrics,
-        )
+        dist = process_group()
+        if dist is None or config.launcher_run_id() is not None:
+            # One process, or a launcher that names the run (STEPPE_RUN_ID) for every rank.
+            return fluent.start_run(
+                experiment_id=self._experiment_id(),
+                run_name=self.run_name,
+                tags=self.tags,
+                log_system_metrics=self.log_system_metrics,
+            )
+        # Rank 0 creates the run under an id of its own choosing, then every rank resumes it
+        # by id: no rank ever starts a second run, and start_run sees an explicit id only.
+        if dist.get_rank() == 0:
+            run_id = uuid.uuid4().hex
+            try:
+                Client().create_run(
+                    experiment_id=self._experiment_id(),
+                    tags=self.tags,
+                    run_name=self.run_name,
+                    run_id=run_id,
+                )
+            except BaseException:
+                dist.broadcast_object_list([""], src=0)  # the others wait in it: release them
+                raise
+            dist.broadcast_object_list([run_id], src=0)
+        else:
+            box: list[object] = [""]
+            dist.broadcast_object_list(box, src=0)
+            run_id = str(box[0])
+            if not run_id:
+                raise errors.SteppeError("rank 0 could not create the run; see its error")
+        return fluent.start_run(run_id=run_id, log_system_metrics=self.log_system_metrics)
 
     def _experiment_id(self) -> str | None:
         if self.experiment_name is None:
