@@ -513,15 +513,26 @@ class Sender:
         self.start()
         self._wake.set()
         with self._state:
-            while self._unacked_points > points:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise errors.FlushTimeout(
-                        f"{self._unacked_points} points were not acked by "
-                        f"{self._describe_server()} within {timeout_s:g} s "
-                        f"(last error: {self._last_error or 'none'})"
-                    )
-                self._state.wait(remaining)
+            self._wait_locked(lambda: self._unacked_points <= points, deadline, timeout_s)
+
+    def _wait_locked(
+        self,
+        done: Callable[[], bool],
+        deadline: float,
+        timeout_s: float,
+        where: Callable[[], str] = lambda: "",
+    ) -> None:
+        """Wait on ``_state`` (held) until ``done()``; FlushTimeout past ``deadline``, naming
+        the unacked points, the server and the last error (then ``where()``)."""
+        while not done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise errors.FlushTimeout(
+                    f"{self._unacked_points} points were not acked by "
+                    f"{self._describe_server()} within {timeout_s:g} s "
+                    f"(last error: {self._last_error or 'none'}){where()}"
+                )
+            self._state.wait(remaining)
 
     def flush(self, timeout_s: float) -> None:
         """Send everything logged so far and wait until the server acked it."""
@@ -533,15 +544,12 @@ class Sender:
         self._wake.set()
         with self._state:
             target = self._seq
-            while self._acked_seq < target or self._ops:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise errors.FlushTimeout(
-                        f"{self._unacked_points} points were not acked by "
-                        f"{self._describe_server()} within {timeout_s:g} s "
-                        f"(last error: {self._last_error or 'none'}); {self._where_unsent()}"
-                    )
-                self._state.wait(remaining)
+            self._wait_locked(
+                lambda: self._acked_seq >= target and not self._ops,
+                deadline,
+                timeout_s,
+                lambda: f"; {self._where_unsent()}",
+            )
             rejected, self._rejections = self._rejections, []
         if rejected:
             raise errors.SteppeError(
