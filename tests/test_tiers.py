@@ -1,0 +1,219 @@
+"""Pre-aggregated tiers (ingest/tiers.py, query/aligned.py): written beside each flushed and
+compacted metrics file, deleted with it, never trusted when stale, and the aligned series
+they answer equal to a plain-Python computation over the points for random windows, with
+points in files with tiers, in files without, compacted and still in the unflushed tail."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from steppe.ingest import wire
+from steppe.ingest.compactor import Compactor
+from steppe.ingest.layout import TIER_MIN_POINTS, DataDir, tiers_path
+from steppe.ingest.sqlite_catalog import SqliteCatalog
+from steppe.ingest.store import MetricStore
+from steppe.query.aligned import aligned_series
+from steppe.query.reader import Reader
+from steppe.query.series import SeriesKey
+from tests.query_data import Point, metrics_table, same_floats
+
+NAN, INF = math.nan, math.inf
+
+
+@pytest.fixture
+def reader() -> Iterator[Reader]:
+    r = Reader(threads=2)
+    yield r
+    r.close()
+
+
+def reference_shift(lo: int, hi: int, buckets: int) -> int:
+    best = 0
+    for k in range(63):
+        if (hi >> k) - (lo >> k) + 1 >= buckets:
+            best = k
+    return best
+
+
+def reference(
+    points: Sequence[Point], keys: Sequence[tuple[str, str]], buckets: int,
+    lo: int | None, hi: int | None,
+) -> list[Any]:  # fmt: skip
+    """Per series: ("exact", [(step, value)]) or ("bucketed", [bucket dicts]), by the
+    aligned grid over the points alone."""
+
+    def inside(step: int) -> bool:
+        return (lo is None or step >= lo) and (hi is None or step <= hi)
+
+    def order(p: Point) -> tuple[int, int]:
+        return p[2], p[3]
+
+    chosen = {
+        key: sorted((p for p in points if (p[0], p[1]) == key and inside(p[2])), key=order)
+        for key in keys
+    }
+    present = [c for c in chosen.values() if c]
+    if not present:
+        return [("exact", []) for _ in keys]
+    k = reference_shift(min(c[0][2] for c in present), max(c[-1][2] for c in present), buckets)
+    out: list[Any] = []
+    for key in keys:
+        rows = chosen[key]
+        if len(rows) <= 2 * buckets:
+            out.append(("exact", [(p[2], p[4]) for p in rows]))
+            continue
+        groups: dict[int, list[Point]] = {}
+        for p in rows:
+            groups.setdefault(p[2] >> k, []).append(p)
+        got = []
+        for _, group in sorted(groups.items()):
+            values = [p[4] for p in group]
+            finite = [v for v in values if not math.isnan(v)]
+            got.append(
+                {
+                    "x": group[0][2],
+                    "min": min(finite) if finite else NAN,
+                    "max": max(finite) if finite else NAN,
+                    "first": values[0],
+                    "last": values[-1],
+                    "mean": math.fsum(values) / len(values) if not any(
+                        math.isnan(v) for v in values) and not (INF in values and -INF in values)
+                    else NAN,
+                    "count": len(group),
+                }
+            )  # fmt: skip
+        out.append(("bucketed", got))
+    return out
+
+
+def check(result: Any, want: list[Any]) -> None:
+    for data, (kind, rows) in zip(result.series, want, strict=True):
+        table = data.table.to_pylist()
+        if kind == "exact":
+            assert not data.bucketed
+            assert [r["x"] for r in table] == [s for s, _ in rows]
+            assert all(same_floats(r["value"], v) for r, (_, v) in zip(table, rows, strict=True))
+            continue
+        assert data.bucketed
+        assert [r["x"] for r in table] == [r["x"] for r in rows]
+        for got, exp in zip(table, rows, strict=True):
+            assert got["count"] == exp["count"]
+            for name in ("min", "max", "first", "last"):
+                assert same_floats(got[name], exp[name]), (name, got, exp)
+            if math.isnan(exp["mean"]) or math.isinf(exp["mean"]):
+                assert same_floats(got["mean"], exp["mean"])
+            else:
+                assert got["mean"] == pytest.approx(exp["mean"], rel=1e-9, abs=1e-9)
+
+
+def noisy(rng: random.Random) -> float:
+    roll = rng.random()
+    if roll < 0.002:
+        return NAN
+    if roll < 0.003:
+        return INF
+    if roll < 0.004:
+        return -INF
+    return rng.gauss(0, 1)
+
+
+async def append(store: MetricStore, seq: int, points: Sequence[Point]) -> None:
+    table = wire.decode_metric_batch(
+        wire.encode_metric_batch("s", seq, metrics_table(points))
+    ).table
+    payload = wire.encode_metric_batch("s", seq, metrics_table(points)).SerializeToString()
+    await store.append("s", seq, table, payload)
+
+
+async def test_aligned_series_from_tiers_equal_the_points(tmp_path: Path, reader: Reader) -> None:
+    data_dir = DataDir.at(tmp_path / "data")
+    data_dir.root.mkdir()
+    catalog = SqliteCatalog(data_dir.catalog_file)
+    store = MetricStore(data_dir, catalog, flush_interval_s=3600)
+    await store.open()
+    rng = random.Random(15)
+    everything: list[Point] = []
+    try:
+        # Big series "r/loss" (tiers), small "r/lr" (points only), "q/loss" with negative
+        # steps and repeated steps (later timestamps); 8 flushes, then a tail.
+        for seq, chunk in enumerate(range(9), 1):
+            points: list[Point] = []
+            base = chunk * 9000
+            for i in range(9000):
+                points.append(("r", "loss", base + i, 10 * (base + i), noisy(rng)))
+            for i in range(0, 9000, 500):
+                points.append(("r", "lr", base + i, 10 * (base + i), rng.random()))
+            for i in range(6000):
+                step = -20_000 + chunk * 3000 + i // 2
+                points.append(("q", "loss", step, 10 * (chunk * 6000 + i), noisy(rng)))
+            await append(store, seq, points)
+            everything.extend(points)
+            if chunk < 8:
+                await store.flush()
+        compactor = Compactor(
+            store, data_dir.metrics_dir, min_files=3, max_files=3, small_file_rows=1 << 20,
+            grace_s=0,
+        )  # fmt: skip
+        merged = await compactor.compact_once()
+        assert merged is not None
+        await compactor.close()
+        snapshot = store.snapshot()
+        assert snapshot.tail.num_rows == 9000 + 18 + 6000
+        # Tiers beside every file (big series only), gone with the compacted inputs.
+        tier_files = sorted(p.name for p in data_dir.tiers_dir.iterdir())
+        assert tier_files == sorted(p.name for p in snapshot.files)
+        for path in snapshot.files:
+            assert reader.tiers.covered(path) == {("r", "loss"), ("q", "loss")}
+        assert TIER_MIN_POINTS > 18 * 3  # r/lr never gets tiers, even compacted
+
+        keys = [("r", "loss"), ("r", "lr"), ("q", "loss")]
+        series = [SeriesKey(*k) for k in keys]
+        steps = [p[2] for p in everything]
+        lo_all, hi_all = min(steps), max(steps)
+        cases: list[tuple[int, int | None, int | None]] = [(1000, None, None), (50, None, None)]
+        for _ in range(25):
+            a, b = sorted(rng.randint(lo_all - 100, hi_all + 100) for _ in range(2))
+            cases.append((rng.choice([5, 64, 300, 1000, 4000]), a, b))
+        cases += [(100, 17, None), (100, None, 40_001), (10, 12_345, 12_345)]
+        for buckets, lo, hi in cases:
+            got = aligned_series(reader, snapshot, series, buckets, x_min=lo, x_max=hi)
+            check(got, reference(everything, keys, buckets, lo, hi))
+    finally:
+        await store.close()
+        catalog.close()
+
+
+def test_a_stale_or_damaged_tier_file_is_not_trusted(tmp_path: Path, reader: Reader) -> None:
+    from steppe.ingest.metrics_files import sort_metrics, write_metrics_file
+    from steppe.ingest.tiers import write_tiers
+
+    data_dir = DataDir.at(tmp_path / "data")
+    data_dir.metrics_dir.mkdir(parents=True)
+    path = data_dir.metrics_dir / "part-000000000001-000000000001.parquet"
+    points = [("r", "m", s, s, float(s)) for s in range(TIER_MIN_POINTS)]
+    write_metrics_file(sort_metrics(metrics_table(points)), path)
+    assert write_tiers(sort_metrics(metrics_table(points)), path) == tiers_path(path)
+    assert reader.tiers.covered(path) == {("r", "m")}
+    # The metrics file rewritten under the same name (other points): the tiers are stale.
+    other = [("r", "m", s, s, -float(s)) for s in range(TIER_MIN_POINTS + 1)]
+    write_metrics_file(sort_metrics(metrics_table(other)), path)
+    assert reader.tiers.covered(path) == set()
+    tiers_path(path).write_bytes(b"not parquet")
+    assert Reader().tiers.covered(path) == set()
+
+
+def test_points_with_no_big_series_write_no_tier_file(tmp_path: Path) -> None:
+    from steppe.ingest.metrics_files import sort_metrics, write_metrics_file
+    from steppe.ingest.tiers import write_tiers
+
+    path = tmp_path / "metrics" / "part-000000000001-000000000001.parquet"
+    path.parent.mkdir()
+    table = sort_metrics(metrics_table([("r", f"k{i}", 0, 0, 1.0) for i in range(100)]))
+    write_metrics_file(table, path)
+    assert write_tiers(table, path) is None and not tiers_path(path).exists()
