@@ -50,12 +50,15 @@ METRICS_FILE_RE = re.compile(r"part-(\d{12})-(\d{12})\.parquet")
 #: Pre-aggregated tiers of one metrics file: ``tiers/<the metrics file's name>``, one row per
 #: (run_id, key, shift, bucket = step >> shift) of that file's points, for each shift in
 #: TIER_SHIFTS, for the series with at least TIER_MIN_POINTS points in the file (the others
-#: are cheap to read raw). Summaries are exact and merge across files and tiers: count, sum,
-#: min (NaN only if every value is), max (likewise), first/last (the value at the lowest /
-#: highest (step, timestamp)) with their step and timestamp, and the timestamp range. Written
-#: after its metrics file and deleted with it; its key-value metadata names the size and
-#: mtime of the metrics file it summarises, so a reader never trusts a stale one.
+#: are cheap to read raw), plus one index row (shift TIER_INDEX_SHIFT, bucket 0) per series
+#: of the file, big or not, summarising all its points there. Summaries are exact and merge
+#: across files and tiers: count, sum, min (NaN only if every value is), max (likewise),
+#: first/last (the value at the lowest / highest (step, timestamp)) with their step and
+#: timestamp, and the timestamp range. Written after its metrics file and deleted with it;
+#: its key-value metadata names the size and mtime of the metrics file it summarises, so a
+#: reader never trusts a stale one.
 TIER_SHIFTS = (6, 9, 12, 15, 18)
+TIER_INDEX_SHIFT = -1
 TIER_MIN_POINTS = 4096
 TIER_SCHEMA = pa.schema(
     [

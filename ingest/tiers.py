@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from steppe.ingest.layout import (
+    TIER_INDEX_SHIFT,
     TIER_MIN_POINTS,
     TIER_SCHEMA,
     TIER_SHIFTS,
@@ -29,6 +30,10 @@ from steppe.ingest.metrics_files import commit_file
 __all__ = ["compute_tiers", "remove_tiers", "try_write_tiers", "write_tiers"]
 
 logger = logging.getLogger("steppe.ingest.tiers")
+
+#: Small row groups: the rows are sorted by series, shift and bucket, so a reader's filters
+#: skip all but the few groups holding the rows it wants (a 1M-point series has ~18k rows).
+TIER_ROW_GROUP_ROWS = 4096
 
 _SUMMARY = [
     ("count", "sum"),
@@ -93,19 +98,29 @@ def compute_tiers(points: pa.Table) -> pa.Table:
         {name: finest.column(name).cast(pa.string()) if name in ("run_id", "key") else
          finest.column(name) for name in names}
     )  # fmt: skip
-    # Only the series big enough for a reader to want summaries of.
-    sizes = finest.group_by(["run_id", "key"]).aggregate([("count", "sum")])
-    big = sizes.filter(pc.greater_equal(sizes.column("count_sum"), TIER_MIN_POINTS))
+    # The index: every series of the file, whole.
+    index = (
+        finest.group_by(["run_id", "key"], use_threads=False)
+        .aggregate(_SUMMARY)
+        .rename_columns(["run_id", "key", *(name for name, _ in _SUMMARY)])
+    )
+    index = index.add_column(2, "bucket", pa.array([0] * index.num_rows, pa.int64()))
+    index = index.add_column(2, "shift", pa.array([TIER_INDEX_SHIFT] * index.num_rows, pa.int8()))
+    # Tiers only for the series big enough for a reader to want summaries of.
+    big = index.filter(pc.greater_equal(index.column("count"), TIER_MIN_POINTS))
     if not big.num_rows:
-        return TIER_SCHEMA.empty_table()
-    if big.num_rows < sizes.num_rows:
+        return index.select(TIER_SCHEMA.names).cast(TIER_SCHEMA)
+    if big.num_rows < index.num_rows:
         finest = finest.join(
             big.select(["run_id", "key"]), ["run_id", "key"], join_type="left semi"
         )
         finest = finest.sort_by(
             [("run_id", "ascending"), ("key", "ascending"), ("bucket", "ascending")]
         )
-    tiers = [finest.add_column(2, "shift", pa.array([shift0] * finest.num_rows, pa.int8()))]
+    tiers = [
+        index.select([*names[:2], "shift", *names[2:]]),
+        finest.add_column(2, "shift", pa.array([shift0] * finest.num_rows, pa.int8())),
+    ]
     finer = finest
     for shift in TIER_SHIFTS[1:]:
         grouped = finer.append_column(
@@ -125,8 +140,8 @@ def compute_tiers(points: pa.Table) -> pa.Table:
 
 
 def write_tiers(points: pa.Table, metrics_file: Path) -> Path | None:
-    """Write the tiers of the committed ``metrics_file`` holding ``points`` (sorted); None
-    when no series in it is big enough to need them (no file is written)."""
+    """Write the tiers (and index) of the committed ``metrics_file`` holding ``points``
+    (sorted); None when it holds no points (no file is written)."""
     tiers = compute_tiers(points)
     if not tiers.num_rows:
         return None
@@ -138,7 +153,7 @@ def write_tiers(points: pa.Table, metrics_file: Path) -> Path | None:
     final.parent.mkdir(parents=True, exist_ok=True)
 
     def write(temp: Path) -> None:
-        pq.write_table(tiers, temp, compression="zstd", row_group_size=128 * 1024)
+        pq.write_table(tiers, temp, compression="zstd", row_group_size=TIER_ROW_GROUP_ROWS)
 
     commit_file(write, final)
     return final

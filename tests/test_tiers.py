@@ -15,7 +15,7 @@ import pytest
 
 from steppe.ingest import wire
 from steppe.ingest.compactor import Compactor
-from steppe.ingest.layout import TIER_MIN_POINTS, DataDir, tiers_path
+from steppe.ingest.layout import TIER_MIN_POINTS, DataDir, Snapshot, tiers_path
 from steppe.ingest.sqlite_catalog import SqliteCatalog
 from steppe.ingest.store import MetricStore
 from steppe.query.aligned import aligned_series
@@ -46,7 +46,9 @@ def reference(
     lo: int | None, hi: int | None,
 ) -> list[Any]:  # fmt: skip
     """Per series: ("exact", [(step, value)]) or ("bucketed", [bucket dicts]), by the
-    aligned grid over the points alone."""
+    aligned grid over the points alone, the window widened to whole 64-step blocks."""
+    lo = None if lo is None else lo // 64 * 64
+    hi = None if hi is None else hi // 64 * 64 + 63
 
     def inside(step: int) -> bool:
         return (lo is None or step >= lo) and (hi is None or step <= hi)
@@ -169,7 +171,9 @@ async def test_aligned_series_from_tiers_equal_the_points(tmp_path: Path, reader
         tier_files = sorted(p.name for p in data_dir.tiers_dir.iterdir())
         assert tier_files == sorted(p.name for p in snapshot.files)
         for path in snapshot.files:
-            assert reader.tiers.covered(path) == {("r", "loss"), ("q", "loss")}
+            tiers = reader.tiers.of(path)
+            assert tiers is not None and tiers.tiered == {("r", "loss"), ("q", "loss")}
+            assert tiers.present == {("r", "loss"), ("q", "loss"), ("r", "lr")}
         assert TIER_MIN_POINTS > 18 * 3  # r/lr never gets tiers, even compacted
 
         keys = [("r", "loss"), ("r", "lr"), ("q", "loss")]
@@ -181,9 +185,14 @@ async def test_aligned_series_from_tiers_equal_the_points(tmp_path: Path, reader
             a, b = sorted(rng.randint(lo_all - 100, hi_all + 100) for _ in range(2))
             cases.append((rng.choice([5, 64, 300, 1000, 4000]), a, b))
         cases += [(100, 17, None), (100, None, 40_001), (10, 12_345, 12_345)]
+        # With the tail, and without it (the files alone: no branch reads points then).
+        flushed = everything[: -snapshot.tail.num_rows]
+        files_only = Snapshot(snapshot.files, snapshot.tail.slice(0, 0), snapshot.latest)
         for buckets, lo, hi in cases:
             got = aligned_series(reader, snapshot, series, buckets, x_min=lo, x_max=hi)
             check(got, reference(everything, keys, buckets, lo, hi))
+            got = aligned_series(reader, files_only, series, buckets, x_min=lo, x_max=hi)
+            check(got, reference(flushed, keys, buckets, lo, hi))
     finally:
         await store.close()
         catalog.close()
@@ -199,16 +208,16 @@ def test_a_stale_or_damaged_tier_file_is_not_trusted(tmp_path: Path, reader: Rea
     points = [("r", "m", s, s, float(s)) for s in range(TIER_MIN_POINTS)]
     write_metrics_file(sort_metrics(metrics_table(points)), path)
     assert write_tiers(sort_metrics(metrics_table(points)), path) == tiers_path(path)
-    assert reader.tiers.covered(path) == {("r", "m")}
+    assert (found := reader.tiers.of(path)) is not None and found.tiered == {("r", "m")}
     # The metrics file rewritten under the same name (other points): the tiers are stale.
     other = [("r", "m", s, s, -float(s)) for s in range(TIER_MIN_POINTS + 1)]
     write_metrics_file(sort_metrics(metrics_table(other)), path)
-    assert reader.tiers.covered(path) == set()
+    assert reader.tiers.of(path) is None
     tiers_path(path).write_bytes(b"not parquet")
-    assert Reader().tiers.covered(path) == set()
+    assert Reader().tiers.of(path) is None
 
 
-def test_points_with_no_big_series_write_no_tier_file(tmp_path: Path) -> None:
+def test_points_with_no_big_series_write_only_the_index(tmp_path: Path, reader: Reader) -> None:
     from steppe.ingest.metrics_files import sort_metrics, write_metrics_file
     from steppe.ingest.tiers import write_tiers
 
@@ -216,4 +225,6 @@ def test_points_with_no_big_series_write_no_tier_file(tmp_path: Path) -> None:
     path.parent.mkdir()
     table = sort_metrics(metrics_table([("r", f"k{i}", 0, 0, 1.0) for i in range(100)]))
     write_metrics_file(table, path)
-    assert write_tiers(table, path) is None and not tiers_path(path).exists()
+    assert write_tiers(table, path) == tiers_path(path)
+    found = reader.tiers.of(path)
+    assert found is not None and found.tiered == set() and len(found.present) == 100
