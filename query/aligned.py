@@ -32,10 +32,26 @@ GRIDS: tuple[Grid, ...] = ("even", "aligned")
 
 _INT64_MAX = 2**63 - 1
 
+# The points of each (sid, step >> k) as one partial summary (the tier rows' columns). o
+# orders them by (step, timestamp) as one HUGEINT (timestamps are >= 0: MetricRules), which
+# DuckDB aggregates about twice as fast as a struct (no shift: DuckDB refuses negative ones).
+_GROUPED = """SELECT sid, count(*)::BIGINT AS "count", sum(value) AS "sum",
+       coalesce(min(value), 'NaN'::DOUBLE) AS "min",
+       coalesce(max(nullif(value, 'NaN'::DOUBLE)), 'NaN'::DOUBLE) AS "max",
+       arg_min(value, o) AS "first", min(step) AS first_step,
+       (min(o) - min(step)::HUGEINT * 18446744073709551616)::BIGINT AS first_ts,
+       arg_max(value, o) AS "last", max(step) AS last_step,
+       (max(o) - max(step)::HUGEINT * 18446744073709551616)::BIGINT AS last_ts,
+       min(ts) AS ts_lo, max(ts) AS ts_hi
+FROM ({points})
+GROUP BY sid, step >> {k}"""
+
 # One point as a partial summary (the tier rows' columns).
 _POINT_ROW = """1::BIGINT AS "count", value AS "sum", value AS "min", value AS "max",
 value AS "first", step AS first_step, "timestamp" AS first_ts, value AS "last",
 step AS last_step, "timestamp" AS last_ts, "timestamp" AS ts_lo, "timestamp" AS ts_hi"""
+_POINT_COLUMNS = """p.step, p."timestamp" AS ts, p.value,
+p.step::HUGEINT * 18446744073709551616 + p."timestamp" AS o"""
 _FLOATS = {"sum", "min", "max", "first", "last"}
 
 _SCHEMA = pa.schema(
@@ -145,12 +161,13 @@ def _rows(
     how: list[Range] | Literal["index", "points"],
     lo: int | None,
     hi: int | None,
+    k: int | None,
 ) -> pa.Table:
     """Partial summaries (sid + ROW_COLUMNS) of the ``chosen`` series' points with
     lo <= step <= hi: tier rows in ``how``'s ranges (which tile the window), or the files'
     index rows (open window only), or ("points") the points alone; files without tiers,
     and the tail, always give points. Tier rows come from memory (steppe.query.tier_files),
-    points from one DuckDB query."""
+    points from one DuckDB query, one row each, or with ``k`` one per (sid, step >> k)."""
     if not chosen:
         return _ROWS_SCHEMA.empty_table()
     found: list[pa.Table] = []
@@ -176,7 +193,7 @@ def _rows(
                     add(i, plan.tiers[path].rows(run_id, key, shift, first, last))
             raw += [(i, p) for p in (*plan.small[i], *plan.unknown)]
     if raw or plan.tail:
-        found.append(_points(reader, snapshot, series, chosen, raw, plan.tail, lo, hi))
+        found.append(_points(reader, snapshot, series, chosen, raw, plan.tail, lo, hi, k))
     return pa.concat_tables(found) if found else _ROWS_SCHEMA.empty_table()
 
 
@@ -189,6 +206,7 @@ def _points(
     tail: bool,
     lo: int | None,
     hi: int | None,
+    k: int | None,
 ) -> pa.Table:
     """Each point, as a partial summary, of the ``chosen`` series in the window: from the
     (series, file) pairs of ``raw`` and, with ``tail``, from the unflushed tail."""
@@ -211,6 +229,7 @@ def _points(
         params["hi"] = hi
         names += " AND p.step <= $hi"
     join = "JOIN __steppe_sel AS sel ON p.run_id = sel.run_id AND p.key = sel.key"
+    columns = _POINT_ROW if k is None else _POINT_COLUMNS
     parts = []
     if raw:
         tables["__steppe_raw"] = pa.table(
@@ -221,14 +240,17 @@ def _points(
         )
         params["pf"] = sorted({str(p) for _, p in raw})
         parts.append(
-            f"SELECT sel.sid, {_POINT_ROW} FROM read_parquet($pf, filename = true) AS p "
+            f"SELECT sel.sid, {columns} FROM read_parquet($pf, filename = true) AS p "
             f"{join} JOIN __steppe_raw AS w ON w.sid = sel.sid AND w.file = p.filename "
             f"WHERE {names}"
         )
     if tail or not parts:
-        parts.append(f"SELECT sel.sid, {_POINT_ROW} FROM {TAIL} AS p {join} WHERE {names}")
-    table = reader.query(snapshot, "\nUNION ALL\n".join(parts), params, tables)
-    return table.cast(_ROWS_SCHEMA)
+        parts.append(f"SELECT sel.sid, {columns} FROM {TAIL} AS p {join} WHERE {names}")
+    sql = "\nUNION ALL\n".join(parts)
+    if k is not None:
+        sql = _GROUPED.format(points=sql, k=int(k))
+    table = reader.query(snapshot, sql, params, tables)
+    return table.select(_ROWS_SCHEMA.names).cast(_ROWS_SCHEMA)
 
 
 def _bounds(
@@ -244,7 +266,7 @@ def _bounds(
     how: list[Range] | Literal["index"] = (
         "index" if lo is None and hi is None else cover(lo, hi, TIER_SHIFTS)
     )
-    rows = _rows(reader, snapshot, plan, series, range(len(series)), how, lo, hi)
+    rows = _rows(reader, snapshot, plan, series, range(len(series)), how, lo, hi, 62)
     table = rows.group_by("sid").aggregate(
         [("count", "sum"), ("first_step", "min"), ("last_step", "max"), ("ts_lo", "min"),
          ("ts_hi", "max")]
@@ -293,8 +315,8 @@ def aligned_series(
     cut = [i for i in present if bounds[i].n > 2 * buckets]
     found = pa.concat_tables(
         [
-            _rows(reader, snapshot, plan, series, exact, "points", x_min, x_max),
-            _rows(reader, snapshot, plan, series, cut, how, x_min, x_max),
+            _rows(reader, snapshot, plan, series, exact, "points", x_min, x_max, None),
+            _rows(reader, snapshot, plan, series, cut, how, x_min, x_max, k),
         ]
     )
     table = _merge(found, set(cut), k)
