@@ -2,9 +2,9 @@
 requested number of them over the selected points, answered from the metrics files'
 pre-aggregated tiers (layout.TIER_SCHEMA) where they exist and from the points elsewhere.
 
-The window is widened to whole blocks of the finest tier (64 steps), so whole tier rows
-always tile it: no point of a file with tiers is read for a bucketed answer, and a bucket
-says the same whatever the zoom. Exact by construction: a bucket merges tier rows (coarsest
+A bucketed answer's window is widened to whole blocks of the finest tier (64 steps), so
+whole tier rows always tile it: no point of a file with tiers is read for a bucketed
+answer, and a bucket says the same whatever the zoom. Exact by construction: a bucket merges tier rows (coarsest
 that fit) with the points of files without tiers and of the unflushed tail, with the same
 min/max/first/last/count as the points alone (the mean is sum / count, equal up to the
 order of the additions). Synchronous and read-only, like steppe.query.series.
@@ -290,9 +290,9 @@ def aligned_series(
     x_min: int | None = None,
     x_max: int | None = None,
 ) -> MultiSeries:
-    """Points with ``x_min <= step <= x_max`` of each series, the window first widened to
-    whole 64-step blocks (``widen``): exact when the series has at most ``2 * buckets`` of
-    them, else one row per non-empty bucket ``step >> k`` for the
+    """Points with ``x_min <= step <= x_max`` of each series: exact when the window widened
+    to whole 64-step blocks (``widen``) holds at most ``2 * buckets`` of them, else, over
+    that widened window, one row per non-empty bucket ``step >> k`` for the
     largest k giving at least ``buckets`` buckets between the lowest and highest selected
     step of all series (so buckets line up across series). Columns as
     ``steppe.query.series.multi_series`` (x: the lowest step in the bucket)."""
@@ -301,6 +301,7 @@ def aligned_series(
     if not series:
         raise ValueError("series must not be empty")
     plan = _Plan(reader, snapshot, series)
+    exact_min, exact_max = x_min, x_max
     x_min, x_max = widen(x_min, x_max)
     bounds = _bounds(reader, snapshot, plan, series, x_min, x_max)
     present = [i for i, b in enumerate(bounds) if b.n]
@@ -315,7 +316,7 @@ def aligned_series(
     cut = [i for i in present if bounds[i].n > 2 * buckets]
     found = pa.concat_tables(
         [
-            _rows(reader, snapshot, plan, series, exact, "points", x_min, x_max, None),
+            _rows(reader, snapshot, plan, series, exact, "points", exact_min, exact_max, None),
             _rows(reader, snapshot, plan, series, cut, how, x_min, x_max, k),
         ]
     )

@@ -46,7 +46,9 @@ def reference(
     lo: int | None, hi: int | None,
 ) -> list[Any]:  # fmt: skip
     """Per series: ("exact", [(step, value)]) or ("bucketed", [bucket dicts]), by the
-    aligned grid over the points alone, the window widened to whole 64-step blocks."""
+    aligned grid over the points alone: exact ones hold the window's points, bucketed ones
+    those of the window widened to whole 64-step blocks (which also decides which)."""
+    exact_lo, exact_hi = lo, hi
     lo = None if lo is None else lo // 64 * 64
     hi = None if hi is None else hi // 64 * 64 + 63
 
@@ -68,7 +70,11 @@ def reference(
     for key in keys:
         rows = chosen[key]
         if len(rows) <= 2 * buckets:
-            out.append(("exact", [(p[2], p[4]) for p in rows]))
+            inside = [
+                p for p in rows
+                if (exact_lo is None or p[2] >= exact_lo) and (exact_hi is None or p[2] <= exact_hi)
+            ]  # fmt: skip
+            out.append(("exact", [(p[2], p[4]) for p in inside]))
             continue
         groups: dict[int, list[Point]] = {}
         for p in rows:
