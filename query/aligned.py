@@ -4,10 +4,11 @@ pre-aggregated tiers (layout.TIER_SCHEMA) where they exist and from the points e
 
 A bucketed answer's window is widened to whole blocks of the finest tier (64 steps), so
 whole tier rows always tile it: no point of a file with tiers is read for a bucketed
-answer, and a bucket says the same whatever the zoom. Exact by construction: a bucket merges tier rows (coarsest
-that fit) with the points of files without tiers and of the unflushed tail, with the same
-min/max/first/last/count as the points alone (the mean is sum / count, equal up to the
-order of the additions). Synchronous and read-only, like steppe.query.series.
+answer, and a bucket says the same whatever the zoom. Exact by construction: a bucket
+merges tier rows (the coarsest that fit) with the points of files without tiers and of the
+unflushed tail, with the same min/max/first/last/count as the points alone (the mean is
+sum / count, equal up to the order of the additions). Synchronous and read-only, like
+steppe.query.series.
 """
 
 from __future__ import annotations
