@@ -72,7 +72,7 @@ class TierIndex:
     reader may trust (none, stale or unreadable: then read its points). Thread-safe; holds
     at most ``max_bytes`` of tier rows (least recently used files dropped first)."""
 
-    def __init__(self, max_bytes: int = 256 << 20) -> None:
+    def __init__(self, max_bytes: int = 128 << 20) -> None:
         self._max_bytes = max_bytes
         self._bytes = 0
         self._lock = threading.Lock()
