@@ -234,3 +234,43 @@ def test_points_with_no_big_series_write_only_the_index(tmp_path: Path, reader: 
     assert write_tiers(table, path) == tiers_path(path)
     found = reader.tiers.of(path)
     assert found is not None and found.tiered == set() and len(found.present) == 100
+
+
+def test_the_tier_cache_holds_at_most_its_bytes(tmp_path: Path) -> None:
+    from steppe.ingest.metrics_files import sort_metrics, write_metrics_file
+    from steppe.ingest.tiers import write_tiers
+    from steppe.query.tier_files import TierIndex
+
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    paths = []
+    for n in range(1, 4):
+        path = metrics / f"part-{n:012d}-{n:012d}.parquet"
+        table = sort_metrics(metrics_table([("r", "m", s, s, 1.0) for s in range(50_000)]))
+        write_metrics_file(table, path)
+        write_tiers(table, path)
+        paths.append(path)
+    one = TierIndex().of(paths[0])
+    assert one is not None
+    each = one.table.nbytes + 200 * len(one.slices)  # what the index counts per file
+    index = TierIndex(max_bytes=2 * each + 10)
+    for path in paths:
+        assert index.of(path) is not None
+    assert index._bytes <= 2 * each + 10
+    assert list(index._known) == paths[1:]  # the least recently used one went first
+
+
+def test_recovery_drops_tier_files_whose_metrics_file_is_gone(tmp_path: Path) -> None:
+    from steppe.ingest.recovery import recover
+
+    data_dir = DataDir.at(tmp_path / "data")
+    data_dir.root.mkdir()
+    data_dir.tiers_dir.mkdir()
+    orphan = data_dir.tiers_dir / "part-000000000007-000000000007.parquet"
+    orphan.write_bytes(b"left by a crash between two deletes")
+    catalog = SqliteCatalog(data_dir.catalog_file)
+    try:
+        recover(data_dir, catalog)
+    finally:
+        catalog.close()
+    assert not orphan.exists()
