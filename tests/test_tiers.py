@@ -199,6 +199,17 @@ async def test_aligned_series_from_tiers_equal_the_points(tmp_path: Path, reader
             check(got, reference(everything, keys, buckets, lo, hi))
             got = aligned_series(reader, files_only, series, buckets, x_min=lo, x_max=hi)
             check(got, reference(flushed, keys, buckets, lo, hi))
+        # A file without its tier file (a data dir from before tiers, a failed write): its
+        # points are read instead, for every series.
+        tiers_path(snapshot.files[1]).unlink()
+        fresh = Reader(threads=2)
+        try:
+            assert fresh.tiers.of(snapshot.files[1]) is None
+            for buckets, lo, hi in cases[:12]:
+                got = aligned_series(fresh, snapshot, series, buckets, x_min=lo, x_max=hi)
+                check(got, reference(everything, keys, buckets, lo, hi))
+        finally:
+            fresh.close()
     finally:
         await store.close()
         catalog.close()
