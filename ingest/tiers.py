@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -35,108 +36,164 @@ logger = logging.getLogger("steppe.ingest.tiers")
 #: skip all but the few groups holding the rows it wants (a 1M-point series has ~18k rows).
 TIER_ROW_GROUP_ROWS = 4096
 
-_SUMMARY = [
-    ("count", "sum"),
-    ("sum", "sum"),
-    ("min", "min"),
-    ("max", "max"),
-    ("first", "first"),
-    ("first_step", "first"),
-    ("first_ts", "first"),
-    ("last", "last"),
-    ("last_step", "last"),
-    ("last_ts", "last"),
-    ("ts_lo", "min"),
-    ("ts_hi", "max"),
-]
+
+def _runs(starts: np.ndarray, n: int) -> np.ndarray:
+    """Index one past the end of each run beginning at ``starts`` (ascending, starts[0] = 0)."""
+    ends = np.empty_like(starts)
+    ends[:-1] = starts[1:]
+    ends[-1] = n
+    return ends
+
+
+def _summarise(level: dict[str, np.ndarray], starts: np.ndarray) -> dict[str, np.ndarray]:
+    """The summaries of consecutive runs of ``level``'s rows (points or finer buckets) that
+    begin at ``starts``: counts and sums add, min/max skip NaN (np.fmin/fmax: NaN only when
+    every value is), first/last come from the run's first/last row (rows are in (step,
+    timestamp) order within a series)."""
+    last = _runs(starts, len(level["series"])) - 1
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is NaN, as in SQL's sum
+        total = np.add.reduceat(level["sum"], starts)
+    return {
+        "series": level["series"][starts],
+        "count": np.add.reduceat(level["count"], starts),
+        "sum": total,
+        "min": np.fmin.reduceat(level["min"], starts),
+        "max": np.fmax.reduceat(level["max"], starts),
+        "first": level["first"][starts],
+        "first_step": level["first_step"][starts],
+        "first_ts": level["first_ts"][starts],
+        "last": level["last"][last],
+        "last_step": level["last_step"][last],
+        "last_ts": level["last_ts"][last],
+        "ts_lo": np.minimum.reduceat(level["ts_lo"], starts),
+        "ts_hi": np.maximum.reduceat(level["ts_hi"], starts),
+    }
+
+
+def _starts(series: np.ndarray, bucket: np.ndarray | None) -> np.ndarray:
+    """Where a new series (or, given ``bucket``, a new bucket of the same series) begins."""
+    change = series[1:] != series[:-1]
+    if bucket is not None:
+        change |= bucket[1:] != bucket[:-1]
+    return np.concatenate(([0], np.flatnonzero(change) + 1))
+
+
+#: Points summarised per numpy pass: the 2^6 buckets are computed a batch at a time, so the
+#: transient arrays stay a few MiB however large the file (a bucket cut by a batch boundary
+#: is two partial rows, merged exactly in the next pass).
+TIER_BATCH_ROWS = 1 << 18
+
+
+def _codes(column: pa.Array) -> np.ndarray:
+    """Integer codes of one batch's string or dictionary column (equal strings, equal codes)."""
+    if not pa.types.is_dictionary(column.type):
+        column = pc.dictionary_encode(column)
+    codes: np.ndarray = column.indices.to_numpy(zero_copy_only=False)
+    return codes
+
+
+def _finest(
+    batch: pa.RecordBatch, first_series: int, same_as_before: bool, shift: int
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The 2^shift buckets of one batch of sorted points (series numbered from
+    ``first_series``, which the batch's first row continues when ``same_as_before``), and the
+    rows where a new series begins."""
+    n = batch.num_rows
+    run_codes, key_codes = _codes(batch.column("run_id")), _codes(batch.column("key"))
+    step = batch.column("step").to_numpy(zero_copy_only=False)
+    ts = batch.column("timestamp").to_numpy(zero_copy_only=False)
+    value = batch.column("value").to_numpy(zero_copy_only=False)
+    new_series = (
+        np.flatnonzero((run_codes[1:] != run_codes[:-1]) | (key_codes[1:] != key_codes[:-1])) + 1
+    )
+    bucket = step >> shift
+    starts = np.flatnonzero(bucket[1:] != bucket[:-1]) + 1
+    starts = np.union1d(np.union1d(starts, new_series), [0])
+    series_starts = new_series if same_as_before else np.concatenate(([0], new_series))
+    base = first_series - (1 if same_as_before else 0)
+    series = base + np.searchsorted(series_starts, starts, side="right")
+    if not same_as_before:
+        series -= 1
+    last = _runs(starts, n) - 1
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is NaN, as in SQL's sum
+        total = np.add.reduceat(value, starts)
+    level = {
+        "series": series.astype(np.int64),
+        "count": np.diff(np.append(starts, n)).astype(np.int64),
+        "sum": total,
+        "min": np.fmin.reduceat(value, starts),
+        "max": np.fmax.reduceat(value, starts),
+        "first": value[starts],
+        "first_step": step[starts],
+        "first_ts": ts[starts],
+        "last": value[last],
+        "last_step": step[last],
+        "last_ts": ts[last],
+        "ts_lo": np.minimum.reduceat(ts, starts),
+        "ts_hi": np.maximum.reduceat(ts, starts),
+    }
+    return level, series_starts
 
 
 def compute_tiers(points: pa.Table) -> pa.Table:
     """TIER_SCHEMA rows of ``points`` (METRICS_SCHEMA or TAIL_SCHEMA columns, sorted by
     run_id, key, step, timestamp as metrics files are), sorted by run_id, key, shift, bucket.
 
-    Arrow's ordered hash aggregation (one thread, groups in input order): first/last are the
-    values at the lowest/highest (step, timestamp) because the rows are in that order, and
-    min/max skip NaN unless every value is NaN, as the series queries do.
+    numpy segment reductions (``reduceat``) over the sorted arrays: the 2^6 buckets from the
+    points, a batch at a time, and each coarser level from the one below it (a bucket of 2^s
+    steps is a run of consecutive finer buckets, since the rows are in series and step
+    order). first/last are the values at the lowest/highest (step, timestamp) for the same
+    reason, and min/max skip NaN unless every value is NaN, as the series queries do.
     """
     if not points.num_rows:
         return TIER_SCHEMA.empty_table()
     shift0 = TIER_SHIFTS[0]
-    step, ts, value = points.column("step"), points.column("timestamp"), points.column("value")
-    finest = (
-        pa.table(
-            {
-                "run_id": points.column("run_id"),
-                "key": points.column("key"),
-                "bucket": pc.shift_right(step, shift0),
-                "value": value,
-                "step": step,
-                "ts": ts,
-            }
-        )
-        .group_by(["run_id", "key", "bucket"], use_threads=False)
-        .aggregate(
-            [
-                ("value", "count"),
-                ("value", "sum"),
-                ("value", "min"),
-                ("value", "max"),
-                ("value", "first"),
-                ("step", "first"),
-                ("ts", "first"),
-                ("value", "last"),
-                ("step", "last"),
-                ("ts", "last"),
-                ("ts", "min"),
-                ("ts", "max"),
-            ]
-        )
-    )
-    names = ["run_id", "key", "bucket", *(name for name, _ in _SUMMARY)]
-    finest = finest.rename_columns(names)
-    finest = pa.table(
-        {name: finest.column(name).cast(pa.string()) if name in ("run_id", "key") else
-         finest.column(name) for name in names}
-    )  # fmt: skip
+    parts: list[dict[str, np.ndarray]] = []
+    run_names: list[str] = []  # per series, in order
+    key_names: list[str] = []
+    previous: tuple[str, str] | None = None
+    for batch in points.to_batches(max_chunksize=TIER_BATCH_ROWS):
+        if not batch.num_rows:
+            continue
+        head = (batch.column("run_id")[0].as_py(), batch.column("key")[0].as_py())
+        same = head == previous
+        level, series_starts = _finest(batch, len(run_names), same, shift0)
+        parts.append(level)
+        at = pa.array(series_starts, pa.int64())
+        run_names += pc.take(batch.column("run_id"), at).cast(pa.string()).to_pylist()
+        key_names += pc.take(batch.column("key"), at).cast(pa.string()).to_pylist()
+        previous = (batch.column("run_id")[-1].as_py(), batch.column("key")[-1].as_py())
+    joined = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    # Buckets cut by a batch boundary come in two rows: merge them.
+    finest = _summarise(joined, _starts(joined["series"], joined["first_step"] >> shift0))
     # The index: every series of the file, whole.
-    index = (
-        finest.group_by(["run_id", "key"], use_threads=False)
-        .aggregate(_SUMMARY)
-        .rename_columns(["run_id", "key", *(name for name, _ in _SUMMARY)])
-    )
-    index = index.add_column(2, "bucket", pa.array([0] * index.num_rows, pa.int64()))
-    index = index.add_column(2, "shift", pa.array([TIER_INDEX_SHIFT] * index.num_rows, pa.int8()))
+    index = _summarise(finest, _starts(finest["series"], None))
+    levels = [(TIER_INDEX_SHIFT, np.zeros(len(index["series"]), np.int64), index)]
     # Tiers only for the series big enough for a reader to want summaries of.
-    big = index.filter(pc.greater_equal(index.column("count"), TIER_MIN_POINTS))
-    if not big.num_rows:
-        return index.select(TIER_SCHEMA.names).cast(TIER_SCHEMA)
-    if big.num_rows < index.num_rows:
-        finest = finest.join(
-            big.select(["run_id", "key"]), ["run_id", "key"], join_type="left semi"
-        )
-        finest = finest.sort_by(
-            [("run_id", "ascending"), ("key", "ascending"), ("bucket", "ascending")]
-        )
-    tiers = [
-        index.select([*names[:2], "shift", *names[2:]]),
-        finest.add_column(2, "shift", pa.array([shift0] * finest.num_rows, pa.int8())),
-    ]
-    finer = finest
-    for shift in TIER_SHIFTS[1:]:
-        grouped = finer.append_column(
-            "coarse", pc.shift_right(finer.column("first_step"), shift)
-        ).group_by(["run_id", "key", "coarse"], use_threads=False)
-        finer = grouped.aggregate(_SUMMARY).rename_columns(names)
-        tiers.append(finer.add_column(2, "shift", pa.array([shift] * finer.num_rows, pa.int8())))
-    rows = pa.concat_tables(tiers).sort_by(
-        [
-            ("run_id", "ascending"),
-            ("key", "ascending"),
-            ("shift", "ascending"),
-            ("bucket", "ascending"),
-        ]
-    )
-    return rows.select(TIER_SCHEMA.names).cast(TIER_SCHEMA)
+    big = index["count"] >= TIER_MIN_POINTS
+    if big.any():
+        if not big.all():
+            keep = big[finest["series"]]
+            finest = {name: column[keep] for name, column in finest.items()}
+        levels.append((shift0, finest["first_step"] >> shift0, finest))
+        finer = finest
+        for shift in TIER_SHIFTS[1:]:
+            finer = _summarise(finer, _starts(finer["series"], finer["first_step"] >> shift))
+            levels.append((shift, finer["first_step"] >> shift, finer))
+    shifts = np.concatenate([np.full(len(lv["series"]), s, np.int8) for s, _, lv in levels])
+    buckets = np.concatenate([b for _, b, _ in levels])
+    series_of = np.concatenate([lv["series"] for _, _, lv in levels])
+    order = np.lexsort((buckets, shifts, series_of))
+    series_of = pa.array(series_of[order])
+    columns: dict[str, pa.Array] = {
+        "run_id": pa.array(run_names, pa.string()).take(series_of),
+        "key": pa.array(key_names, pa.string()).take(series_of),
+        "shift": pa.array(shifts[order]),
+        "bucket": pa.array(buckets[order]),
+    }
+    for name in TIER_SCHEMA.names[4:]:
+        columns[name] = pa.array(np.concatenate([lv[name] for _, _, lv in levels])[order])
+    return pa.table(columns).select(TIER_SCHEMA.names).cast(TIER_SCHEMA)
 
 
 def write_tiers(points: pa.Table, metrics_file: Path) -> Path | None:

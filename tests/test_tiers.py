@@ -285,3 +285,57 @@ def test_recovery_drops_tier_files_whose_metrics_file_is_gone(tmp_path: Path) ->
     finally:
         catalog.close()
     assert not orphan.exists()
+
+
+@pytest.mark.parametrize("batch_rows", [1 << 18, 1000])
+def test_every_tier_row_equals_its_bucket_of_the_points(
+    batch_rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each row of every level against the points of its bucket, directly (not through a
+    # query): the coarser levels are derived from the finer ones, and a bucket's first/last
+    # must be its lowest/highest (step, timestamp) point even when steps repeat and the
+    # series spans many 2^6 buckets (Arrow's hash "first"/"last" once got this wrong at 2^12).
+    from steppe.ingest import tiers
+    from steppe.ingest.layout import TIER_INDEX_SHIFT, TIER_SHIFTS
+    from steppe.ingest.metrics_files import sort_metrics
+
+    # A small batch cuts buckets (and series) across batches: their partial rows must merge.
+    monkeypatch.setattr(tiers, "TIER_BATCH_ROWS", batch_rows)
+    rng = random.Random(7)
+    points: list[Point] = []
+    for run, key, n in [("a", "x", 30_000), ("a", "y", 50), ("b", "x", TIER_MIN_POINTS)]:
+        for _ in range(n):
+            step = rng.randrange(-100, 300_000)
+            points.append((run, key, step, rng.randrange(10**6), noisy(rng)))
+    rng.shuffle(points)
+    rows = tiers.compute_tiers(sort_metrics(metrics_table(points))).to_pylist()
+
+    def order(p: Point) -> tuple[int, int]:
+        return (p[2], p[3])
+
+    want: dict[tuple[str, str, int, int], list[Point]] = {}
+    sizes: dict[tuple[str, str], int] = {}
+    for p in points:
+        sizes[(p[0], p[1])] = sizes.get((p[0], p[1]), 0) + 1
+    for p in sorted(points, key=order):
+        want.setdefault((p[0], p[1], TIER_INDEX_SHIFT, 0), []).append(p)
+        if sizes[(p[0], p[1])] >= TIER_MIN_POINTS:
+            for shift in TIER_SHIFTS:
+                want.setdefault((p[0], p[1], shift, p[2] >> shift), []).append(p)
+    assert [(r["run_id"], r["key"], r["shift"], r["bucket"]) for r in rows] == sorted(want)
+    for row in rows:
+        bucket = want[(row["run_id"], row["key"], row["shift"], row["bucket"])]
+        values = [p[4] for p in bucket]
+        finite = [v for v in values if not math.isnan(v)]
+        assert row["count"] == len(bucket)
+        assert same_floats(row["first"], bucket[0][4]) and same_floats(row["last"], bucket[-1][4])
+        assert (row["first_step"], row["first_ts"]) == order(bucket[0])
+        assert (row["last_step"], row["last_ts"]) == order(bucket[-1])
+        assert same_floats(row["min"], min(finite) if finite else NAN)
+        assert same_floats(row["max"], max(finite) if finite else NAN)
+        assert (row["ts_lo"], row["ts_hi"]) == (
+            min(p[3] for p in bucket),
+            max(p[3] for p in bucket),
+        )
+        if all(math.isfinite(v) for v in values):
+            assert row["sum"] == pytest.approx(math.fsum(values), rel=1e-9, abs=1e-9)
