@@ -120,12 +120,11 @@ def _finest(
     step = batch.column("step").to_numpy(zero_copy_only=False)
     ts = batch.column("timestamp").to_numpy(zero_copy_only=False)
     value = batch.column("value").to_numpy(zero_copy_only=False)
-    new_series = (
-        np.flatnonzero((run_codes[1:] != run_codes[:-1]) | (key_codes[1:] != key_codes[:-1])) + 1
-    )
+    series_change = (run_codes[1:] != run_codes[:-1]) | (key_codes[1:] != key_codes[:-1])
+    new_series = np.flatnonzero(series_change) + 1
     bucket = step >> shift
-    starts = np.flatnonzero(bucket[1:] != bucket[:-1]) + 1
-    starts = np.union1d(np.union1d(starts, new_series), [0])
+    series_change |= bucket[1:] != bucket[:-1]
+    starts = np.concatenate(([0], np.flatnonzero(series_change) + 1))
     series_starts = new_series if same_as_before else np.concatenate(([0], new_series))
     base = first_series - (1 if same_as_before else 0)
     series = base + np.searchsorted(series_starts, starts, side="right")
