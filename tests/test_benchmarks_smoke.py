@@ -132,3 +132,12 @@ def test_import_speed_benchmark_smoke() -> None:
     for row in rows:
         assert row["stored"] == row["points"] == 20000 and row["ok"]
         assert row["points_per_s"] > 0
+
+
+def test_tiers_benchmark_smoke() -> None:
+    out = run_benchmark("tiers.py", "--smoke").stdout
+    assert "50,000 points in 10 series" in out
+    ratio = [line for line in out.splitlines() if "tiers / baseline" in line]
+    assert len(ratio) == 1, out
+    # The tier file is a small fraction of the metrics file it summarises.
+    assert 0 < float(ratio[0].rsplit("size x", 1)[1]) < 0.5, out
