@@ -168,9 +168,10 @@ def compute_tiers(points: pa.Table) -> pa.Table:
     run_names: list[str] = []  # per series, in order
     key_names: list[str] = []
     previous: tuple[str, str] | None = None
-    for batch in points.to_batches(max_chunksize=TIER_BATCH_ROWS):
-        if not batch.num_rows:
-            continue
+    for offset in range(0, points.num_rows, TIER_BATCH_ROWS):
+        # One batch per TIER_BATCH_ROWS rows however many chunks the table has (a flush of
+        # many small appends is thousands of chunks; a pass per chunk would cost per chunk).
+        batch = points.slice(offset, TIER_BATCH_ROWS).combine_chunks().to_batches()[0]
         head = (batch.column("run_id")[0].as_py(), batch.column("key")[0].as_py())
         same = head == previous
         level, series_starts = _finest(batch, len(run_names), same, shift0)
