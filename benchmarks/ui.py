@@ -227,11 +227,18 @@ def main() -> int:
                 width = page.eval_on_selector(chart, "el => el.steppeChart.pixelBuckets()")
                 series = {"series": [{"run_id": r, "key": "loss"} for r in long_ids],
                           "buckets": width}  # fmt: skip
-                floor = _timed_ms(
-                    lambda: _post(f"{base}/api/steppe/v1/series", series), args.repeats
-                )
+                url = f"{base}/api/steppe/v1/series"
+                aligned = {**series, "grid": "aligned"}
+                even_ms = _timed_ms(lambda: _post(url, series), args.repeats)
+                floor = _timed_ms(lambda: _post(url, aligned), args.repeats)
                 row(f"compare {n_long} runs x {long_steps:,} steps: navigation -> drawn",
                     _median(drawn[1:]), floor, "< 1500 ms")  # fmt: skip
+                # The same answer's HTTP call before the tiers (the even grid, from the points)
+                # and with them (the aligned grid the page asks for): x_floor is after/before.
+                row("compare: POST /series, even grid from the points (before)", even_ms,
+                    float("nan"), "")  # fmt: skip
+                row("compare: POST /series, aligned grid from the tiers (after)", floor,
+                    even_ms, "")  # fmt: skip
                 zooms = []
                 for i in range(args.repeats + 1):
                     lo = long_steps // 4 + i * 1000
@@ -241,15 +248,18 @@ def main() -> int:
                     "x_min": long_steps // 4,
                     "x_max": long_steps // 4 + long_steps // 10,
                 }
-                floor = _timed_ms(
-                    lambda: _post(f"{base}/api/steppe/v1/series", zoomed), args.repeats
-                )
+                even_ms = _timed_ms(lambda: _post(url, zoomed), args.repeats)
+                floor = _timed_ms(lambda: _post(url, {**zoomed, "grid": "aligned"}), args.repeats)
                 row(
                     "compare: zoom (setZoom -> finer data drawn)",
                     _median(zooms[1:]),
                     floor,
                     "< 150 ms",
                 )
+                row("compare: zoom POST, even grid from the points (before)", even_ms,
+                    float("nan"), "")  # fmt: skip
+                row("compare: zoom POST, aligned grid from the tiers (after)", floor, even_ms,
+                    "")  # fmt: skip
 
                 # -- run page of many keys
                 ready: list[float] = []

@@ -23,6 +23,7 @@ from steppe.ingest.metrics_files import (
     write_metrics_file,
 )
 from steppe.ingest.store import MetricStore
+from steppe.ingest.tiers import remove_tiers, try_write_tiers
 
 __all__ = ["Compactor"]
 
@@ -38,6 +39,7 @@ def _merge(parts: Sequence[Part], directory: Path) -> Part:
     first, last = parts[0].first, parts[-1].last
     path = directory / metrics_file_name(first, last)
     write_metrics_file(merged, path)
+    try_write_tiers(merged, path)
     return Part(first, last, path, path.stat().st_size, merged.num_rows)
 
 
@@ -144,6 +146,7 @@ class Compactor:
             if deadline <= now:
                 for path in paths:
                     path.unlink(missing_ok=True)
+                    remove_tiers(path)
             else:
                 keep.append((deadline, paths))
         self._doomed = keep

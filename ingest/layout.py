@@ -47,6 +47,43 @@ LATEST_SCHEMA = pa.schema(
 #: renamed; immutable afterwards, so outside tools can read them at any time.
 METRICS_FILE_RE = re.compile(r"part-(\d{12})-(\d{12})\.parquet")
 
+#: Pre-aggregated tiers of one metrics file: ``tiers/<the metrics file's name>``, one row per
+#: (run_id, key, shift, bucket = step >> shift) of that file's points, for each shift in
+#: TIER_SHIFTS, for the series with at least TIER_MIN_POINTS points in the file (the others
+#: are cheap to read raw), plus one index row (shift TIER_INDEX_SHIFT, bucket 0) per series
+#: of the file, big or not, summarising all its points there. Summaries are exact and merge
+#: across files and tiers: count, sum, min (NaN only if every value is), max (likewise),
+#: first/last (the value at the lowest / highest (step, timestamp)) with their step and
+#: timestamp, and the timestamp range. Written after its metrics file and deleted with it;
+#: its key-value metadata names the size and mtime of the metrics file it summarises, so a
+#: reader never trusts a stale one.
+TIER_SHIFTS = (6, 9, 12, 15, 18)
+TIER_INDEX_SHIFT = -1
+TIER_MIN_POINTS = 4096
+TIER_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("shift", pa.int8(), nullable=False),
+        pa.field("bucket", pa.int64(), nullable=False),
+        pa.field("count", pa.int64(), nullable=False),
+        pa.field("sum", pa.float64(), nullable=False),
+        pa.field("min", pa.float64(), nullable=False),
+        pa.field("max", pa.float64(), nullable=False),
+        pa.field("first", pa.float64(), nullable=False),
+        pa.field("first_step", pa.int64(), nullable=False),
+        pa.field("first_ts", pa.int64(), nullable=False),
+        pa.field("last", pa.float64(), nullable=False),
+        pa.field("last_step", pa.int64(), nullable=False),
+        pa.field("last_ts", pa.int64(), nullable=False),
+        pa.field("ts_lo", pa.int64(), nullable=False),
+        pa.field("ts_hi", pa.int64(), nullable=False),
+    ]
+)
+#: Tier files' key-value metadata: the summarised metrics file's size and st_mtime_ns.
+TIER_SOURCE_SIZE = b"steppe.metrics_size"
+TIER_SOURCE_MTIME = b"steppe.metrics_mtime_ns"
+
 #: WAL segments: ``wal/<segment number>.wal``.
 WAL_FILE_RE = re.compile(r"(\d{12})\.wal")
 
@@ -93,6 +130,10 @@ class DataDir:
         return self.root / "metrics"
 
     @property
+    def tiers_dir(self) -> Path:
+        return self.root / "tiers"
+
+    @property
     def latest_file(self) -> Path:
         """LATEST_SCHEMA summary of everything in metrics/, rewritten on each flush."""
         return self.root / "latest.parquet"
@@ -119,6 +160,11 @@ class DataDir:
             )
         ]
         return [path for _, path in sorted(live)]
+
+
+def tiers_path(metrics_file: Path) -> Path:
+    """Where the tiers of a metrics file (``<root>/metrics/part-*.parquet``) live."""
+    return metrics_file.parent.parent / "tiers" / metrics_file.name
 
 
 @dataclass(frozen=True)

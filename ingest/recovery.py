@@ -108,6 +108,16 @@ def _live_parts(metrics_dir: Path) -> list[Part]:
     return sorted(live, key=lambda p: p.first)
 
 
+def _drop_orphan_tiers(tiers_dir: Path, live: set[str]) -> None:
+    """Remove tier files whose metrics file is gone (a crash between the two deletes) and
+    temp files: a tier file never outlives the points it summarises."""
+    if not tiers_dir.is_dir():
+        return
+    for path in tiers_dir.iterdir():
+        if path.name not in live:
+            path.unlink(missing_ok=True)
+
+
 def _recover_latest(data_dir: DataDir, parts: list[Part], max_segment: int) -> pa.Table:
     existing = read_latest_file(data_dir.latest_file)
     if existing is not None and existing[1] == max_segment:
@@ -159,6 +169,7 @@ def recover(data_dir: DataDir, catalog: StreamWatermarks) -> Recovered:
     data_dir.wal_dir.mkdir(parents=True, exist_ok=True)
     temp_path(data_dir.latest_file).unlink(missing_ok=True)
     parts = _live_parts(data_dir.metrics_dir)
+    _drop_orphan_tiers(data_dir.tiers_dir, {p.path.name for p in parts})
     max_segment = max((p.last for p in parts), default=0)
     latest = _recover_latest(data_dir, parts, max_segment)
     warned: set[str] = set()

@@ -49,6 +49,7 @@ from steppe.ingest.metrics_files import (
     write_metrics_file,
 )
 from steppe.ingest.recovery import MAX_SEQ, RESERVED_STREAM_PREFIX, Chunk, recover
+from steppe.ingest.tiers import try_write_tiers
 from steppe.ingest.wal import (
     Position,
     WalFailed,
@@ -555,6 +556,7 @@ class MetricStore:
         path = self._dir.metrics_dir / metrics_file_name(first, last)
         points = sort_metrics(pa.concat_tables(tables))
         write_metrics_file(points, path)
+        try_write_tiers(points, path)
         rows = points.num_rows
         del points
         latest = fold_latest([self._latest_flushed, *summaries])

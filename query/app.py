@@ -27,6 +27,7 @@ from steppe.errors import (
 )
 from steppe.ingest.catalog import Catalog, RunRecord
 from steppe.ingest.layout import Snapshot, SnapshotSource
+from steppe.query.aligned import aligned_series
 from steppe.query.artifacts import ArtifactStore, add_artifact_routes
 from steppe.query.context import (
     API_PREFIX,
@@ -407,16 +408,22 @@ async def _multi_series(request: web.Request) -> web.Response:
     ) -> bytes:
         for run_id in dict.fromkeys(s.run_id for s in ask.series):
             _require_run(catalog, run_id)
-        result: MultiSeries = multi_series(
-            reader,
-            snapshot,
-            ask.series,
-            ask.buckets,
-            x=ask.x,
-            x_min=ask.x_min,
-            x_max=ask.x_max,
-            aggregate=ask.aggregate,
-        )
+        result: MultiSeries
+        if ask.grid == "aligned" and ask.x == "step" and ask.aggregate is None:
+            result = aligned_series(
+                reader, snapshot, ask.series, ask.buckets, x_min=ask.x_min, x_max=ask.x_max
+            )
+        else:
+            result = multi_series(
+                reader,
+                snapshot,
+                ask.series,
+                ask.buckets,
+                x=ask.x,
+                x_min=ask.x_min,
+                x_max=ask.x_max,
+                aggregate=ask.aggregate,
+            )
         return dumps(
             {
                 "x": result.x,

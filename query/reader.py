@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from steppe.ingest.layout import LATEST_SCHEMA, METRICS_SCHEMA, DataDir, Snapshot
+from steppe.query.tier_files import TierIndex
 
 __all__ = [
     "NO_POINTS",
@@ -209,6 +210,8 @@ class Reader:
         # (files, run_id, key, window) -> Bounds of those files' points of that series in
         # that window, and (files, run_id, "t0") -> the run's first timestamp in them.
         self._bounds_cache: dict[tuple[object, ...], Bounds] = {}
+        #: Which series of each metrics file have trusted pre-aggregated tiers.
+        self.tiers = TierIndex()
 
     def close(self) -> None:
         """Close the database. Queries still running on other threads fail."""

@@ -15,6 +15,7 @@ from multidict import MultiMapping
 from steppe.errors import (
     InvalidParameterValue,
 )
+from steppe.query.aligned import GRIDS, Grid
 from steppe.query.jsonenc import parse_body
 from steppe.query.paging import page_offset
 from steppe.query.search import (
@@ -129,6 +130,9 @@ class MultiSeriesRequest:
     x_min: int | None
     x_max: int | None
     aggregate: Aggregate | None
+    #: "even": ``buckets`` equal x ranges; "aligned": 2^k-step buckets from the tiers (x
+    #: step, no aggregate; otherwise the even grid).
+    grid: Grid = "even"
 
 
 def metric_history_request(query: MultiMapping[str]) -> MetricRequest:
@@ -301,7 +305,7 @@ def _bound(document: dict[str, Any], name: str) -> int | float | None:
 
 
 def multi_series_request(body: bytes) -> MultiSeriesRequest:
-    document = json_object(body, ("series", "buckets", "x_min", "x_max", "x", "aggregate"))
+    document = json_object(body, ("series", "buckets", "x_min", "x_max", "x", "aggregate", "grid"))
     raw = document.get("series")
     if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_SERIES:
         raise InvalidParameterValue(
@@ -324,10 +328,11 @@ def multi_series_request(body: bytes) -> MultiSeriesRequest:
     buckets = _int_field(document, "buckets", DEFAULT_BUCKETS, 1, MAX_BUCKETS)
     x = _choice(document, "x", list(X_AXES))
     aggregate = _choice(document, "aggregate", [None, *AGGREGATES])
+    grid = _choice(document, "grid", list(GRIDS))
     x_min, x_max = _bound(document, "x_min"), _bound(document, "x_max")
     if x_min is not None and x_max is not None and x_min > x_max:
         raise InvalidParameterValue("x_min", x_min, f"must not be greater than x_max ({x_max})")
     # x is int64 (steps or ms): a fractional bound (a zoomed chart) rounds inwards.
     low = None if x_min is None else max(_INT64_MIN, min(_INT64_MAX, math.ceil(x_min)))
     high = None if x_max is None else max(_INT64_MIN, min(_INT64_MAX, math.floor(x_max)))
-    return MultiSeriesRequest(series, buckets, x, low, high, aggregate)
+    return MultiSeriesRequest(series, buckets, x, low, high, aggregate, grid)

@@ -115,11 +115,14 @@ def test_ui_benchmark_smoke() -> None:
         pytest.skip("the UI benchmark drives Debian's /usr/bin/chromium")
     rows = json_rows("ui.py", "--smoke", "--repeats", "1", timeout=300)
     views = [r["view"] for r in rows]
-    assert len(rows) == 10, views
+    assert len(rows) == 14, views
     assert views[0] == "runs table of 500 runs: navigation -> first page"
     timed = [r for r in rows if r["target"].startswith("<")]
     assert len(timed) == 8
     assert all(r["ui_ms"] > 0 and r["http_floor_ms"] > 0 for r in timed), timed
+    # The compare page's POST before the tiers (even grid) and after (aligned), as a ratio.
+    after = [r for r in rows if "from the tiers (after)" in r["view"]]
+    assert len(after) == 2 and all(r["x_floor"] > 0 for r in after), after
     assert 0 < rows[-1]["uplots_live"] <= 300 and rows[-1]["heap_mib"] > 0
 
 
@@ -129,3 +132,12 @@ def test_import_speed_benchmark_smoke() -> None:
     for row in rows:
         assert row["stored"] == row["points"] == 20000 and row["ok"]
         assert row["points_per_s"] > 0
+
+
+def test_tiers_benchmark_smoke() -> None:
+    out = run_benchmark("tiers.py", "--smoke").stdout
+    assert "50,000 points in 10 series" in out
+    ratio = [line for line in out.splitlines() if "tiers / baseline" in line]
+    assert len(ratio) == 1, out
+    # The tier file is a small fraction of the metrics file it summarises.
+    assert 0 < float(ratio[0].rsplit("size x", 1)[1]) < 0.5, out

@@ -448,7 +448,8 @@
 
     request(buckets) {
       const st = this.group.state;
-      const body = { series: this.sources.map((s) => ({ run_id: s.run_id, key: s.key })), buckets, x: st.x };
+      // grid "aligned": 2^k-step buckets, served from the files' pre-aggregated tiers (x = step).
+      const body = { series: this.sources.map((s) => ({ run_id: s.run_id, key: s.key })), buckets, x: st.x, grid: "aligned" };
       if (st.zoom) {
         body.x_min = st.zoom[0];
         body.x_max = st.zoom[1];

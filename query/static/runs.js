@@ -172,6 +172,7 @@
     let nextToken = null;
     let loadSeq = 0;
     let searched = false;
+    let renderedColumns = null; // the columns of the table drawn last, joined
 
     page.listen(document, "click", (e) => {
       for (const d of [columnsMenu, filterForm.querySelector(".filter-help")]) {
@@ -377,7 +378,7 @@
       writeUrl();
       search().then(() => {
         const btn = holder.querySelector(`th[data-col="${CSS.escape(id)}"] button`);
-        if (btn) btn.focus();
+        if (btn) btn.focus({ preventScroll: true });
       });
     }
 
@@ -449,6 +450,7 @@
 
     function renderTable() {
       const shown = columnsShown();
+      renderedColumns = shown.join("\n");
       const pKeys = shown.filter((c) => c.startsWith("p:")).map((c) => c.slice(2));
       const tKeys = shown.filter((c) => c.startsWith("t:")).map((c) => c.slice(2));
       const mKeys = shown.filter((c) => c.startsWith("m:")).map((c) => c.slice(2));
@@ -716,6 +718,9 @@
       if (!page.alive || missing || !keys) return;
       renderColumnsMenu();
       if (!searched || st.cols) return;
+      // The default columns from the experiment's keys: draw again only if they differ from
+      // the page's (a second table of the same rows costs a whole style and layout pass).
+      if (columnsShown().join("\n") === renderedColumns) return;
       if (st.group) search(); // the groups' statistics follow the metric columns
       else renderTable();
     });
