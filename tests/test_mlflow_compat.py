@@ -30,6 +30,12 @@ NAN, INF = math.nan, math.inf
 # -- helpers ------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def steppe_server(catalog_server: ServerProcess) -> ServerProcess:
+    """This module runs on every catalog backend (SQLite, PostgreSQL: tests/conftest.py)."""
+    return catalog_server
+
+
 @pytest.fixture
 def mlflow_uri(steppe_server: ServerProcess) -> Iterator[str]:
     """The mlflow client pointed at the session's steppe server; ends runs a test left open."""
