@@ -17,7 +17,7 @@ import psycopg
 import psycopg.errors
 from psycopg_pool import ConnectionPool
 
-from steppe.errors import ResourceAlreadyExists, ResourceDoesNotExist
+from steppe.errors import ResourceAlreadyExists, ResourceDoesNotExist, ServerUnavailable
 from steppe.ingest.catalog import (
     DEFAULT_EXPERIMENT_ID,
     DEFAULT_EXPERIMENT_NAME,
@@ -308,14 +308,19 @@ class PostgresCatalog(SqlCatalog):
                 raise ResourceAlreadyExists(_detail(exc, "already exists")) from exc
             except psycopg.errors.ForeignKeyViolation as exc:
                 raise ResourceDoesNotExist(_detail(exc, "refers to nothing")) from exc
+            except psycopg.OperationalError as exc:
+                raise ServerUnavailable(f"the catalog database is unavailable: {exc}") from exc
             # After the commit, so a reader that sees the new number also sees the write.
             conn.execute("SELECT nextval('catalog_writes')")
 
     @contextmanager
     def reading(self) -> Iterator[_PgConnection]:
         """A pooled connection in autocommit (each read statement sees the latest commits)."""
-        with self._pool.connection() as conn:
-            yield _PgConnection(conn)
+        try:
+            with self._pool.connection() as conn:
+                yield _PgConnection(conn)
+        except psycopg.OperationalError as exc:  # down, restarting, or the pool exhausted
+            raise ServerUnavailable(f"the catalog database is unavailable: {exc}") from exc
 
     def lock(self, db: Any, name: str) -> None:
         db.execute("SELECT pg_advisory_xact_lock(?)", (_lock_key(name),))

@@ -129,3 +129,11 @@ def test_import_speed_benchmark_smoke() -> None:
     for row in rows:
         assert row["stored"] == row["points"] == 20000 and row["ok"]
         assert row["points_per_s"] > 0
+
+
+def test_catalog_benchmark_smoke() -> None:
+    rows = json_rows("catalog.py", "--smoke", timeout=200)
+    assert rows[0]["backend"] == "sqlite"
+    for row in rows:  # 4 threads x 10 runs: 3 calls per run, a watermark save per 10 runs
+        assert (row["runs"], row["calls"]) == (40, 124), row
+        assert row["calls_per_s"] > 0

@@ -17,7 +17,7 @@ from steppe.errors import InvalidParameterValue, ResourceAlreadyExists, Resource
 from steppe.ingest.catalog import Catalog, CatalogUnavailable, open_catalog, redact_dsn
 from steppe.ingest.models_catalog import ModelVersionRecord, RegisteredModelRecord
 from steppe.ingest.sql_catalog import SqlCatalog
-from tests.conftest import PostgresServer, clean_env, wait_until
+from tests.conftest import PostgresServer, clean_env, start_server, wait_until
 
 Opener = Callable[[], SqlCatalog]
 
@@ -222,6 +222,25 @@ def test_an_unreachable_catalog_fails_with_the_redacted_dsn() -> None:
     assert "hunter2" not in str(err.value)
     with pytest.raises(CatalogUnavailable, match="unsupported scheme 'mysql'"):
         open_catalog("mysql://u:p@h/db", Path("unused"))
+
+
+def test_the_server_shows_its_catalog_dsn_redacted(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    dsn = postgres.fresh_dsn().replace("postgres@", "postgres:s3cret@")  # trust: ignored
+    server = start_server(tmp_path / "data", "--catalog", dsn)
+    try:
+        import steppe
+
+        client = steppe.Client(server.http_url)
+        experiment_id = client.create_experiment("on-postgres")
+        assert client.get_experiment(experiment_id).name == "on-postgres"
+    finally:
+        assert server.stop() == 0
+    output = "".join(server.output)
+    assert "catalog: postgresql://postgres:***@127.0.0.1" in output, output
+    assert "s3cret" not in output
+    assert not (tmp_path / "data" / "catalog.sqlite").exists()
 
 
 @pytest.mark.parametrize(
