@@ -292,8 +292,8 @@ class PostgresCatalog(SqlCatalog):
 
     @property
     def schema_version(self) -> int:
-        with self._pool.connection() as conn:
-            row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        with self.reading() as db:
+            row = db.execute("SELECT MAX(version) FROM schema_version").fetchone()
         return int(row[0]) if row is not None else 0
 
     @contextmanager
@@ -328,8 +328,8 @@ class PostgresCatalog(SqlCatalog):
     @property
     def version(self) -> int:
         # A sequence moves outside transactions: every process's commits show at once.
-        with self._pool.connection() as conn:
-            row = conn.execute("SELECT last_value FROM catalog_writes").fetchone()
+        with self.reading() as db:
+            row = db.execute("SELECT last_value FROM catalog_writes").fetchone()
         return int(row[0]) if row is not None else 0
 
     def close(self) -> None:

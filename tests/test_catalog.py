@@ -213,6 +213,24 @@ def test_migrations_are_numbered_once_and_a_newer_schema_is_refused(
     assert "s3cret" not in str(refused.value) and ":***@" in str(refused.value)
 
 
+def test_a_lost_database_is_temporarily_unavailable(postgres: PostgresServer) -> None:
+    import psycopg
+
+    from steppe.errors import ServerUnavailable
+    from steppe.ingest.postgres_catalog import PostgresCatalog
+
+    dsn = postgres.fresh_dsn()
+    catalog = PostgresCatalog(dsn, pool_size=1)
+    try:
+        catalog.create_experiment("before")
+        with psycopg.connect(postgres.dsn("postgres"), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {dsn.rsplit('/', 1)[1]} WITH (FORCE)")
+        with pytest.raises(ServerUnavailable, match="catalog database is unavailable"):
+            catalog.create_experiment("after")
+    finally:
+        catalog.close()
+
+
 def test_an_unreachable_catalog_fails_with_the_redacted_dsn() -> None:
     from tests.importing import free_port
 
