@@ -127,6 +127,14 @@ def _parser() -> argparse.ArgumentParser:
         "closed (default 256; at most half the open-files limit)",
     )
     server.add_argument(
+        "--catalog",
+        default=None,
+        metavar="DSN",
+        help="keep experiments, runs, the registry and stream watermarks in this database "
+        "instead of the data dir's SQLite file: postgresql://USER@HOST:PORT/DB (or "
+        "$STEPPE_CATALOG; a password is best left to PGPASSWORD or ~/.pgpass)",
+    )
+    server.add_argument(
         "--background",
         action="store_true",
         help="detach; return once the server is ready (used by clients)",
@@ -298,6 +306,7 @@ def _setup_logging() -> None:
 
 
 def _run_server(options: ServerOptions, on_ready: object = None, port_flag: str = "") -> int:
+    from steppe.ingest.catalog import CatalogUnavailable
     from steppe.lock import DataDirLocked
     from steppe.query.server import WalUnwritable, serve
 
@@ -309,6 +318,9 @@ def _run_server(options: ServerOptions, on_ready: object = None, port_flag: str 
     except DataDirLocked as exc:
         print(f"steppe: {exc}", file=sys.stderr)
         return EXIT_LOCKED
+    except CatalogUnavailable as exc:
+        print(f"steppe: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         if port_flag and exc.errno == errno.EADDRINUSE:
             print(
@@ -373,6 +385,7 @@ def _server_options(data_dir: Path, args: argparse.Namespace) -> ServerOptions:
         stream_retention_s=args.stream_retention_s,
         grpc_keepalive_s=args.grpc_keepalive_s,
         http_max_connections=args.http_max_connections,
+        catalog=args.catalog or config.catalog(),
     )
 
 

@@ -39,6 +39,11 @@ def token() -> str | None:
     return os.environ.get("STEPPE_TOKEN") or os.environ.get("MLFLOW_TRACKING_TOKEN") or None
 
 
+def catalog() -> str | None:
+    """STEPPE_CATALOG: the catalog database (``postgresql://...``); None: the data dir's SQLite."""
+    return os.environ.get("STEPPE_CATALOG") or None
+
+
 def tls_ca_file() -> str | None:
     """STEPPE_TLS_CA: a CA bundle (PEM) to trust for https:// servers; default: the system's."""
     return os.environ.get("STEPPE_TLS_CA") or None

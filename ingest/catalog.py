@@ -1,15 +1,19 @@
 """The catalog: experiments, runs, params, tags and per-stream watermarks.
 
-``Catalog`` is the seam (embedded SQLite today, PostgreSQL later), made of one small protocol
-per entity (ExperimentRepository, RunRepository, DatasetInputs, StreamWatermarks); records are
-plain frozen dataclasses. It knows nothing of metrics points, gRPC or HTTP.
+``Catalog`` is the seam (embedded SQLite, or PostgreSQL shared by several processes; see
+``open_catalog``), made of one small protocol per entity (ExperimentRepository, RunRepository,
+DatasetInputs, StreamWatermarks, CompactionLeases); records are plain frozen dataclasses. It
+knows nothing of metrics points, gRPC or HTTP.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_EXPERIMENT_ID = "0"
 DEFAULT_EXPERIMENT_NAME = "Default"
@@ -170,7 +174,31 @@ class StreamWatermarks(Protocol):
         ...
 
 
-class Catalog(ExperimentRepository, RunRepository, DatasetInputs, StreamWatermarks, Protocol):
+class CompactionLeases(Protocol):
+    """Named leases with an expiry, so that of several processes sharing the catalog only one
+    compacts a given set of files at a time; a holder that dies frees it by expiring."""
+
+    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Take (or, for its holder, renew) lease ``name`` for ``ttl_s``; True if now held."""
+        ...
+
+    def renew_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Extend ``holder``'s unexpired lease; False if it expired or is another's."""
+        ...
+
+    def release_lease(self, name: str, holder: str) -> None: ...
+
+    def lease_holder(self, name: str) -> str | None: ...
+
+
+class Catalog(
+    ExperimentRepository,
+    RunRepository,
+    DatasetInputs,
+    StreamWatermarks,
+    CompactionLeases,
+    Protocol,
+):
     """Durable metadata store: the repositories above in one transactional store. Every write
     is committed before the method returns.
 
@@ -188,3 +216,56 @@ class Catalog(ExperimentRepository, RunRepository, DatasetInputs, StreamWatermar
         ...
 
     def close(self) -> None: ...
+
+
+class CatalogUnavailable(RuntimeError):
+    """The catalog named by ``--catalog`` cannot be used: an unknown kind, its driver not
+    installed, unreachable, or a schema newer than this steppe knows. The message shows the
+    DSN with any password redacted."""
+
+
+_PASSWORD_KV = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def redact_dsn(dsn: str) -> str:
+    """``dsn`` with any password replaced by ``***``, in URL or ``key=value`` form.
+
+    >>> redact_dsn("postgresql://steppe:hunter2@db:5432/steppe")
+    'postgresql://steppe:***@db:5432/steppe'
+    """
+    if "://" not in dsn:
+        return _PASSWORD_KV.sub(r"\1***", dsn)
+    parts = urlsplit(dsn)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostinfo = netloc.rpartition("@")
+        if ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":***"
+        netloc = f"{userinfo}@{hostinfo}"
+    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def open_catalog(dsn: str | None, sqlite_path: Path) -> Catalog:
+    """The catalog ``dsn`` names (``postgresql://...``), or the SQLite file ``sqlite_path``
+    when it is None (the embedded default). psycopg is imported only for PostgreSQL."""
+    if dsn is None:
+        from steppe.ingest.sqlite_catalog import SqliteCatalog
+
+        return SqliteCatalog(sqlite_path)
+    if not dsn.startswith(_POSTGRES_SCHEMES):
+        scheme = dsn.split("://", 1)[0] if "://" in dsn else "(none)"
+        raise CatalogUnavailable(
+            f"--catalog: unsupported scheme {scheme!r}: expected postgresql://USER@HOST:PORT/DB"
+        )
+    try:
+        from steppe.ingest.postgres_catalog import PostgresCatalog
+    except ImportError as exc:
+        raise CatalogUnavailable(
+            f"--catalog postgresql://... needs psycopg and psycopg-pool ({exc}): "
+            "pip install 'steppe[postgres]'"
+        ) from exc
+    return PostgresCatalog(dsn)

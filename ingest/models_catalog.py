@@ -1,5 +1,6 @@
 """The catalog's models part: LoggedModels and the Model Registry (registered models, versions,
-aliases, tags) as records, a repository protocol and its SQLite implementation.
+aliases, tags) as records, a repository protocol and its SQL implementation (the SQL both
+catalog backends, SQLite and PostgreSQL, agree on).
 
 Storage only: existence, conflicts and atomic numbering. The rules (names, aliases, stages) are
 steppe.ingest.models'. It knows nothing of HTTP.
@@ -8,13 +9,15 @@ steppe.ingest.models'. It knows nothing of HTTP.
 from __future__ import annotations
 
 import math
-import sqlite3
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from steppe.errors import ResourceAlreadyExists, ResourceDoesNotExist
+
+if TYPE_CHECKING:
+    from steppe.ingest.sql_catalog import SqlConnection
 
 __all__ = [
     "MODELS_SCHEMA",
@@ -23,7 +26,7 @@ __all__ = [
     "ModelRepository",
     "ModelVersionRecord",
     "RegisteredModelRecord",
-    "SqliteModelRepository",
+    "SqlModelRepository",
 ]
 
 #: Created with the catalog's own tables (steppe.ingest.sqlite_catalog).
@@ -235,10 +238,10 @@ class ModelRepository(Protocol):
 
 
 class _Connection(Protocol):
-    """What SqliteCatalog lends its per-entity repositories."""
+    """What a catalog (steppe.ingest.sql_catalog.SqlCatalog) lends its repositories."""
 
-    def transaction(self) -> AbstractContextManager[sqlite3.Connection]: ...
-    def reading(self) -> AbstractContextManager[sqlite3.Connection]: ...
+    def transaction(self) -> AbstractContextManager[SqlConnection]: ...
+    def reading(self) -> AbstractContextManager[SqlConnection]: ...
 
 
 _LM_COLUMNS = (
@@ -251,8 +254,8 @@ _MV_COLUMNS = (
 )
 
 
-class SqliteModelRepository:
-    """``ModelRepository`` on the catalog's SQLite connection (same file, same lock)."""
+class SqlModelRepository:
+    """``ModelRepository`` on the catalog's connections (same database, same transactions)."""
 
     def __init__(self, catalog: _Connection) -> None:
         self._catalog = catalog
@@ -278,15 +281,17 @@ class SqliteModelRepository:
                 ),
             )
             db.executemany(
-                "INSERT OR REPLACE INTO logged_model_tags VALUES (?, ?, ?)",
+                "INSERT INTO logged_model_tags VALUES (?, ?, ?) "
+                "ON CONFLICT (model_id, key) DO UPDATE SET value = excluded.value",
                 [(record.model_id, k, v) for k, v in record.tags.items()],
             )
             db.executemany(
-                "INSERT OR REPLACE INTO logged_model_params VALUES (?, ?, ?)",
+                "INSERT INTO logged_model_params VALUES (?, ?, ?) "
+                "ON CONFLICT (model_id, key) DO UPDATE SET value = excluded.value",
                 [(record.model_id, k, v) for k, v in record.params.items()],
             )
 
-    def _logged_model(self, db: sqlite3.Connection, row: tuple[object, ...]) -> LoggedModelRecord:
+    def _logged_model(self, db: SqlConnection, row: tuple[object, ...]) -> LoggedModelRecord:
         model_id = str(row[0])
         tags = dict(
             db.execute(
@@ -303,7 +308,7 @@ class SqliteModelRepository:
         return LoggedModelRecord(*row, tags=tags, params=params)  # type: ignore[arg-type, misc]
 
     @staticmethod
-    def _require_logged_model(db: sqlite3.Connection, model_id: str) -> None:
+    def _require_logged_model(db: SqlConnection, model_id: str) -> None:
         if (
             db.execute(
                 "SELECT 1 FROM logged_models WHERE model_id = ? AND lifecycle_stage = 'active'",
@@ -353,7 +358,8 @@ class SqliteModelRepository:
         with self._catalog.transaction() as db:
             self._require_logged_model(db, model_id)
             db.executemany(
-                "INSERT OR REPLACE INTO logged_model_tags VALUES (?, ?, ?)",
+                "INSERT INTO logged_model_tags VALUES (?, ?, ?) "
+                "ON CONFLICT (model_id, key) DO UPDATE SET value = excluded.value",
                 [(model_id, k, v) for k, v in tags],
             )
 
@@ -372,7 +378,8 @@ class SqliteModelRepository:
         with self._catalog.transaction() as db:
             self._require_logged_model(db, model_id)
             db.executemany(
-                "INSERT OR REPLACE INTO logged_model_params VALUES (?, ?, ?)",
+                "INSERT INTO logged_model_params VALUES (?, ?, ?) "
+                "ON CONFLICT (model_id, key) DO UPDATE SET value = excluded.value",
                 [(model_id, k, v) for k, v in params],
             )
 
@@ -381,7 +388,8 @@ class SqliteModelRepository:
             for model_id, _ in outputs:
                 self._require_logged_model(db, model_id)
             db.executemany(
-                "INSERT OR REPLACE INTO run_outputs VALUES (?, ?, ?)",
+                "INSERT INTO run_outputs (run_id, model_id, step) VALUES (?, ?, ?) "
+                "ON CONFLICT (run_id, model_id) DO UPDATE SET step = excluded.step",
                 [(run_id, model_id, step) for model_id, step in outputs],
             )
 
@@ -404,7 +412,8 @@ class SqliteModelRepository:
             for model_id in {m.model_id for m in metrics}:
                 self._require_logged_model(db, model_id)
             db.executemany(
-                "INSERT INTO logged_model_metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO logged_model_metrics (model_id, key, value, timestamp, step, run_id, "
+                "dataset_name, dataset_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         m.model_id,
@@ -441,20 +450,17 @@ class SqliteModelRepository:
     # -- registered models --------------------------------------------------------------
 
     @staticmethod
-    def _require_registered(db: sqlite3.Connection, name: str) -> None:
+    def _require_registered(db: SqlConnection, name: str) -> None:
         if db.execute("SELECT 1 FROM registered_models WHERE name = ?", (name,)).fetchone() is None:
             raise ResourceDoesNotExist(f"Registered Model with name={name} not found")
 
     def create_registered_model(self, record: RegisteredModelRecord) -> None:
         with self._catalog.transaction() as db:
-            if db.execute(
-                "SELECT 1 FROM registered_models WHERE name = ?", (record.name,)
-            ).fetchone():
-                raise ResourceAlreadyExists(
-                    f"Registered Model (name={record.name}) already exists."
-                )
-            db.execute(
-                "INSERT INTO registered_models VALUES (?, ?, ?, 0, ?, ?)",
+            # Insert-or-nothing rather than check-then-insert: a name taken by another
+            # connection at the same moment is then "already exists" too.
+            if not db.execute(
+                "INSERT INTO registered_models VALUES (?, ?, ?, 0, ?, ?) "
+                "ON CONFLICT (name) DO NOTHING",
                 (
                     record.name,
                     record.description,
@@ -462,13 +468,17 @@ class SqliteModelRepository:
                     record.creation_time,
                     record.last_update_time,
                 ),
-            )
+            ).rowcount:
+                raise ResourceAlreadyExists(
+                    f"Registered Model (name={record.name}) already exists."
+                )
             db.executemany(
-                "INSERT OR REPLACE INTO registered_model_tags VALUES (?, ?, ?)",
+                "INSERT INTO registered_model_tags VALUES (?, ?, ?) "
+                "ON CONFLICT (name, key) DO UPDATE SET value = excluded.value",
                 [(record.name, k, v) for k, v in record.tags.items()],
             )
 
-    def _registered(self, db: sqlite3.Connection, row: tuple[object, ...]) -> RegisteredModelRecord:
+    def _registered(self, db: SqlConnection, row: tuple[object, ...]) -> RegisteredModelRecord:
         name = str(row[0])
         tags = dict(
             db.execute(
@@ -549,7 +559,9 @@ class SqliteModelRepository:
         with self._catalog.transaction() as db:
             self._require_registered(db, name)
             db.execute(
-                "INSERT OR REPLACE INTO registered_model_tags VALUES (?, ?, ?)", (name, key, value)
+                "INSERT INTO registered_model_tags VALUES (?, ?, ?) "
+                "ON CONFLICT (name, key) DO UPDATE SET value = excluded.value",
+                (name, key, value),
             )
 
     def delete_registered_model_tag(self, name: str, key: str) -> None:
@@ -560,7 +572,7 @@ class SqliteModelRepository:
     # -- model versions -----------------------------------------------------------------
 
     @staticmethod
-    def _require_version(db: sqlite3.Connection, name: str, version: int) -> None:
+    def _require_version(db: SqlConnection, name: str, version: int) -> None:
         if (
             db.execute(
                 "SELECT 1 FROM model_versions WHERE name = ? AND version = ?", (name, version)
@@ -573,15 +585,16 @@ class SqliteModelRepository:
         with self._catalog.transaction() as db:
             self._require_registered(db, record.name)
             # The counter lives on the registered model, so a deleted version's number is
-            # never handed out again.
-            db.execute(
+            # never handed out again; the UPDATE locks the row, so concurrent writers (other
+            # connections to PostgreSQL) wait for it and each get their own number.
+            row = db.execute(
                 "UPDATE registered_models SET last_version = last_version + 1, "
-                "last_update_time = ? WHERE name = ?",
+                "last_update_time = ? WHERE name = ? RETURNING last_version",
                 (record.creation_time, record.name),
-            )
-            (version,) = db.execute(
-                "SELECT last_version FROM registered_models WHERE name = ?", (record.name,)
             ).fetchone()
+            if row is None:  # deleted since the check above, by another connection
+                raise ResourceDoesNotExist(f"Registered Model with name={record.name} not found")
+            (version,) = row
             db.execute(
                 f"INSERT INTO model_versions ({_MV_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
@@ -601,12 +614,13 @@ class SqliteModelRepository:
                 ),
             )
             db.executemany(
-                "INSERT OR REPLACE INTO model_version_tags VALUES (?, ?, ?, ?)",
+                "INSERT INTO model_version_tags VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (name, version, key) DO UPDATE SET value = excluded.value",
                 [(record.name, version, k, v) for k, v in record.tags.items()],
             )
             return int(version)
 
-    def _version(self, db: sqlite3.Connection, row: tuple[object, ...]) -> ModelVersionRecord:
+    def _version(self, db: SqlConnection, row: tuple[object, ...]) -> ModelVersionRecord:
         name, version = str(row[0]), int(str(row[1]))
         tags = dict(
             db.execute(
@@ -692,7 +706,8 @@ class SqliteModelRepository:
         with self._catalog.transaction() as db:
             self._require_version(db, name, version)
             db.execute(
-                "INSERT OR REPLACE INTO model_version_tags VALUES (?, ?, ?, ?)",
+                "INSERT INTO model_version_tags VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (name, version, key) DO UPDATE SET value = excluded.value",
                 (name, version, key, value),
             )
 
@@ -708,7 +723,8 @@ class SqliteModelRepository:
         with self._catalog.transaction() as db:
             self._require_version(db, name, version)
             db.execute(
-                "INSERT OR REPLACE INTO registered_model_aliases VALUES (?, ?, ?)",
+                "INSERT INTO registered_model_aliases VALUES (?, ?, ?) "
+                "ON CONFLICT (name, alias) DO UPDATE SET version = excluded.version",
                 (name, alias, version),
             )
 

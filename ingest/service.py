@@ -496,11 +496,14 @@ class Ingestor:
         compaction_min_files: int = 8,
         stream_retention_s: float = DEFAULT_STREAM_RETENTION_S,
         keepalive_s: float = DEFAULT_KEEPALIVE_S,
+        catalog: Catalog | None = None,
     ) -> None:
         self.data_dir = data_dir
         self._keepalive_ms = max(1, int(keepalive_s * 1000))
         data_dir.root.mkdir(parents=True, exist_ok=True)
-        self.catalog: Catalog = SqliteCatalog(data_dir.catalog_file)
+        # The data dir's SQLite file unless the server was given another (steppe.ingest.catalog
+        # .open_catalog); either way this Ingestor owns it and closes it on stop.
+        self.catalog: Catalog = SqliteCatalog(data_dir.catalog_file) if catalog is None else catalog
         self.store = MetricStore(
             data_dir,
             self.catalog,

@@ -26,7 +26,7 @@ from steppe.ingest.models_catalog import (
     ModelVersionRecord,
     RegisteredModelRecord,
 )
-from steppe.ingest.sqlite_catalog import SqliteCatalog
+from steppe.ingest.sql_catalog import SqlCatalog
 from steppe.query.artifacts import ARTIFACT_STORE, _file_json, _one, _send, clean_path
 from steppe.query.context import CATALOG
 from steppe.query.mlflow_api.common import (
@@ -63,7 +63,7 @@ _TERM_RE = re.compile(
 
 
 def model_repository(catalog: Catalog) -> ModelRepository:
-    if isinstance(catalog, SqliteCatalog):
+    if isinstance(catalog, SqlCatalog):
         return catalog.models
     raise ApiError("NOT_IMPLEMENTED", "this catalog keeps no models")
 
@@ -75,7 +75,7 @@ def _service(request: web.Request) -> ModelService:
 
 def run_outputs_json(catalog: Catalog, run_ids: Sequence[str]) -> dict[str, dict[str, object]]:
     """run_id -> MLflow's RunOutputs message (runs without outputs are absent)."""
-    if not isinstance(catalog, SqliteCatalog):
+    if not isinstance(catalog, SqlCatalog):
         return {}
     try:
         outputs = catalog.models.run_outputs(run_ids)

@@ -22,6 +22,7 @@ from pathlib import Path
 from aiohttp import web
 
 from steppe import __version__
+from steppe.ingest.catalog import open_catalog, redact_dsn
 from steppe.ingest.layout import DataDir
 from steppe.ingest.service import Ingestor
 from steppe.lock import Owner, OwnerLock
@@ -52,6 +53,7 @@ class ServerOptions:
     stream_retention_s: float = 7 * 86_400.0  # forget idle streams' watermarks after this
     grpc_keepalive_s: float = 60.0  # ping a silent gRPC connection; close it if unanswered
     http_max_connections: int = 256  # more concurrent HTTP connections get a 503 and close
+    catalog: str | None = None  # postgresql://... DSN; None: SQLite in the data dir
 
 
 class WalUnwritable(RuntimeError):
@@ -127,8 +129,14 @@ async def _serve_locked(
         loop.add_signal_handler(sig, stop.set)
 
     open_files = _raise_open_files_limit()
+    data_dir = DataDir.at(options.data_dir)
+    data_dir.root.mkdir(parents=True, exist_ok=True)
+    catalog = await loop.run_in_executor(None, open_catalog, options.catalog, data_dir.catalog_file)
+    if options.catalog is not None:
+        log.info("catalog: %s", redact_dsn(options.catalog))
     ingestor = Ingestor(
-        DataDir.at(options.data_dir),
+        data_dir,
+        catalog=catalog,
         stream_retention_s=options.stream_retention_s,
         keepalive_s=options.grpc_keepalive_s,
     )

@@ -20,6 +20,7 @@ from steppe.errors import InvalidParameterValue
 from steppe.ingest.catalog import Catalog, ExperimentRecord, RunRecord
 from steppe.ingest.layout import Snapshot
 from steppe.ingest.models_catalog import ModelRepository
+from steppe.ingest.sql_catalog import SqlCatalog
 from steppe.ingest.sqlite_catalog import SqliteCatalog
 from steppe.query.reader import Reader
 from steppe.query.search import (
@@ -158,7 +159,7 @@ def _rows(schema: pa.Schema, records: Sequence[object]) -> pa.Table:
 
 def _model_tables(catalog: Catalog | None) -> dict[str, pa.Table]:
     """The models part of the catalog (empty for a catalog that keeps none)."""
-    if not isinstance(catalog, SqliteCatalog):
+    if not isinstance(catalog, SqlCatalog):
         return {name: schema.empty_table() for name, schema in MODEL_SCHEMAS.items()}
     repository = catalog.models
     experiment_ids = [e.experiment_id for e in catalog.list_experiments()]

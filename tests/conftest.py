@@ -1,5 +1,6 @@
 """Shared fixtures: a real ``steppe server`` subprocess on 127.0.0.1 with a temp data dir,
-and a run logged into it through the real client."""
+a run logged into it through the real client, and the catalog backends (SQLite, and a real
+PostgreSQL started for the session) that the catalog, registry and tracking suites run on."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,8 +117,98 @@ def start_server(data_dir: Path, *extra_args: str) -> ServerProcess:
 
 
 @pytest.fixture(scope="session")
-def steppe_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def sqlite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The session's server with the embedded default catalog (SQLite in its data dir)."""
     server = start_server(tmp_path_factory.mktemp("server") / "steppe-data")
+    yield server
+    assert server.stop() == 0, "".join(server.output)
+
+
+@pytest.fixture(scope="session")
+def steppe_server(sqlite_server: ServerProcess) -> ServerProcess:
+    """The session's server (a module overrides this to run on ``catalog_server``)."""
+    return sqlite_server
+
+
+#: The catalog backends the catalog, registry and tracking suites run on.
+CATALOG_BACKENDS = ("sqlite", "postgresql")
+
+
+@dataclass
+class PostgresServer:
+    """The session's PostgreSQL: ``fresh_dsn()`` gives a new database with steppe's schema."""
+
+    port: int
+    template: str
+
+    def dsn(self, database: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def fresh_dsn(self) -> str:
+        """A new database copied from the migrated template (fast: a file copy)."""
+        import psycopg
+
+        name = f"steppe_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name} TEMPLATE {self.template}")
+        return self.dsn(name)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL for the session (tests.importing.start_postgres) holding a
+    template database that has the catalog's migrations applied; skips without the binaries."""
+    from tests.importing import start_postgres
+
+    try:
+        import psycopg_pool  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg-pool is not installed (pip install 'steppe[postgres]')")
+    server = start_postgres()
+    if server is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) or psycopg are not installed")
+    try:
+        import psycopg
+
+        from steppe.ingest.postgres_catalog import PostgresCatalog
+
+        pg = PostgresServer(server.port, "steppe_template")
+        with psycopg.connect(pg.dsn("postgres"), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {pg.template}")
+        PostgresCatalog(pg.dsn(pg.template), pool_size=1).close()
+        yield pg
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=CATALOG_BACKENDS)
+def catalog_backend(request: pytest.FixtureRequest) -> str:
+    """Each catalog backend in turn, for tests that build their own catalog or Ingestor."""
+    return str(request.param)
+
+
+@pytest.fixture
+def catalog_dsn(catalog_backend: str, request: pytest.FixtureRequest) -> str | None:
+    """``--catalog`` for this test: None (the data dir's SQLite) or a fresh PostgreSQL database."""
+    if catalog_backend == "sqlite":
+        return None
+    pg: PostgresServer = request.getfixturevalue("postgres")
+    return pg.fresh_dsn()
+
+
+@pytest.fixture(scope="session", params=CATALOG_BACKENDS)
+def catalog_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """A session server per catalog backend: for SQLite the session's ``steppe_server``, for
+    PostgreSQL one started with ``--catalog`` on a database of its own."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("sqlite_server")
+        return
+    pg: PostgresServer = request.getfixturevalue("postgres")
+    server = start_server(
+        tmp_path_factory.mktemp("server-pg") / "steppe-data", "--catalog", pg.fresh_dsn()
+    )
     yield server
     assert server.stop() == 0, "".join(server.output)
 

@@ -312,10 +312,11 @@ def _as_postgres(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
 
 
-def start_postgres() -> Postgres | None:
+def start_postgres(*, fsync: bool = False) -> Postgres | None:
     """A throwaway PostgreSQL (initdb + pg_ctl) on a free loopback port, or None when the
     binaries (or psycopg) are not installed. Its folder is directly in the temp dir: the
-    postgres user cannot traverse pytest's (0700) temp folders."""
+    postgres user cannot traverse pytest's (0700) temp folders. ``fsync=False`` (tests):
+    commits are not flushed to disk; benchmarks ask for it on."""
     bins = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)  # Debian's layout
     search = os.pathsep.join([os.environ.get("PATH", ""), *map(str, bins)])
     initdb, pg_ctl = shutil.which("initdb", path=search), shutil.which("pg_ctl", path=search)
@@ -339,7 +340,9 @@ def start_postgres() -> Postgres | None:
         timeout=120,
     )
     port = free_port()
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    options = (
+        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync={'on' if fsync else 'off'}"
+    )
     subprocess.run(
         _as_postgres(
             [pg_ctl, "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start"]

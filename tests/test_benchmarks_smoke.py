@@ -141,3 +141,11 @@ def test_tiers_benchmark_smoke() -> None:
     assert len(ratio) == 1, out
     # The tier file is a small fraction of the metrics file it summarises.
     assert 0 < float(ratio[0].rsplit("size x", 1)[1]) < 0.5, out
+
+
+def test_catalog_benchmark_smoke() -> None:
+    rows = json_rows("catalog.py", "--smoke", timeout=200)
+    assert rows[0]["backend"] == "sqlite"
+    for row in rows:  # 4 threads x 10 runs: 3 calls per run, a watermark save per 10 runs
+        assert (row["runs"], row["calls"]) == (40, 124), row
+        assert row["calls_per_s"] > 0

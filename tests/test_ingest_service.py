@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from steppe.ingest import wire
+from steppe.ingest.catalog import open_catalog
 from steppe.ingest.layout import METRICS_SCHEMA, DataDir, Snapshot
 from steppe.ingest.service import Ingestor
 from steppe.v1 import steppe_pb2 as pb
@@ -61,8 +62,12 @@ async def stream(stub: pb_grpc.IngestStub, batches: Sequence[pb.MetricBatch]) ->
 
 
 @pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[tuple[Ingestor, int]]:
-    ing = Ingestor(DataDir.at(tmp_path / "data"), flush_interval_s=3600)
+async def served(tmp_path: Path, catalog_dsn: str | None) -> AsyncIterator[tuple[Ingestor, int]]:
+    """An Ingestor on each catalog backend (tests/conftest.py's catalog_dsn)."""
+    data_dir = DataDir.at(tmp_path / "data")
+    data_dir.root.mkdir(parents=True)
+    catalog = open_catalog(catalog_dsn, data_dir.catalog_file)
+    ing = Ingestor(data_dir, flush_interval_s=3600, catalog=catalog)
     port = await ing.start()
     yield ing, port
     await ing.stop()

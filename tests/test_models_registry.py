@@ -27,6 +27,12 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 
+@pytest.fixture(scope="module")
+def steppe_server(catalog_server: ServerProcess) -> ServerProcess:
+    """This module runs on every catalog backend (SQLite, PostgreSQL: tests/conftest.py)."""
+    return catalog_server
+
+
 @pytest.fixture
 def mlflow_uri(steppe_server: ServerProcess) -> Iterator[str]:
     mlflow.set_tracking_uri(steppe_server.http_url)

@@ -16,8 +16,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from steppe.ingest.catalog import Catalog, open_catalog
 from steppe.ingest.layout import DataDir, Snapshot
-from steppe.ingest.sqlite_catalog import SqliteCatalog
 from steppe.query.app import make_app
 from tests.query_data import FixedSource, Point, snapshot_of
 
@@ -52,7 +52,7 @@ TAIL_POINTS: list[Point] = [
 
 @dataclass
 class World:
-    catalog: SqliteCatalog
+    catalog: Catalog
     source: FixedSource
     static_dir: Path
     outside: Path
@@ -63,10 +63,11 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
+def world(tmp_path: Path, catalog_dsn: str | None) -> Iterator[World]:
+    """The app's world on each catalog backend (tests/conftest.py's catalog_dsn)."""
     data_dir = DataDir.at(tmp_path / "data")
     data_dir.root.mkdir(parents=True)
-    catalog = SqliteCatalog(data_dir.catalog_file)
+    catalog = open_catalog(catalog_dsn, data_dir.catalog_file)
     exp = catalog.create_experiment("exp-a", tags={"team": "steppe"})
     empty = catalog.create_experiment("empty")
     catalog.create_run(RUN_OLD, exp.experiment_id, "old", start_time=1000, user_id="ann")

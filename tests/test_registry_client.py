@@ -18,6 +18,12 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 
+@pytest.fixture(scope="module")
+def steppe_server(catalog_server: ServerProcess) -> ServerProcess:
+    """This module runs on every catalog backend (SQLite, PostgreSQL: tests/conftest.py)."""
+    return catalog_server
+
+
 @pytest.fixture
 def client(tracking: str) -> steppe.Client:
     return steppe.Client(tracking)
