@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from steppe.ingest.layout import TIER_INDEX_SHIFT, TIER_SHIFTS, Snapshot
 from steppe.query.reader import TAIL, Bounds, Reader
-from steppe.query.series import MultiSeries, SeriesData, SeriesKey
+from steppe.query.series import SERIES_SCHEMA, MultiSeries, SeriesData, SeriesKey
 from steppe.query.tier_files import ROW_COLUMNS
 
 __all__ = ["GRIDS", "Grid", "aligned_series", "cover", "grid_shift", "widen"]
@@ -54,22 +54,6 @@ step AS last_step, "timestamp" AS last_ts, "timestamp" AS ts_lo, "timestamp" AS 
 _POINT_COLUMNS = """p.step, p."timestamp" AS ts, p.value,
 p.step::HUGEINT * 18446744073709551616 + p."timestamp" AS o"""
 _FLOATS = {"sum", "min", "max", "first", "last"}
-
-_SCHEMA = pa.schema(
-    [
-        ("sid", pa.int64()),
-        ("bucketed", pa.bool_()),
-        ("x", pa.int64()),
-        ("min", pa.float64()),
-        ("max", pa.float64()),
-        ("first", pa.float64()),
-        ("last", pa.float64()),
-        ("mean", pa.float64()),
-        ("count", pa.int64()),
-        ("step", pa.int64()),
-        ("ts", pa.int64()),
-    ]
-)
 
 
 def grid_shift(lo: int, hi: int, buckets: int) -> int:
@@ -307,7 +291,7 @@ def aligned_series(
     bounds = _bounds(reader, snapshot, plan, series, x_min, x_max)
     present = [i for i, b in enumerate(bounds) if b.n]
     if not present:
-        return MultiSeries("step", None, [_data(s, _SCHEMA.empty_table()) for s in series])
+        return MultiSeries("step", None, [_data(s, SERIES_SCHEMA.empty_table()) for s in series])
     lo = min(bounds[i].step_lo for i in present)
     hi = max(bounds[i].step_hi for i in present)
     k = grid_shift(lo, hi, buckets)
@@ -329,7 +313,7 @@ def aligned_series(
 
 
 def _merge(rows: pa.Table, cut: set[int], k: int) -> pa.Table:
-    """Partial summaries to answers (_SCHEMA): each point of an exact series as it is, the
+    """Partial summaries to answers (SERIES_SCHEMA): each point of an exact series as it is, the
     rows of a bucketed series merged per bucket ``first_step >> k``. In Arrow, whose ordered
     hash aggregation of a few thousand groups costs far less than DuckDB's: first is the
     first row by (first_step, first_ts), last the first by (last_step, last_ts) descending;
@@ -355,15 +339,7 @@ def _merge(rows: pa.Table, cut: set[int], k: int) -> pa.Table:
         parts = parts.sort_by([*keys, ("first_step", "ascending"), ("first_ts", "ascending")])
         if _one_row_each(parts):
             # The usual wide chart: each bucket is one tier row already (no merge needed).
-            count = parts.column("count")
-            x = parts.column("first_step")
-            out.append(pa.table({
-                "sid": parts.column("sid"), "bucketed": pa.array([True] * parts.num_rows),
-                "x": x, "min": parts.column("min"), "max": parts.column("max"),
-                "first": parts.column("first"), "last": parts.column("last"),
-                "mean": pc.divide(parts.column("sum"), pc.cast(count, pa.float64())),
-                "count": count, "step": x, "ts": parts.column("ts_lo"),
-            }))  # fmt: skip
+            out.append(_buckets(parts, parts.column("first"), parts.column("last"), False))
             parts = parts.slice(0, 0)
     if parts.num_rows:
         keys = [("sid", "ascending"), ("bucket", "ascending")]
@@ -377,18 +353,10 @@ def _merge(rows: pa.Table, cut: set[int], k: int) -> pa.Table:
             .group_by(["sid", "bucket"], use_threads=False)
             .aggregate([("last", "first")])
         )
-        count = firsts.column("count_sum")
-        x = firsts.column("first_step_min")
-        out.append(pa.table({
-            "sid": firsts.column("sid"), "bucketed": pa.array([True] * firsts.num_rows),
-            "x": x, "min": firsts.column("min_min"), "max": firsts.column("max_max"),
-            "first": firsts.column("first_first"), "last": lasts.column("last_first"),
-            "mean": pc.divide(firsts.column("sum_sum"), pc.cast(count, pa.float64())),
-            "count": count, "step": x, "ts": firsts.column("ts_lo_min"),
-        }))  # fmt: skip
+        out.append(_buckets(firsts, firsts.column("first_first"), lasts.column("last_first"), True))
     if not out:
-        return _SCHEMA.empty_table()
-    merged = pa.concat_tables([t.cast(_SCHEMA) for t in out])
+        return SERIES_SCHEMA.empty_table()
+    merged = pa.concat_tables([t.cast(SERIES_SCHEMA) for t in out])
     return merged.sort_by([("sid", "ascending"), ("x", "ascending")])
 
 
@@ -411,3 +379,22 @@ def _data(key: SeriesKey, table: pa.Table) -> SeriesData:
             key, True, table.select(["x", "min", "max", "first", "last", "mean", "count"])
         )
     return SeriesData(key, False, table.rename_columns({"first": "value"}).select(["x", "value"]))
+
+
+def _buckets(
+    rows: pa.Table, first: pa.ChunkedArray, last: pa.ChunkedArray, grouped: bool
+) -> pa.Table:
+    """Answer rows (SERIES_SCHEMA) of bucketed tier rows, one per bucket: ``rows`` as read
+    or ``grouped`` by Arrow (columns named ``<column>_<aggregate>``)."""
+
+    def col(name: str, how: str) -> pa.ChunkedArray:
+        return rows.column(f"{name}_{how}" if grouped else name)
+
+    count = col("count", "sum")
+    x = col("first_step", "min")
+    return pa.table({
+        "sid": rows.column("sid"), "bucketed": pa.array([True] * rows.num_rows),
+        "x": x, "min": col("min", "min"), "max": col("max", "max"), "first": first, "last": last,
+        "mean": pc.divide(col("sum", "sum"), pc.cast(count, pa.float64())),
+        "count": count, "step": x, "ts": col("ts_lo", "min"),
+    })  # fmt: skip

@@ -89,7 +89,9 @@ _AGGREGATE_SQL = {
     "max": "coalesce(max(value) FILTER (WHERE NOT isnan(value)), 'NaN'::DOUBLE)",
 }
 
-_SERIES_SCHEMA = pa.schema(
+#: One table of answers per call: a row per point or bucket of series ``sid`` (also
+#: steppe.query.aligned's).
+SERIES_SCHEMA = pa.schema(
     [
         ("sid", pa.int64()),
         ("bucketed", pa.bool_()),
@@ -155,7 +157,7 @@ def multi_series(
             bounds[i] = b
     present = [i for i, b in enumerate(bounds) if b.n]
     if not present:
-        return MultiSeries(x, None, [_series_data(s, _SERIES_SCHEMA.empty_table()) for s in series])
+        return MultiSeries(x, None, [_series_data(s, SERIES_SCHEMA.empty_table()) for s in series])
     # One grid for every series: lo/hi over all selected points, in x.
     lo = min(_x_range(bounds[i], x, offsets[series[i].run_id])[0] for i in present)
     hi = max(_x_range(bounds[i], x, offsets[series[i].run_id])[1] for i in present)
