@@ -395,7 +395,7 @@ async def _series(request: web.Request) -> web.Response:
             for name in ("min", "max", "first", "last", "mean"):
                 out[name] = float_list(table.column(name))
             out["count"] = table.column("count").to_pylist()
-        return dumps(out)
+        return dumps(out, floats_converted=True)  # every float column through float_list
 
     ask = series_request(request.query)
     app = request.app
@@ -429,7 +429,8 @@ async def _multi_series(request: web.Request) -> web.Response:
                 "x": result.x,
                 "aggregate": result.aggregate,
                 "series": [series_json(data) for data in result.series],
-            }
+            },
+            floats_converted=True,  # series_json: every float column through float_list
         )
 
     ask = multi_series_request(await request.read())

@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -55,15 +56,12 @@ class FileTiers:
         if found is None:
             return None
         rows = self.table.slice(*found)
-        bucket = rows.column("bucket")
-        mask = None
-        if first is not None:
-            mask = pc.greater_equal(bucket, first)
-        if last is not None:
-            upper = pc.less_equal(bucket, last)
-            mask = upper if mask is None else pc.and_(mask, upper)
-        if mask is not None:
-            rows = rows.filter(mask)
+        if first is not None or last is not None:
+            # A series' rows at one shift are sorted by bucket: two binary searches, no mask.
+            bucket = rows.column("bucket").to_numpy()
+            start = 0 if first is None else int(np.searchsorted(bucket, first, side="left"))
+            stop = len(bucket) if last is None else int(np.searchsorted(bucket, last, "right"))
+            rows = rows.slice(start, max(0, stop - start))
         return rows.select(ROW_COLUMNS)
 
 
