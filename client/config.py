@@ -220,6 +220,47 @@ def local_rank() -> int:
     return 0
 
 
+def world_size() -> int:
+    """How many processes the job has, from torchrun/Lightning (WORLD_SIZE), Slurm
+    (SLURM_NTASKS), Open MPI (OMPI_COMM_WORLD_SIZE) or MPICH (PMI_SIZE); 1 on its own."""
+    for name in ("WORLD_SIZE", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
+        raw = os.environ.get(name, "").strip()
+        if raw.isdigit() and int(raw) > 0:
+            return int(raw)
+    return 1
+
+
+#: The variables a job key comes from, in order (for error messages and docs).
+JOB_KEY_VARIABLES = ("STEPPE_JOB_KEY", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID")
+
+
+def job_key() -> str | None:
+    """What names this distributed job, the same on every one of its processes: STEPPE_JOB_KEY;
+    else torchrun's TORCHELASTIC_RUN_ID (not when empty or ``none``, which multi-node launches
+    without ``--rdzv-id`` give); else, for a Slurm job step of several tasks, SLURM_JOB_ID with
+    the step and the array task (so every step and array task is a job of its own). None for a
+    process on its own."""
+    explicit = os.environ.get("STEPPE_JOB_KEY", "").strip()
+    if explicit:
+        return explicit
+    elastic = os.environ.get("TORCHELASTIC_RUN_ID", "").strip()
+    if elastic and elastic.lower() != "none":
+        return f"torchelastic:{elastic}"
+    slurm_job = os.environ.get("SLURM_JOB_ID", "").strip()
+    tasks = os.environ.get("SLURM_NTASKS", "").strip()
+    # A one-task allocation is a process on its own: two scripts run in one salloc must not
+    # share a run.
+    if slurm_job and tasks.isdigit() and int(tasks) > 1:
+        parts = [
+            "slurm",
+            os.environ.get("SLURM_ARRAY_JOB_ID", "").strip() or slurm_job,
+            os.environ.get("SLURM_ARRAY_TASK_ID", "").strip(),
+            os.environ.get("SLURM_STEP_ID", "").strip(),
+        ]
+        return ":".join(parts)
+    return None
+
+
 def spans_several_hosts() -> bool:
     """Whether the job runs on more than one host: Slurm's node count, or torchrun's and Open
     MPI's world size above their per-host size."""

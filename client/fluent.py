@@ -22,6 +22,7 @@ from steppe.buffer import FIELDS
 from steppe.buffer import append_point as _append_point
 from steppe.connection import close_all, connect
 from steppe.entities import Experiment, FileInfo, Run, RunData, RunInfo
+from steppe.job import JobRuns
 from steppe.sender import Sender
 from steppe.tracking import Client, now_ms
 
@@ -31,6 +32,8 @@ _tracking_uri: str | None = None
 _experiment_id: str | None = None
 _stack: list[ActiveRun] = []
 _last_run_id: str | None = None
+#: Which runs of a distributed job this process joins (steppe.job).
+_job_runs = JobRuns()
 _state_lock = threading.RLock()
 
 
@@ -211,6 +214,14 @@ def start_run(
                 "run, call start_run with nested=True"
             )
         client = Client()
+        if client.tracking_uri is None and config.spans_several_hosts() and not config.offline():
+            raise errors.SteppeError(
+                "this job spans several hosts, and each would start a steppe server of its "
+                "own on its local data dir: give every process one server address "
+                "(STEPPE_TRACKING_URI or MLFLOW_TRACKING_URI, e.g. http://head-node:5000, from "
+                "`steppe server --host 0.0.0.0`), or STEPPE_MODE=offline to spool and `steppe "
+                "sync` later"
+            )
         conn = connect(client.tracking_uri)
         if run_id is None:
             run_id = config.take_run_id()  # set by `mlflow run` or a launcher
@@ -230,12 +241,29 @@ def start_run(
             if run_name:
                 validation.check_tag_value("run_name", run_name)
             exp_id = experiment_id if experiment_id is not None else _resolve_experiment_id(client)
-            run = client.create_run(
-                experiment_id=str(exp_id),
-                tags=all_tags,
-                run_name=run_name,
-                run_id=uuid.uuid4().hex,
-            )
+            created: list[Run] = []
+
+            def create(new_id: str) -> None:
+                # Idempotent on the id: of several processes creating one, the first's name
+                # and tags win and the others get that run.
+                created.append(
+                    client.create_run(
+                        experiment_id=str(exp_id), tags=all_tags, run_name=run_name, run_id=new_id
+                    )
+                )
+
+            shared = _job_runs.run_id(str(exp_id), create)  # a run of the whole job, or None
+            if shared is None:
+                create(uuid.uuid4().hex)
+                run = created[0]
+            elif created and created[0].info.status == "RUNNING":
+                run = created[0]
+            else:  # made by rank 0, or ended by an earlier attempt of the job: running again
+                resumed = conn.unary.update_run(shared, "RUNNING", None, None)
+                run = resumed or Run(
+                    RunInfo(shared, str(exp_id), run_name or "", "RUNNING", now_ms(), None),
+                    RunData(),
+                )
         active = ActiveRun(run, client.tracking_uri)
         _stack.append(active)
         _last_run_id = run.info.run_id

@@ -9,27 +9,17 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
 import time
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from steppe import config, errors, fluent, system_metrics, validation
+from steppe import errors, fluent, system_metrics, validation
 from steppe.entities import Param
 from steppe.tracking import Client
 
 log = logging.getLogger("steppe.integration")
 
 _BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
-
-
-def process_group() -> Any | None:
-    """``torch.distributed`` when it is initialised with more than one rank, else None."""
-    dist = sys.modules.get("torch.distributed")
-    if dist is None or not dist.is_available() or not dist.is_initialized():
-        return None
-    return dist if dist.get_world_size() > 1 else None
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "", sep: str = "/") -> dict[str, Any]:
@@ -115,37 +105,14 @@ class TrainingRun:
         return self.run_id
 
     def _start_for_job(self) -> fluent.ActiveRun:
-        dist = process_group()
-        if dist is None or config.launcher_run_id() is not None:
-            # One process, or a launcher that names the run (STEPPE_RUN_ID) for every rank.
-            return fluent.start_run(
-                experiment_id=self._experiment_id(),
-                run_name=self.run_name,
-                tags=self.tags,
-                log_system_metrics=self.log_system_metrics,
-            )
-        # Rank 0 creates the run under an id of its own choosing, then every rank resumes it
-        # by id: no rank ever starts a second run, and start_run sees an explicit id only.
-        if dist.get_rank() == 0:
-            run_id = uuid.uuid4().hex
-            try:
-                Client().create_run(
-                    experiment_id=self._experiment_id(),
-                    tags=self.tags,
-                    run_name=self.run_name,
-                    run_id=run_id,
-                )
-            except BaseException:
-                dist.broadcast_object_list([""], src=0)  # the others wait in it: release them
-                raise
-            dist.broadcast_object_list([run_id], src=0)
-        else:
-            box: list[object] = [""]
-            dist.broadcast_object_list(box, src=0)
-            run_id = str(box[0])
-            if not run_id:
-                raise errors.SteppeError("rank 0 could not create the run; see its error")
-        return fluent.start_run(run_id=run_id, log_system_metrics=self.log_system_metrics)
+        # start_run puts every rank of a job into one run (steppe.job): by its job key, else
+        # created by rank 0 and broadcast over torch.distributed.
+        return fluent.start_run(
+            experiment_id=self._experiment_id(),
+            run_name=self.run_name,
+            tags=self.tags,
+            log_system_metrics=self.log_system_metrics,
+        )
 
     def _experiment_id(self) -> str | None:
         if self.experiment_name is None:
