@@ -135,6 +135,14 @@ def _parser() -> argparse.ArgumentParser:
         "$STEPPE_CATALOG; a password is best left to PGPASSWORD or ~/.pgpass)",
     )
     server.add_argument(
+        "--storage",
+        default=None,
+        metavar="URI",
+        help="keep artifacts and model files in s3://BUCKET/PREFIX (endpoint and credentials "
+        "from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...; or $STEPPE_STORAGE) instead of the "
+        "data dir; the WAL, metrics Parquet files and SQLite stay in the data dir",
+    )
+    server.add_argument(
         "--background",
         action="store_true",
         help="detach; return once the server is ready (used by clients)",
@@ -386,6 +394,7 @@ def _server_options(data_dir: Path, args: argparse.Namespace) -> ServerOptions:
         grpc_keepalive_s=args.grpc_keepalive_s,
         http_max_connections=args.http_max_connections,
         catalog=args.catalog or config.catalog(),
+        storage=args.storage or config.storage(),
     )
 
 
