@@ -315,6 +315,7 @@ def _setup_logging() -> None:
 
 def _run_server(options: ServerOptions, on_ready: object = None, port_flag: str = "") -> int:
     from steppe.ingest.catalog import CatalogUnavailable
+    from steppe.ingest.storage import StorageError
     from steppe.lock import DataDirLocked
     from steppe.query.server import WalUnwritable, serve
 
@@ -329,6 +330,9 @@ def _run_server(options: ServerOptions, on_ready: object = None, port_flag: str 
     except CatalogUnavailable as exc:
         print(f"steppe: {exc}", file=sys.stderr)
         return 1
+    except StorageError as exc:
+        print(f"steppe: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         if port_flag and exc.errno == errno.EADDRINUSE:
             print(

@@ -91,6 +91,17 @@ class Storage:
     def is_local(self) -> bool:
         return self.local_root is not None
 
+    def check(self) -> None:
+        """Fail fast, naming the storage, when its bucket (or folder) is missing or the
+        endpoint cannot be reached: better at startup than at the first upload."""
+        bucket = self.root.split("/", 1)[0]
+        try:
+            info = self.fs.get_file_info(self.root if self.is_local else bucket)
+        except OSError as exc:
+            raise StorageError(f"storage {self.uri}: cannot be reached: {exc}") from exc
+        if info.type != pafs.FileType.Directory:
+            raise StorageError(f"storage {self.uri}: bucket {bucket!r} does not exist")
+
     def key(self, relative: str) -> str:
         """The filesystem path of ``relative`` (POSIX, relative to the root), checked."""
         if not isinstance(relative, str) or not relative:

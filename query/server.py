@@ -133,6 +133,10 @@ async def _serve_locked(
     open_files = _raise_open_files_limit()
     data_dir = DataDir.at(options.data_dir)
     data_dir.root.mkdir(parents=True, exist_ok=True)
+    storage = None
+    if options.storage:
+        storage = await loop.run_in_executor(None, open_storage, options.storage, data_dir.root)
+        await loop.run_in_executor(None, storage.check)
     catalog = await loop.run_in_executor(None, open_catalog, options.catalog, data_dir.catalog_file)
     if options.catalog is not None:
         log.info("catalog: %s", redact_dsn(options.catalog))
@@ -156,8 +160,7 @@ async def _serve_locked(
         "http_port": 0,
         "pid": os.getpid(),
     }
-    if options.storage:
-        storage = await loop.run_in_executor(None, open_storage, options.storage, data_dir.root)
+    if storage is not None:
         log.info("artifacts in %s", storage.uri)
         artifacts = ArtifactStore(storage.sub("artifacts"))
     else:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import pytest
 
 from steppe.ingest.storage import CHUNK_BYTES, StorageError, open_storage, s3_filesystem
 from steppe.query.artifacts import ArtifactStore
-from tests.conftest import S3Server, start_server
+from tests.conftest import S3Server, clean_env, start_server
 
 
 def test_default_is_the_data_dir_itself(tmp_path: Path) -> None:
@@ -156,3 +158,30 @@ def test_server_with_s3_storage_keeps_artifacts_in_the_bucket(
             assert response.read() == payload
     finally:
         assert server.stop() == 0
+
+
+def test_a_missing_bucket_is_named_at_startup(
+    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    storage = open_storage("s3://no-such-bucket-here/x", tmp_path)
+    with pytest.raises(StorageError, match="bucket 'no-such-bucket-here' does not exist"):
+        storage.check()
+    open_storage(f"s3://{s3_server.new_bucket()}/x", tmp_path).check()
+
+
+def test_server_refuses_a_bad_storage_uri_before_serving(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "steppe", "server", "--data-dir", str(tmp_path / "d")),
+            *("--http-port", "0", "--grpc-port", "0", "--storage", "gs://bucket/x"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(),
+    )
+    assert done.returncode == 2
+    assert "--storage 'gs://bucket/x': must be s3://bucket/prefix" in done.stderr
+    assert "Traceback" not in done.stderr
