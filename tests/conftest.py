@@ -323,3 +323,27 @@ def storage_uri(
     for name, value in s3.env.items():
         monkeypatch.setenv(name, value)
     return f"s3://{s3.new_bucket()}/team/steppe"
+
+
+@pytest.fixture(scope="session")
+def s3_steppe_server(
+    s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """A ``steppe server --storage s3://<bucket>/steppe`` on the session's S3 server."""
+    bucket = s3_server.new_bucket()
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in s3_server.env.items():
+            patch.setenv(name, value)
+        server = start_server(
+            tmp_path_factory.mktemp("s3-data"), "--storage", f"s3://{bucket}/steppe"
+        )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=STORAGE_BACKENDS)
+def storage_server(request: pytest.FixtureRequest) -> ServerProcess:
+    """The session's server with artifacts in its data dir, then the one with them on S3."""
+    name = "steppe_server" if request.param == "local" else "s3_steppe_server"
+    server: ServerProcess = request.getfixturevalue(name)
+    return server
