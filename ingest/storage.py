@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import urllib.parse
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,11 +208,43 @@ class Storage:
         no-op on a local disk (DuckDB reads local files itself, as fast as ever)."""
         if self.local_root is not None:
             return
-        from fsspec.implementations.arrow import ArrowFSWrapper
-
         # The wrapper's protocol is the Arrow filesystem's type name, "s3": DuckDB routes
         # every s3:// URL through it.
-        con.register_filesystem(ArrowFSWrapper(self.fs))
+        con.register_filesystem(_duckdb_wrapper(self.fs))
+
+
+#: Object infos the DuckDB adapter remembers (a few hundred bytes each).
+_INFO_CACHE_ENTRIES = 16_384
+
+
+def _duckdb_wrapper(fs: pafs.FileSystem) -> Any:
+    """fsspec's ArrowFSWrapper over ``fs``, remembering the info (size, mtime) of files it
+    has seen. DuckDB asks for it up to four times per file and query (glob, exists, size,
+    modified: one HEAD each on S3); the files it reads (metrics, tiers) are immutable once
+    written, so one HEAD per file is enough. A deleted file is then found missing on open."""
+    from fsspec.implementations.arrow import ArrowFSWrapper
+
+    class ImmutableFiles(ArrowFSWrapper):  # type: ignore[misc]
+        def __init__(self, wrapped: pafs.FileSystem) -> None:
+            super().__init__(wrapped)
+            self._infos: OrderedDict[str, dict[str, Any]] = OrderedDict()
+            self._infos_lock = threading.Lock()
+
+        def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+            key = self._strip_protocol(path)
+            with self._infos_lock:
+                hit = self._infos.get(key)
+            if hit is not None:
+                return dict(hit)
+            found: dict[str, Any] = super().info(path, **kwargs)
+            if found.get("type") == "file":
+                with self._infos_lock:
+                    self._infos[key] = dict(found)
+                    while len(self._infos) > _INFO_CACHE_ENTRIES:
+                        self._infos.popitem(last=False)
+            return found
+
+    return ImmutableFiles(fs)
 
 
 def open_storage(uri: str | None, data_dir: Path, environ: dict[str, str] | None = None) -> Storage:
