@@ -192,3 +192,11 @@ def test_server_refuses_a_bad_storage_uri_before_serving(tmp_path: Path) -> None
     assert done.returncode == 2
     assert "--storage 'gs://bucket/x': must be s3://bucket/prefix" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_file_uri_is_another_local_folder(tmp_path: Path) -> None:
+    storage = open_storage((tmp_path / "elsewhere").as_uri(), tmp_path / "data")
+    assert storage.is_local
+    storage.write_stream("artifacts/a.txt", iter([b"hi"]))
+    assert (tmp_path / "elsewhere" / "artifacts" / "a.txt").read_bytes() == b"hi"
+    assert not (tmp_path / "data").exists()
