@@ -135,6 +135,14 @@ def _parser() -> argparse.ArgumentParser:
         "$STEPPE_CATALOG; a password is best left to PGPASSWORD or ~/.pgpass)",
     )
     server.add_argument(
+        "--storage",
+        default=None,
+        metavar="URI",
+        help="keep artifacts and model files in s3://BUCKET/PREFIX (endpoint and credentials "
+        "from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...; or $STEPPE_STORAGE) instead of the "
+        "data dir; the WAL, metrics Parquet files and SQLite stay in the data dir",
+    )
+    server.add_argument(
         "--background",
         action="store_true",
         help="detach; return once the server is ready (used by clients)",
@@ -307,6 +315,7 @@ def _setup_logging() -> None:
 
 def _run_server(options: ServerOptions, on_ready: object = None, port_flag: str = "") -> int:
     from steppe.ingest.catalog import CatalogUnavailable
+    from steppe.ingest.storage import StorageError
     from steppe.lock import DataDirLocked
     from steppe.query.server import WalUnwritable, serve
 
@@ -321,6 +330,9 @@ def _run_server(options: ServerOptions, on_ready: object = None, port_flag: str 
     except CatalogUnavailable as exc:
         print(f"steppe: {exc}", file=sys.stderr)
         return 1
+    except StorageError as exc:
+        print(f"steppe: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         if port_flag and exc.errno == errno.EADDRINUSE:
             print(
@@ -386,6 +398,7 @@ def _server_options(data_dir: Path, args: argparse.Namespace) -> ServerOptions:
         grpc_keepalive_s=args.grpc_keepalive_s,
         http_max_connections=args.http_max_connections,
         catalog=args.catalog or config.catalog(),
+        storage=args.storage or config.storage(),
     )
 
 

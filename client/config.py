@@ -44,6 +44,11 @@ def catalog() -> str | None:
     return os.environ.get("STEPPE_CATALOG") or None
 
 
+def storage() -> str | None:
+    """STEPPE_STORAGE: where artifacts go (``s3://bucket/prefix``); None: the data dir."""
+    return os.environ.get("STEPPE_STORAGE") or None
+
+
 def tls_ca_file() -> str | None:
     """STEPPE_TLS_CA: a CA bundle (PEM) to trust for https:// servers; default: the system's."""
     return os.environ.get("STEPPE_TLS_CA") or None

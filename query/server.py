@@ -25,6 +25,7 @@ from steppe import __version__
 from steppe.ingest.catalog import open_catalog, redact_dsn
 from steppe.ingest.layout import DataDir
 from steppe.ingest.service import Ingestor
+from steppe.ingest.storage import open_storage
 from steppe.lock import Owner, OwnerLock
 from steppe.query.app import make_app
 from steppe.query.artifacts import ArtifactStore
@@ -54,6 +55,7 @@ class ServerOptions:
     grpc_keepalive_s: float = 60.0  # ping a silent gRPC connection; close it if unanswered
     http_max_connections: int = 256  # more concurrent HTTP connections get a 503 and close
     catalog: str | None = None  # postgresql://... DSN; None: SQLite in the data dir
+    storage: str | None = None  # s3://bucket/prefix for artifacts; None: the data dir
 
 
 class WalUnwritable(RuntimeError):
@@ -131,6 +133,10 @@ async def _serve_locked(
     open_files = _raise_open_files_limit()
     data_dir = DataDir.at(options.data_dir)
     data_dir.root.mkdir(parents=True, exist_ok=True)
+    storage = None
+    if options.storage:
+        storage = await loop.run_in_executor(None, open_storage, options.storage, data_dir.root)
+        await loop.run_in_executor(None, storage.check)
     catalog = await loop.run_in_executor(None, open_catalog, options.catalog, data_dir.catalog_file)
     if options.catalog is not None:
         log.info("catalog: %s", redact_dsn(options.catalog))
@@ -154,7 +160,11 @@ async def _serve_locked(
         "http_port": 0,
         "pid": os.getpid(),
     }
-    artifacts = ArtifactStore.local(ingestor.data_dir.artifacts_dir)
+    if storage is not None:
+        log.info("artifacts in %s", storage.uri)
+        artifacts = ArtifactStore(storage.sub("artifacts"))
+    else:
+        artifacts = ArtifactStore.local(ingestor.data_dir.artifacts_dir)
     stale = await asyncio.get_running_loop().run_in_executor(None, artifacts.remove_stale_uploads)
     if stale:
         log.info("removed %d temporary file(s) of interrupted artifact uploads", stale)

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -258,3 +259,91 @@ def wait_until(predicate: object, timeout_s: float = 10.0, interval_s: float = 0
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s} s: {predicate}")
         time.sleep(interval_s)
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """A real S3-compatible server (moto's server mode) on 127.0.0.1 and its AWS_* settings."""
+
+    endpoint: str
+    env: dict[str, str]
+
+    def client(self) -> Any:
+        """A boto3 client on the server: an independent view of what was stored."""
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=self.env["AWS_REGION"],
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+        )
+
+    def new_bucket(self) -> str:
+        name = f"steppe-{uuid.uuid4().hex[:12]}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto's ThreadedMotoServer on a free port of 127.0.0.1, for the session."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    env = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    try:
+        yield S3Server(endpoint, env)
+    finally:
+        server.stop()
+
+
+STORAGE_BACKENDS = ("local", "s3")
+
+
+@pytest.fixture(params=STORAGE_BACKENDS)
+def storage_uri(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str | None:
+    """None (the data dir on local disk, the default) or ``s3://<fresh bucket>/prefix`` on
+    the session's S3 server, with the AWS_* variables set for this test."""
+    if request.param == "local":
+        return None
+    s3: S3Server = request.getfixturevalue("s3_server")
+    for name, value in s3.env.items():
+        monkeypatch.setenv(name, value)
+    return f"s3://{s3.new_bucket()}/team/steppe"
+
+
+@pytest.fixture(scope="session")
+def s3_steppe_server(
+    s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """A ``steppe server --storage s3://<bucket>/steppe`` on the session's S3 server."""
+    bucket = s3_server.new_bucket()
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in s3_server.env.items():
+            patch.setenv(name, value)
+        server = start_server(
+            tmp_path_factory.mktemp("s3-data"), "--storage", f"s3://{bucket}/steppe"
+        )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=STORAGE_BACKENDS)
+def storage_server(request: pytest.FixtureRequest) -> ServerProcess:
+    """The session's server with artifacts in its data dir, then the one with them on S3."""
+    name = "steppe_server" if request.param == "local" else "s3_steppe_server"
+    server: ServerProcess = request.getfixturevalue(name)
+    return server

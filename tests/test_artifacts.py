@@ -1,6 +1,7 @@
 """Run artifacts: the store's path rules on a real folder, and a real steppe server driven by the
 real mlflow client, steppe's client and raw HTTP (round trips byte for byte, an 8 MiB binary,
-traversal and symlink escapes, safe content types)."""
+traversal and symlink escapes, safe content types); the server-side round trips run with the
+artifacts in the data dir and on an S3-compatible server (`--storage s3://...`)."""
 
 from __future__ import annotations
 
@@ -118,10 +119,10 @@ def test_store_refuses_symlinks_out_of_its_root(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def mlflow_uri(steppe_server: ServerProcess) -> Iterator[str]:
-    mlflow.set_tracking_uri(steppe_server.http_url)
+def mlflow_uri(storage_server: ServerProcess) -> Iterator[str]:
+    mlflow.set_tracking_uri(storage_server.http_url)
     mlflow.set_experiment(f"artifacts-{uuid.uuid4().hex[:8]}")
-    yield steppe_server.http_url
+    yield storage_server.http_url
     while mlflow.active_run() is not None:
         mlflow.end_run()
     mlflow.set_tracking_uri(None)
@@ -271,8 +272,8 @@ def _request(
 PROXY = "/api/2.0/mlflow-artifacts/artifacts"
 
 
-def test_proxy_upload_list_download_delete(steppe_server: ServerProcess) -> None:
-    base = steppe_server.http_url
+def test_proxy_upload_list_download_delete(storage_server: ServerProcess) -> None:
+    base = storage_server.http_url
     folder = f"raw-{uuid.uuid4().hex}"
     assert _request(base, "PUT", f"{PROXY}/{folder}/a/b.txt", b"bee")[0] == 200
     assert _request(base, "PUT", f"{PROXY}/{folder}/c.txt", b"see")[0] == 200
@@ -311,11 +312,11 @@ def test_uploaded_html_is_never_served_as_html(steppe_server: ServerProcess) -> 
         "a%5c..%5cx",
     ],
 )
-def test_proxy_refuses_traversal(steppe_server: ServerProcess, path: str) -> None:
+def test_proxy_refuses_traversal(storage_server: ServerProcess, path: str) -> None:
     for method, data in (("GET", None), ("PUT", b"x"), ("DELETE", None)):
-        status, _, body = _request(steppe_server.http_url, method, f"{PROXY}/{path}", data)
+        status, _, body = _request(storage_server.http_url, method, f"{PROXY}/{path}", data)
         assert (status, json.loads(body)["error_code"]) == (400, "INVALID_PARAMETER_VALUE"), method
-    assert (steppe_server.data_dir / "catalog.sqlite").exists()
+    assert (storage_server.data_dir / "catalog.sqlite").exists()
 
 
 def test_steppe_api_lists_and_serves_a_runs_artifacts(

@@ -149,3 +149,12 @@ def test_catalog_benchmark_smoke() -> None:
     for row in rows:  # 4 threads x 10 runs: 3 calls per run, a watermark save per 10 runs
         assert (row["runs"], row["calls"]) == (40, 124), row
         assert row["calls_per_s"] > 0
+
+
+def test_scale_benchmark_smoke() -> None:
+    rows = {row["case"]: row for row in json_rows("scale.py", "--smoke")}
+    assert rows["flush"]["points"] == 20_000
+    assert rows["flush"]["by_method"].get("PUT", 0) >= 4  # at least one upload per file
+    assert rows["compaction"]["by_method"].get("DELETE", 0) == 4
+    assert rows["read local"]["history_requests"] == {}
+    assert rows["read s3"]["history_requests"].get("GET", 0) >= 1

@@ -40,15 +40,27 @@ def fitted(iris: tuple[pd.DataFrame, pd.Series]) -> LogisticRegression:
 
 
 @pytest.fixture
+def tracking(storage_server: ServerProcess) -> Iterator[str]:
+    """steppe's fluent API aimed at the same server as ``mlflow_at_steppe`` (conftest's
+    fixture of this name, with the model files in the data dir or on S3)."""
+    steppe.set_tracking_uri(storage_server.http_url)
+    yield storage_server.http_url
+    while steppe.active_run() is not None:
+        steppe.end_run()
+    steppe.set_tracking_uri(None)
+
+
+@pytest.fixture
 def mlflow_at_steppe(
-    steppe_server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+    storage_server: ServerProcess, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Any]:
-    """The real mlflow client's fluent API aimed at the steppe server."""
+    """The real mlflow client's fluent API aimed at the steppe server, once with the model
+    files in its data dir and once with them on S3 (``--storage s3://...``)."""
     import mlflow
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", steppe_server.http_url)
-    mlflow.set_tracking_uri(steppe_server.http_url)
-    mlflow.set_registry_uri(steppe_server.http_url)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", storage_server.http_url)
+    mlflow.set_tracking_uri(storage_server.http_url)
+    mlflow.set_registry_uri(storage_server.http_url)
     yield mlflow
     while mlflow.active_run() is not None:
         mlflow.end_run()
